@@ -1,0 +1,115 @@
+"""
+Apply the Landlock part of the policy to the current thread.
+
+There is no mature Python binding, so this is a small ctypes wrapper around
+the three syscalls, after the kernel's own sample (samples/landlock/sandboxer.c).
+"""
+import ctypes
+import os
+import stat
+
+from .policy import FILE_ONLY_RIGHTS, FS_RIGHTS, NET_RIGHTS, SCOPES, access_mask
+
+# x86_64 syscall numbers (the same on every architecture that has Landlock).
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class LandlockError(OSError):
+    """The kernel refused a Landlock operation."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64),
+                ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # __attribute__((packed)) in the UAPI header
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _syscall(number, *args):
+    result = _libc.syscall(ctypes.c_long(number), *args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise LandlockError(err, os.strerror(err))
+    return result
+
+
+def abi_version():
+    """The kernel's Landlock ABI version, or 0 where Landlock is absent or disabled."""
+    try:
+        return _syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    except LandlockError:
+        return 0
+
+
+def _create_ruleset(handled_fs, handled_net, scoped, abi):
+    attr = _RulesetAttr(handled_fs, handled_net, scoped)
+    # Older kernels reject fields they do not know, so pass only the known prefix.
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    return _syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size),
+                    ctypes.c_uint32(0))
+
+
+def restrict_self(landlock_policy, abi):
+    """
+    Enforce ``landlock_policy`` (see policy.build_policy) on this thread and
+    its future children. Returns the names of the features applied.
+    """
+    handled_fs = access_mask(landlock_policy["handled_fs"], FS_RIGHTS, abi)
+    handled_net = access_mask(landlock_policy["handled_net"], NET_RIGHTS, abi)
+    scoped = access_mask(landlock_policy["scopes"], SCOPES, abi)
+    file_only = access_mask(FILE_ONLY_RIGHTS, FS_RIGHTS, abi)
+    ruleset_fd = _create_ruleset(handled_fs, handled_net, scoped, abi)
+    try:
+        for rule in landlock_policy["fs_rules"]:
+            try:
+                path_fd = os.open(rule["path"], os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if rule["required"]:
+                    raise
+                continue
+            try:
+                allowed = access_mask(rule["access"], FS_RIGHTS, abi) & handled_fs
+                if not stat.S_ISDIR(os.fstat(path_fd).st_mode):
+                    allowed &= file_only
+                attr = _PathBeneathAttr(allowed, path_fd)
+                _syscall(SYS_LANDLOCK_ADD_RULE, ctypes.c_long(ruleset_fd),
+                         ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(attr),
+                         ctypes.c_uint32(0))
+            finally:
+                os.close(path_fd)
+        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset_fd), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset_fd)
+    applied = ["landlock.fs"]
+    if handled_net:
+        applied.append("landlock.net")
+    if scoped:
+        applied.append("landlock.scope")
+    return applied
+
+
+def restrict_scope_only(landlock_policy, abi):
+    """
+    Stack a domain that only scopes signals and abstract sockets: the run's
+    code then cannot signal the reaper that sits in the outer domain.
+    """
+    scoped = access_mask(landlock_policy["scopes"], SCOPES, abi)
+    if not scoped:
+        return
+    ruleset_fd = _create_ruleset(0, 0, scoped, abi)
+    try:
+        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset_fd), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset_fd)

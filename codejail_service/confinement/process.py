@@ -1,0 +1,31 @@
+"""Process-wide switches the layer flips with prctl(2)."""
+import ctypes
+import os
+
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def prctl(option, value):
+    if _libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "prctl(%d): %s" % (option, os.strerror(err)))
+
+
+def set_no_new_privs():
+    """Required by Landlock and seccomp: no setuid binary can lift them afterwards."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_not_dumpable():
+    """No core dumps (they would land in the run dir), and no ptrace by the same UID."""
+    prctl(PR_SET_DUMPABLE, 0)
+
+
+def become_subreaper():
+    """Orphans of the run reparent to us, so we can reap them (they count against NPROC)."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -1,0 +1,55 @@
+"""
+Make every process of a run end with the run.
+
+The sandbox python forks once: the child runs the submitted code, the parent
+stays behind as a tiny reaper. When the child exits, the reaper SIGKILLs every
+process left in its Landlock domain (kill(-1) reaches only processes the domain
+may signal: this run's, never another run's), reaps them (it is their
+subreaper), and exits with the child's status. So codejail's pipes close, and
+the sandbox UID's RLIMIT_NPROC budget is free again, before the response goes.
+"""
+import os
+import signal
+
+_MAX_SWEEPS = 1000
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def kill_the_rest():
+    """SIGKILL and reap every process this domain may signal, until none is left."""
+    for _ in range(_MAX_SWEEPS):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            while True:
+                os.waitpid(-1, 0)
+        except ChildProcessError:
+            pass
+
+
+def supervise(child):
+    """Run by the reaper: wait for ``child``, clean up, exit as it did. Never returns."""
+    status = None
+    try:
+        # sudo relays these to us: pass them on to the code's process.
+        for sig in _FORWARDED:
+            signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+        while status is None:
+            pid, wait_status = os.waitpid(-1, 0)
+            if pid == child:
+                status = wait_status
+        kill_the_rest()
+    finally:
+        _exit_like(status)
+
+
+def _exit_like(status):
+    """Exit with the child's exit code, or die of the signal that killed it."""
+    if status is not None and os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig != signal.SIGKILL:
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else 1)

@@ -1,0 +1,99 @@
+"""
+Apply the seccomp part of the policy through libseccomp (the system library).
+
+libseccomp builds the BPF program, including the architecture check (anything
+but the native ABI is killed, x32 syscall numbers included); this module only
+declares the handful of C functions it calls.
+"""
+import ctypes
+
+from .policy import errno_value
+
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_FLTATR_ACT_BADARCH = 2
+SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_CMP = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+
+
+def scmp_act_errno(number):
+    return 0x00050000 | (number & 0xFFFF)
+
+
+class SeccompError(OSError):
+    """libseccomp refused to build or load the filter."""
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def _load_library():
+    # By soname: find_library() would spawn ldconfig, slow and refused once confined.
+    lib = ctypes.CDLL("libseccomp.so.2")
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_export_pfc.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _check(result, what):
+    if result < 0:
+        raise SeccompError(-result, f"libseccomp {what} failed (errno {-result})")
+
+
+def build_filter(seccomp_policy, lib=None):
+    """Return (lib, ctx) for the policy; the caller loads or exports it, then releases."""
+    lib = lib or _load_library()
+    if seccomp_policy["default"] != "allow":
+        raise ValueError("only an allow-by-default filter is supported")
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise SeccompError(0, "seccomp_init failed")
+    try:
+        _check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
+               "attr_set(ACT_BADARCH)")
+        _check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1), "attr_set(CTL_TSYNC)")
+        for rule in seccomp_policy["rules"]:
+            number = lib.seccomp_syscall_resolve_name(rule["syscall"].encode())
+            if number < 0:
+                continue  # not a syscall on this architecture (e.g. iopl elsewhere)
+            args = (_ArgCmp * max(1, len(rule["args"])))()
+            for i, cond in enumerate(rule["args"]):
+                if cond["op"] == "masked_eq":
+                    args[i] = _ArgCmp(cond["arg"], SCMP_CMP["masked_eq"], cond["mask"], cond["value"])
+                else:
+                    args[i] = _ArgCmp(cond["arg"], SCMP_CMP[cond["op"]], cond["value"], 0)
+            _check(lib.seccomp_rule_add_array(ctx, scmp_act_errno(errno_value(rule["errno"])),
+                                              number, len(rule["args"]), args),
+                   "rule_add(%s)" % rule["syscall"])
+    except BaseException:
+        lib.seccomp_release(ctx)
+        raise
+    return lib, ctx
+
+
+def load(seccomp_policy):
+    """Install the filter on this process (all threads). Irreversible."""
+    lib, ctx = build_filter(seccomp_policy)
+    try:
+        _check(lib.seccomp_load(ctx), "load")
+    finally:
+        lib.seccomp_release(ctx)
+    return ["seccomp"]
+
+
+def export_pfc(seccomp_policy, fd):
+    """Write the filter as libseccomp's readable pseudo-code to ``fd`` (for operators)."""
+    lib, ctx = build_filter(seccomp_policy)
+    try:
+        _check(lib.seccomp_export_pfc(ctx, fd), "export_pfc")
+    finally:
+        lib.seccomp_release(ctx)

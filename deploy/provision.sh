@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Provision a host (or a Docker image) for codejail-service. Run as root; idempotent.
+#
+# The one place where the sandbox is set up: `make run`, `.ci/run`, the Dockerfile
+# and the AppArmor VM test all call this script. It installs the system packages,
+# creates the app and sandbox users, builds the sandbox venv (with our confinement
+# layer) and the app venv, and writes the sudoers file and the config. It starts
+# nothing. Settings (environment variables, defaults in brackets):
+#   CODEJAIL_PREFIX          [/opt/codejail-service]  venvs live here
+#   CODEJAIL_APP_USER/UID    [codejail-app/180001]    runs gunicorn
+#   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code
+#   CODEJAIL_CONFINEMENT     [enforce]  "off" turns our Landlock+seccomp layer off
+#                                       (AppArmor-only hosts; the sabotage test run)
+#   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
+#   CODEJAIL_PIP_OPTIONS     []         extra pip options (e.g. --no-index --find-links DIR)
+#   CODEJAIL_SKIP_APT        []         1: the packages are known to be there
+set -euo pipefail
+
+src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+prefix="${CODEJAIL_PREFIX:-/opt/codejail-service}"
+app_user="${CODEJAIL_APP_USER:-codejail-app}"
+app_uid="${CODEJAIL_APP_UID:-180001}"
+sandbox_user="${CODEJAIL_SANDBOX_USER:-codejail-sandbox}"
+sandbox_uid="${CODEJAIL_SANDBOX_UID:-180100}"
+confinement="${CODEJAIL_CONFINEMENT:-enforce}"
+allow_degraded="${CODEJAIL_ALLOW_DEGRADED:-false}"
+read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
+python=/usr/bin/python3.11
+sandbox_venv="$prefix/sandbox-venv"
+app_venv="$prefix/venv"
+etc=/etc/codejail-service
+
+log() { echo "provision: $*" >&2; }
+[ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enforce or off"; exit 1;; esac
+
+# --- System packages -------------------------------------------------------
+packages=(sudo python3.11 python3.11-venv libseccomp2 procps findutils ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ -n "${CODEJAIL_SKIP_APT:-}" ] && { log "missing packages: ${missing[*]}"; exit 1; }
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Users -------------------------------------------------------------------
+# Large fixed UIDs: RLIMIT_NPROC counts every process of a UID on the whole host,
+# across containers, so these must not be shared with anything else.
+ensure_user() {  # name uid
+    if ! getent group "$1" >/dev/null; then groupadd --gid "$2" "$1"; fi
+    if ! id -u "$1" >/dev/null 2>&1; then
+        useradd --uid "$2" --gid "$2" --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$1"
+    fi
+    [ "$(id -u "$1")" = "$2" ] || { log "user $1 exists with UID $(id -u "$1"), expected $2"; exit 1; }
+}
+ensure_user "$app_user" "$app_uid"
+ensure_user "$sandbox_user" "$sandbox_uid"
+
+# --- Sandbox venv ------------------------------------------------------------
+# --copies: a real binary, so an AppArmor profile can attach to its path.
+# Root-owned and read-only to the sandbox user.
+stamp() { cat "$@" | sha256sum | cut -d' ' -f1; }
+sandbox_reqs="$src/requirements/sandbox/base.txt"
+if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-stamp" 2>/dev/null)" != "$(stamp "$sandbox_reqs")" ]; then
+    log "building the sandbox venv in $sandbox_venv"
+    rm -rf "$sandbox_venv"
+    "$python" -m venv --copies "$sandbox_venv"
+    "$sandbox_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" \
+        -r "$sandbox_reqs"
+    stamp "$sandbox_reqs" > "$sandbox_venv/.requirements-stamp"
+fi
+site_packages="$("$sandbox_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# Our confinement layer, run by the .pth file before any submitted code.
+rm -rf "$site_packages/codejail_confinement"
+install -d -m 0755 "$site_packages/codejail_confinement"
+install -m 0644 "$src"/codejail_service/confinement/*.py "$site_packages/codejail_confinement/"
+install -m 0644 "$src/codejail_service/confinement/codejail-confinement.pth" "$site_packages/"
+# Byte-compile as root, so runs (python -B) import from cached bytecode they cannot alter.
+"$sandbox_venv/bin/python" -m compileall -q "$site_packages/codejail_confinement" "$site_packages" >/dev/null || true
+chown -R root:root "$sandbox_venv"
+chmod -R go-w "$sandbox_venv"
+
+# --- App venv ----------------------------------------------------------------
+app_reqs="$src/requirements/base.txt"
+if [ ! -x "$app_venv/bin/python" ] || [ "$(cat "$app_venv/.requirements-stamp" 2>/dev/null)" != "$(stamp "$app_reqs")" ]; then
+    log "building the app venv in $app_venv"
+    rm -rf "$app_venv"
+    "$python" -m venv "$app_venv"
+    "$app_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" -r "$app_reqs"
+    stamp "$app_reqs" > "$app_venv/.requirements-stamp"
+fi
+# The project itself, from this checkout (a wheel, not editable: the app user
+# need not read the checkout).
+build_dir="$(mktemp -d)"
+cp -a "$src/." "$build_dir/"
+rm -rf "$build_dir/.venv" "$build_dir/.git"
+"$app_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check --no-deps \
+    "${pip_options[@]}" --force-reinstall "$build_dir" >/dev/null
+rm -rf "$build_dir"
+chown -R root:root "$app_venv"
+chmod -R go-w "$app_venv"
+
+# --- Configuration -------------------------------------------------------------
+install -d -m 0755 "$etc"
+tmp_json="$(mktemp)"
+printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": "/tmp"}\n' "$confinement" "$allow_degraded" > "$tmp_json"
+install -m 0644 -o root -g root "$tmp_json" "$etc/confinement.json"
+rm -f "$tmp_json"
+if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$etc/config.yml"; then
+    cat > "$etc/config.yml.new" <<YAML
+# Managed by deploy/provision.sh: remove this line to keep your own edits.
+CODE_JAIL:
+  python_bin: $sandbox_venv/bin/python
+  user: $sandbox_user
+CODEJAIL_ENABLED: true
+YAML
+    install -m 0644 -o root -g root "$etc/config.yml.new" "$etc/config.yml"
+    rm -f "$etc/config.yml.new"
+fi
+
+# --- sudo ------------------------------------------------------------------------
+# The app may run exactly codejail's command lines as the sandbox user (pinned
+# arguments: no -S or -I that would skip the confinement hook), and pkill as
+# root for codejail's timeout. TMPDIR is the only variable codejail passes.
+sudoers="$(mktemp)"
+cat > "$sudoers" <<SUDOERS
+# Managed by codejail-service deploy/provision.sh
+Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
+Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
+Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
+Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session
+Defaults!CODEJAIL_CLEANUP !pam_session
+$app_user ALL=($sandbox_user) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP
+$app_user ALL=(root) NOPASSWD: CODEJAIL_KILL
+SUDOERS
+visudo -c -q -f "$sudoers"
+install -m 0440 -o root -g root "$sudoers" /etc/sudoers.d/codejail-service
+rm -f "$sudoers"
+visudo -c -q
+# codejail sets rlimits before sudo; pam_limits in sudo's session would reset them.
+sed -i -E 's/^(session\s+required\s+pam_limits\.so)/# disabled for codejail-service: \1/' /etc/pam.d/sudo
+
+log "done: app venv $app_venv, sandbox venv $sandbox_venv, confinement $confinement"
