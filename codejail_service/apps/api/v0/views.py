@@ -1,0 +1,173 @@
+"""POST /api/v0/code-exec: run course-provided Python for the LMS/CMS."""
+
+import json
+import logging
+
+from django.conf import settings
+from edx_django_utils.monitoring import set_custom_attribute
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from codejail_service.apps.core.execution import run_code
+from codejail_service.apps.core.startup_checks import startup_checks_passed
+from codejail_service.apps.core.toggles import CODEJAIL_ENABLED
+
+log = logging.getLogger(__name__)
+
+# The `payload` form field, as the LMS sends it (xmodule/capa/safe_exec/remote_exec.py).
+# Extra keys are tolerated so a newer LMS adding one does not break grading.
+PAYLOAD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "properties": {
+        "code": {"type": "string"},
+        "globals_dict": {"type": "object"},
+        # The LMS sends null as well as lists for these.
+        "python_path": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+        "limit_overrides_context": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "slug": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        "unsafely": {"type": "boolean"},
+    },
+    "required": ["code", "globals_dict"],
+}
+Draft202012Validator.check_schema(PAYLOAD_SCHEMA)  # a broken schema fails at import, not per request
+PAYLOAD_VALIDATOR = Draft202012Validator(PAYLOAD_SCHEMA)
+
+# The one file name the LMS uses (a zip of course modules). codejail copies python_path entries
+# it was not given as files from the web app's own disk, and writes uploaded files under their
+# given names: any other name would let a caller read or write files as the app user.
+ALLOWED_FILE_NAME = "python_lib.zip"
+
+
+# .. custom_attribute_name: codejail_service.status
+# .. custom_attribute_description: Outcome of a code-exec request as one dotted status:
+#   disabled.toggle (CODEJAIL_ENABLED off), disabled.startup_checks (safety checks not passed),
+#   invalid.<reason> (refused with 400: payload_missing, payload_duplicated, payload_not_text,
+#   payload_json, payload_schema, unsafely, file_name, file_duplicated, python_path, file_missing;
+#   and invalid.request_size from the size-limit middleware), executed.success, or
+#   executed.error (the code raised, was killed or broke the protocol; 200 with emsg).
+def _refuse(status_slug, message, status=400):
+    """One refused request: telemetry status, log line, JSON error answer."""
+    set_custom_attribute("codejail_service.status", status_slug)
+    log.info("Refused code-exec request (%s): %s", status_slug, message)
+    return Response({"error": message}, status=status)
+
+
+class CodeExecView(APIView):
+    """
+    Validate an LMS code-exec request, run it through the sandbox, answer per SPEC.md.
+
+    Success and failed runs answer 200 with ``globals_dict`` (plus ``emsg`` on failure); refused
+    requests answer 400 (invalid) or 503 (execution off) with ``{"error": "..."}``.
+    """
+
+    # The LMS posts multipart (payload + python_lib.zip); urlencoded covers payload-only clients.
+    parser_classes = [MultiPartParser, FormParser]
+
+    def post(self, request):
+        # Operators keep execution off until /health/ has shown the sandbox confines code.
+        if not CODEJAIL_ENABLED.is_enabled():
+            return _refuse("disabled.toggle", "Code execution is disabled (CODEJAIL_ENABLED is off)", 503)
+
+        # Never run code on a host where the sandbox was not proven to confine it.
+        if not startup_checks_passed():
+            if settings.CODEJAIL_ENFORCE_STARTUP_CHECKS:
+                return _refuse(
+                    "disabled.startup_checks",
+                    "Code execution is refused: the startup safety checks have not passed (see /health/)",
+                    503,
+                )
+            log.warning(
+                "EXECUTING UNCHECKED: startup safety checks did not pass but CODEJAIL_ENFORCE_STARTUP_CHECKS "
+                "is off. This must never happen in production."
+            )
+            # .. custom_attribute_name: codejail_service.unchecked_execution
+            # .. custom_attribute_description: True when code ran although the startup safety checks
+            #   had not passed (CODEJAIL_ENFORCE_STARTUP_CHECKS off; for sabotage CI runs only).
+            set_custom_attribute("codejail_service.unchecked_execution", True)
+
+        # The payload is a JSON string in a form field (not a file part, not given twice).
+        payloads = request.data.getlist("payload") if hasattr(request.data, "getlist") else []
+        if not payloads:
+            return _refuse("invalid.payload_missing", "Missing form field 'payload'")
+        if len(payloads) > 1:
+            return _refuse("invalid.payload_duplicated", "Form field 'payload' given more than once")
+        if not isinstance(payloads[0], str):
+            return _refuse("invalid.payload_not_text", "'payload' must be a form field, not a file upload")
+
+        # Python's JSON, as the LMS writes it: NaN and Infinity are accepted.
+        try:
+            payload = json.loads(payloads[0])
+        except ValueError as exc:
+            return _refuse("invalid.payload_json", f"'payload' is not valid JSON: {exc}")
+
+        # Shape of the payload; the most relevant error, with where it is.
+        error = best_match(PAYLOAD_VALIDATOR.iter_errors(payload))
+        if error is not None:
+            return _refuse(
+                "invalid.payload_schema", f"'payload' does not match the schema at {error.json_path}: {error.message}"
+            )
+
+        # Unsafe execution runs code with no sandbox at all: never over the network.
+        if payload.get("unsafely"):
+            return _refuse("invalid.unsafely", "Refusing to execute code with 'unsafely': true")
+
+        # Only the course library zip may be uploaded, once; codejail writes it under this name.
+        extra_files = []
+        for name, uploads in request.FILES.lists():
+            if name != ALLOWED_FILE_NAME:
+                return _refuse(
+                    "invalid.file_name", f"Uploaded file name {name!r} is not allowed; only {ALLOWED_FILE_NAME!r} is"
+                )
+            if len(uploads) > 1:
+                return _refuse("invalid.file_duplicated", f"File {name!r} uploaded more than once")
+            extra_files.append((name, uploads[0].read()))
+
+        # python_path may only name the uploaded zip: an entry with no matching file would make
+        # codejail copy that path from the web app's own disk into the sandbox.
+        python_path = payload.get("python_path") or []
+        for entry in python_path:
+            if entry != ALLOWED_FILE_NAME:
+                return _refuse(
+                    "invalid.python_path", f"python_path entry {entry!r} is not allowed; only {ALLOWED_FILE_NAME!r} is"
+                )
+        uploaded_names = {name for name, _ in extra_files}
+        if python_path and ALLOWED_FILE_NAME not in uploaded_names:
+            return _refuse(
+                "invalid.file_missing", f"python_path names {ALLOWED_FILE_NAME!r} but no such file was uploaded"
+            )
+
+        slug = payload.get("slug")
+        limit_overrides_context = payload.get("limit_overrides_context")
+        # .. custom_attribute_name: codejail_service.slug
+        # .. custom_attribute_description: The caller's label for the code (usually the problem's
+        #   usage key), or None.
+        set_custom_attribute("codejail_service.slug", slug)
+        # .. custom_attribute_name: codejail_service.files_count
+        # .. custom_attribute_description: Number of files uploaded with the request (0 or 1).
+        set_custom_attribute("codejail_service.files_count", len(extra_files))
+        # .. custom_attribute_name: codejail_service.python_path_length
+        # .. custom_attribute_description: Number of entries in the payload's python_path.
+        set_custom_attribute("codejail_service.python_path_length", len(python_path))
+        # .. custom_attribute_name: codejail_service.limit_overrides_context
+        # .. custom_attribute_description: The payload's limit_overrides_context (picks a set of
+        #   CODE_JAIL limit overrides), or None.
+        set_custom_attribute("codejail_service.limit_overrides_context", limit_overrides_context)
+
+        globals_out, emsg = run_code(
+            payload["code"],
+            payload["globals_dict"],
+            python_path=python_path,
+            limit_overrides_context=limit_overrides_context,
+            slug=slug,
+            extra_files=extra_files,
+        )
+        # Every 200 carries globals_dict: the LMS updates its globals from it even on failure.
+        if emsg is None:
+            set_custom_attribute("codejail_service.status", "executed.success")
+            return Response({"globals_dict": globals_out})
+        set_custom_attribute("codejail_service.status", "executed.error")
+        return Response({"globals_dict": globals_out, "emsg": emsg})

@@ -1,0 +1,55 @@
+"""
+The one way this service runs code: a thin wrapper around ``codejail.safe_exec``.
+
+Used by the code-exec view and by the startup safety checks alike, so the checks prove the
+exact path requests take.
+"""
+
+import copy
+import logging
+
+from codejail.safe_exec import SafeExecException, safe_exec
+from codejail.safe_exec import json as codejail_json
+from edx_django_utils.monitoring import record_exception
+
+log = logging.getLogger(__name__)
+
+# Shown to the caller when something other than the submitted code failed; details go to the log.
+UNEXPECTED_ERROR_EMSG = "Codejail service failed to run the code because of an internal error; see the service logs."
+
+
+def run_code(code, globals_dict, python_path=None, limit_overrides_context=None, slug=None, extra_files=None):
+    """
+    Run ``code`` in the sandbox and return ``(globals_dict_out, emsg)``.
+
+    ``globals_dict`` is never modified: safe_exec works on a deep copy. On success ``emsg`` is
+    None and the first item holds the JSON-safe globals after the run. On any failure the first
+    item is the input globals, unchanged, and ``emsg`` says what went wrong:
+
+    - the code raised, was killed, or exited non-zero: codejail's own message, with the
+      sandbox's stdout, stderr (traceback) and status, which operators and authors rely on;
+    - the sandbox's stdout was not the JSON that codejail's protocol expects;
+    - anything else (misconfiguration, sudo failure, ...): logged with its traceback, recorded
+      with record_exception(), and answered with a generic message.
+    """
+    globals_copy = copy.deepcopy(globals_dict)
+    try:
+        safe_exec(
+            code,
+            globals_copy,
+            python_path=python_path,
+            limit_overrides_context=limit_overrides_context,
+            slug=slug,
+            extra_files=extra_files,
+        )
+    except SafeExecException as exc:
+        return globals_dict, str(exc)
+    except (codejail_json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
+        log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)
+        return globals_dict, f"Couldn't execute jailed code: the sandbox's output was not valid JSON ({exc})"
+    except Exception:  # noqa: BLE001 -- any failure must become an answer, never an HTML 500
+        log.exception("Unexpected error while running code for %r", slug)
+        record_exception()
+        return globals_dict, UNEXPECTED_ERROR_EMSG
+    return globals_copy, None

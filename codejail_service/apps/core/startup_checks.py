@@ -1,0 +1,237 @@
+"""
+Startup safety checks: prove, once per process, that the sandbox really confines code.
+
+Each check is a named function returning a :class:`CheckResult`. The sandbox checks run real
+code through :func:`~codejail_service.apps.core.execution.run_code` (the same path requests
+take, under codejail's limits, so none can hang); ``webapp_egress`` runs in the web app itself.
+
+``run_startup_checks()`` runs every registered check once and caches the results in module
+state; ``codejail_service/wsgi.py`` calls it after the application is built (with gunicorn's
+``preload_app`` the master runs it and the workers inherit the results). It is never called on
+import, in tests or in management commands. ``/health/`` and the code-exec view read the
+cached results through :func:`get_startup_check_results` / :func:`startup_checks_passed`.
+
+To add a check, decorate a function with ``@startup_check("name")``; return
+``CheckResult.ok(**details)`` or ``CheckResult.fail(reason, **details)``. Details (JSON-safe)
+are shown in /health/ next to ``passed`` and ``reason``.
+"""
+
+import errno
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from edx_django_utils.monitoring import set_custom_attribute
+
+from codejail_service.apps.core.execution import run_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of one startup check: passed, or failed with a reason; optional details."""
+
+    passed: bool
+    reason: str | None = None
+    details: dict = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, **details):
+        return cls(passed=True, details=details)
+
+    @classmethod
+    def fail(cls, reason, **details):
+        return cls(passed=False, reason=reason, details=details)
+
+    def as_json(self):
+        """The check's entry in /health/: ``{"passed", "reason", **details}``."""
+        return {**self.details, "passed": self.passed, "reason": self.reason}
+
+
+# name -> check function, in registration (and execution) order.
+STARTUP_CHECKS = {}
+
+# name -> CheckResult once run_startup_checks() has run; None before.
+_results = None
+
+
+def startup_check(name):
+    """Register the decorated function as the startup check called ``name``."""
+
+    def register(check):
+        if name in STARTUP_CHECKS:
+            raise ValueError(f"Startup check {name!r} is already registered")
+        STARTUP_CHECKS[name] = check
+        return check
+
+    return register
+
+
+def _sandbox_probe(code, slug):
+    """
+    Run probe ``code`` in the sandbox; it must set the global ``outcome``.
+
+    Returns ``(outcome, None)``, or ``(None, failed CheckResult)`` when the probe itself did not
+    run to completion: a check must never pass just because the sandbox is broken.
+    """
+    globals_out, emsg = run_code(code, {}, slug=f"startup_check:{slug}")
+    if emsg is not None:
+        return None, CheckResult.fail(f"probe did not run to completion: {emsg}")
+    if "outcome" not in globals_out:
+        return None, CheckResult.fail("probe finished without reporting an outcome")
+    return globals_out["outcome"], None
+
+
+@startup_check("basic_execution")
+def check_basic_execution():
+    """The sandbox runs code at all: ``x = x + 1`` with x=16 gives 17."""
+    globals_out, emsg = run_code("x = x + 1", {"x": 16}, slug="startup_check:basic_execution")
+    if emsg is not None:
+        return CheckResult.fail(f"execution failed: {emsg}")
+    if globals_out.get("x") != 17:
+        return CheckResult.fail(f"expected x == 17 after x = x + 1 with x = 16, got {globals_out.get('x')!r}")
+    return CheckResult.ok()
+
+
+# Each probe reports "denied" for the expected refusal, and names anything else it saw. The code
+# must run to completion to report at all, so a probe broken by a typo cannot pass.
+DISK_ESCAPE_PROBE = """
+import os
+try:
+    os.listdir('/')
+    outcome = 'allowed'
+except PermissionError:
+    outcome = 'denied'
+except Exception as exc:
+    outcome = 'unexpected: ' + repr(exc)
+"""
+
+PROCESS_EXEC_PROBE = """
+import errno, subprocess
+try:
+    subprocess.run(['/usr/bin/true'], check=False)
+    outcome = 'allowed'
+except OSError as exc:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EAGAIN):
+        outcome = 'denied'
+    else:
+        outcome = 'unexpected: ' + repr(exc)
+except Exception as exc:
+    outcome = 'unexpected: ' + repr(exc)
+"""
+
+NETWORK_SOCKET_PROBE = """
+import socket
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    outcome = 'allowed'
+except PermissionError:
+    outcome = 'denied'
+except Exception as exc:
+    outcome = 'unexpected: ' + repr(exc)
+"""
+
+
+def _denial_check(code, slug, what):
+    outcome, failure = _sandbox_probe(code, slug)
+    if failure is not None:
+        return failure
+    if outcome == "denied":
+        return CheckResult.ok()
+    if outcome == "allowed":
+        return CheckResult.fail(f"sandboxed code was able to {what}")
+    return CheckResult.fail(f"sandboxed code trying to {what} got {outcome}")
+
+
+@startup_check("disk_escape")
+def check_disk_escape():
+    """Sandboxed code cannot list ``/`` (PermissionError)."""
+    return _denial_check(DISK_ESCAPE_PROBE, "disk_escape", "list /")
+
+
+@startup_check("process_exec")
+def check_process_exec():
+    """Sandboxed code cannot start another process (EACCES, EPERM or EAGAIN)."""
+    return _denial_check(PROCESS_EXEC_PROBE, "process_exec", "start /usr/bin/true")
+
+
+@startup_check("network_socket")
+def check_network_socket():
+    """Sandboxed code cannot create an IPv4 socket (PermissionError)."""
+    return _denial_check(NETWORK_SOCKET_PROBE, "network_socket", "create an AF_INET socket")
+
+
+# connect() errors that mean "nothing came back": the packet was dropped or refused locally.
+EGRESS_BLOCKED_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM, errno.EACCES}
+
+
+@startup_check("webapp_egress")
+def check_webapp_egress():
+    """
+    The web app itself cannot reach the outside network.
+
+    A TCP connect to ``settings.CODEJAIL_EGRESS_CHECK`` (an IP literal, so DNS plays no part)
+    must be blocked: a timeout, an unreachable network/host, or a local firewall refusal.
+    Success, or ECONNREFUSED (a RST came back from the target), proves packets get through.
+    """
+    target = settings.CODEJAIL_EGRESS_CHECK
+    host, port, timeout = target["host"], int(target["port"]), float(target["timeout"])
+    details = {"target": f"{host}:{port}"}
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except TimeoutError:
+        return CheckResult.ok(**details, blocked_by=f"no answer within {timeout} s")
+    except OSError as exc:
+        if exc.errno in EGRESS_BLOCKED_ERRNOS:
+            return CheckResult.ok(**details, blocked_by=errno.errorcode.get(exc.errno, str(exc.errno)))
+        if exc.errno == errno.ECONNREFUSED:
+            return CheckResult.fail(f"connection to {host}:{port} was refused by the target: egress is open", **details)
+        return CheckResult.fail(f"connecting to {host}:{port} failed unexpectedly: {exc!r}", **details)
+    return CheckResult.fail(f"connected to {host}:{port}: the web app can reach the network", **details)
+
+
+def run_startup_checks():
+    """Run every registered check once per process, cache and return the results."""
+    global _results  # noqa: PLW0603 -- module state is the per-process cache
+    if _results is not None:
+        return _results
+    results = {}
+    for name, check in STARTUP_CHECKS.items():
+        try:
+            result = check()
+        except Exception as exc:  # noqa: BLE001 -- a crashing check fails, it does not stop startup
+            log.exception("Startup check %s raised", name)
+            result = CheckResult.fail(f"check raised {exc!r}")
+        results[name] = result
+        # .. custom_attribute_name: codejail_service.startup_check.<name>
+        # .. custom_attribute_description: Result of one startup safety check, recorded once per
+        #   process at startup: "pass", or "fail: <reason>". Names: basic_execution, disk_escape,
+        #   process_exec, network_socket, webapp_egress (and any check registered later).
+        set_custom_attribute(
+            f"codejail_service.startup_check.{name}", "pass" if result.passed else f"fail: {result.reason}"
+        )
+        if result.passed:
+            log.info("Startup check %s passed %s", name, result.details or "")
+        else:
+            log.error("Startup check %s FAILED: %s", name, result.reason)
+    _results = results
+    return _results
+
+
+def get_startup_check_results():
+    """The cached results (name -> CheckResult), or None if the checks have not run."""
+    return _results
+
+
+def startup_checks_passed():
+    """True only when the checks have run and every one passed."""
+    return _results is not None and all(result.passed for result in _results.values())
+
+
+def reset_startup_checks():
+    """Forget the cached results (for tests)."""
+    global _results  # noqa: PLW0603
+    _results = None

@@ -1,0 +1,151 @@
+"""
+Defaults shared by every environment.
+
+The service keeps no state: no database (Django still wants one, so an in-memory
+SQLite is configured and never used), no sessions, no users, no secrets.
+"""
+
+import os
+
+MIB = 1024 * 1024
+
+# Nothing is signed (no sessions, no CSRF cookies, no passwords), so the key
+# protects nothing; Django merely refuses to start without one.
+SECRET_KEY = "codejail-service-has-no-secrets"
+
+DEBUG = False
+
+# The service is internal: the LMS/CMS reach it by whatever name the deployment
+# gives it. Restrict in the YAML config if your network can route other names here.
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "rest_framework",
+    "codejail_service.apps.core",
+]
+
+MIDDLEWARE = [
+    # First, so an oversize body is refused before anything reads it.
+    "codejail_service.apps.core.middleware.RequestSizeLimitMiddleware",
+]
+
+ROOT_URLCONF = "codejail_service.urls"
+WSGI_APPLICATION = "codejail_service.wsgi.application"
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": ":memory:",
+    }
+}
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+USE_I18N = False
+
+REST_FRAMEWORK = {
+    # Unauthenticated internal service: no auth classes, so DRF needs neither
+    # django.contrib.auth nor sessions.
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    # Every answer is JSON, whatever the client's Accept header says.
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "codejail_service.apps.core.negotiation.AlwaysJSONNegotiation",
+    # NaN / Infinity occur in course globals and must round-trip (Python's JSON).
+    "STRICT_JSON": False,
+    # Escape non-ASCII as \uXXXX: plain ASCII bodies, and lone surrogates that
+    # codejail lets through cannot break UTF-8 encoding of the response.
+    "UNICODE_JSON": False,
+    # Errors as {"error": "..."} like the rest of the API.
+    "EXCEPTION_HANDLER": "codejail_service.apps.core.errors.json_exception_handler",
+}
+
+# Telemetry backends for edx_django_utils.monitoring (set_custom_attribute, record_exception).
+# None by default: name the one your deployment runs in the YAML config, e.g.
+# ["edx_django_utils.monitoring.OpenTelemetryBackend"] (its package must be installed).
+OPENEDX_TELEMETRY = []
+
+# .. setting_name: CODEJAIL_MAX_REQUEST_BYTES
+# .. setting_default: 10 MiB
+# .. setting_description: Largest request body accepted. Checked against Content-Length before
+#   the body is read (413 JSON otherwise). The LMS sends the payload plus one python_lib.zip of
+#   course-provided modules, normally far below this.
+CODEJAIL_MAX_REQUEST_BYTES = 10 * MIB
+
+# Limits Django applies while parsing; kept in step with CODEJAIL_MAX_REQUEST_BYTES by
+# apply_request_size_limit(). Uploads stay in memory (never spooled to disk).
+DATA_UPLOAD_MAX_MEMORY_SIZE = CODEJAIL_MAX_REQUEST_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = CODEJAIL_MAX_REQUEST_BYTES
+# payload + python_lib.zip: a handful of fields is all the LMS sends.
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 20
+DATA_UPLOAD_MAX_NUMBER_FILES = 5
+
+
+def apply_request_size_limit(settings_dict):
+    """Derive Django's parse limits from CODEJAIL_MAX_REQUEST_BYTES (call after overriding it)."""
+    limit = settings_dict["CODEJAIL_MAX_REQUEST_BYTES"]
+    settings_dict["DATA_UPLOAD_MAX_MEMORY_SIZE"] = limit
+    settings_dict["FILE_UPLOAD_MAX_MEMORY_SIZE"] = limit
+
+
+# Master switch for execution; the SettingToggle (with its annotation) is in
+# codejail_service/apps/core/toggles.py. Operators turn it on after /health/ passes.
+CODEJAIL_ENABLED = False
+
+# Handed to codejail by apply_django_settings() when the core app is ready.
+CODE_JAIL = {
+    # A `python -m venv --copies` venv, root-owned, made by deploy/provision.sh.
+    "python_bin": "/opt/codejail-service/sandbox-venv/bin/python",
+    # The sandbox user the app user may sudo to (deploy/provision.sh, sudoers).
+    "user": "codejail-sandbox",
+    "limits": {
+        # CPU seconds. The LMS gives up after 3.5 s of wall time anyway.
+        "CPU": 1,
+        # Wall-clock seconds. Must stay under the LMS read timeout (3.5 s); the cold-cache
+        # slowness operators met with 3 s is absorbed by the startup checks, which run the
+        # sandbox python before the first request.
+        "REALTIME": 3,
+        # Address space. matplotlib needs about 300-512 MB; well under 1 GiB so that a huge
+        # allocation ends in MemoryError instead of SIGXCPU from page-zeroing time.
+        "VMEM": 512 * MIB,
+        # Largest file the code may write (in its own tmp/).
+        "FSIZE": 1 * MIB,
+        # Processes + threads of the sandbox UID host-wide; numpy's OpenBLAS wants >= 4
+        # threads unless OPENBLAS_NUM_THREADS is lowered (the LMS prolog sets it to 1).
+        "NPROC": 15,
+        # No proxy process (it is not thread-safe and we gain nothing from it).
+        "PROXY": 0,
+    },
+    # {limit_overrides_context: {limit name: value}}, e.g. a course that needs more time.
+    "limit_overrides": {},
+}
+
+# .. setting_name: CODEJAIL_EGRESS_CHECK
+# .. setting_default: {"host": "127.0.0.1", "port": 9, "timeout": 1.0}
+# .. setting_description: Target of the `webapp_egress` startup check: a TCP connect from the
+#   web app itself, which passes only when the connect is blocked (timeout, unreachable, EPERM).
+#   An IP literal, so the check never depends on DNS. Production defaults to a public address
+#   (see production.py); loopback here, because development and tests must never send traffic
+#   off this machine (loopback is never firewalled, so the check honestly fails).
+CODEJAIL_EGRESS_CHECK = {"host": "127.0.0.1", "port": 9, "timeout": 1.0}
+
+# .. setting_name: CODEJAIL_ENFORCE_STARTUP_CHECKS
+# .. setting_default: True
+# .. setting_description: When False, code is executed even if the startup safety checks failed
+#   (/health/ still answers 503, and each request logs a loud warning). Only for CI runs that
+#   deliberately sabotage the sandbox to prove the live tests catch it. NEVER in production.
+CODEJAIL_ENFORCE_STARTUP_CHECKS = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "standard": {"format": "%(asctime)s %(levelname)s %(process)d [%(name)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "standard"},
+    },
+    "root": {"handlers": ["console"], "level": os.environ.get("CODEJAIL_SERVICE_LOG_LEVEL", "INFO")},
+}
