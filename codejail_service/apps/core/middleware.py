@@ -1,4 +1,4 @@
-"""Refuse oversize or unmeasurable request bodies before anything reads them."""
+"""Refuse oversize or unmeasurable request bodies (and disallowed hosts) before anything reads them."""
 
 from django.conf import settings
 from edx_django_utils.monitoring import set_custom_attribute
@@ -19,6 +19,9 @@ class RequestSizeLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        # Nothing else asks for the host (no CommonMiddleware/CSRF); ask here so ALLOWED_HOSTS
+        # is enforced (DisallowedHost becomes a 400 JSON answer).
+        request.get_host()
         refusal = self.refusal(request)
         if refusal is not None:
             # The status attribute is documented in apps/api/v0/views.py.

@@ -1,0 +1,75 @@
+"""Tests of run_code, the wrapper around codejail's safe_exec (mocked, nothing deeper)."""
+
+import json
+from unittest import mock
+
+import pytest
+from codejail.safe_exec import SafeExecException
+
+from codejail_service.apps.core.execution import UNEXPECTED_ERROR_EMSG, run_code
+
+SAFE_EXEC = "codejail_service.apps.core.execution.safe_exec"
+
+
+def test_success_returns_updated_copy_and_no_emsg():
+    def ran(code, globals_dict, **kwargs):
+        globals_dict["x"] = 17
+        globals_dict["nested"]["k"].append(2)
+
+    original = {"x": 16, "nested": {"k": [1]}}
+    with mock.patch(SAFE_EXEC, side_effect=ran):
+        globals_out, emsg = run_code("x = x + 1", original)
+    assert emsg is None
+    assert globals_out == {"x": 17, "nested": {"k": [1, 2]}}
+    assert original == {"x": 16, "nested": {"k": [1]}}  # deep copy: not even nested values changed
+
+
+def test_arguments_are_passed_through():
+    with mock.patch(SAFE_EXEC) as safe_exec:
+        run_code("c", {}, python_path=["python_lib.zip"], limit_overrides_context="ctx", slug="s",
+                 extra_files=[("python_lib.zip", b"z")])
+    safe_exec.assert_called_once_with(
+        "c", {}, python_path=["python_lib.zip"], limit_overrides_context="ctx", slug="s",
+        extra_files=[("python_lib.zip", b"z")],
+    )
+
+
+def test_safe_exec_exception_text_becomes_emsg_and_input_is_returned():
+    message = "Couldn't execute jailed code: stdout: b'', stderr: b'boom' with status code: 1"
+
+    def failing(code, globals_dict, **kwargs):
+        globals_dict["x"] = "partial"
+        raise SafeExecException(message)
+
+    original = {"x": 16}
+    with mock.patch(SAFE_EXEC, side_effect=failing):
+        globals_out, emsg = run_code("raise", original)
+    assert emsg == message
+    assert globals_out == {"x": 16}
+    assert original == {"x": 16}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [json.JSONDecodeError("Expecting value", "garbage", 0), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid")],
+)
+def test_corrupted_jail_stdout_gets_a_clear_emsg(error, caplog):
+    with mock.patch(SAFE_EXEC, side_effect=error):
+        globals_out, emsg = run_code("import sys; sys.__stdout__.write('junk')", {"x": 1}, slug="p")
+    assert emsg.startswith("Couldn't execute jailed code: the sandbox's output was not valid JSON")
+    assert globals_out == {"x": 1}
+    assert "not valid JSON" in caplog.text
+
+
+def test_unexpected_exception_is_logged_recorded_and_answered_generically(caplog):
+    with (
+        mock.patch(SAFE_EXEC, side_effect=RuntimeError("safe_exec has not been configured for Python")),
+        mock.patch("codejail_service.apps.core.execution.record_exception") as record_exception,
+    ):
+        globals_out, emsg = run_code("x = 1", {"x": 0}, slug="p9")
+    assert emsg == UNEXPECTED_ERROR_EMSG
+    assert "configured" not in emsg  # internal details stay in the log
+    assert globals_out == {"x": 0}
+    record_exception.assert_called_once_with()
+    assert "Unexpected error while running code for 'p9'" in caplog.text
+    assert "RuntimeError: safe_exec has not been configured" in caplog.text  # the traceback

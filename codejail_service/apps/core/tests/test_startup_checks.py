@@ -1,0 +1,307 @@
+"""Tests of the startup safety checks: their pass/fail logic, the probes, the cache."""
+
+import errno
+import socket
+import subprocess
+from unittest import mock
+
+import pytest
+from codejail.safe_exec import SafeExecException
+
+from codejail_service.apps.core import startup_checks
+from codejail_service.apps.core.startup_checks import (
+    DISK_ESCAPE_PROBE,
+    NETWORK_SOCKET_PROBE,
+    PROCESS_EXEC_PROBE,
+    CheckResult,
+    check_basic_execution,
+    check_disk_escape,
+    check_network_socket,
+    check_process_exec,
+    check_webapp_egress,
+    get_startup_check_results,
+    run_startup_checks,
+    startup_check,
+    startup_checks_passed,
+)
+
+SAFE_EXEC = "codejail_service.apps.core.execution.safe_exec"
+
+
+def sandbox_reports(**globals_after):
+    """A mocked safe_exec whose sandboxed code ended with these globals."""
+
+    def ran(code, globals_dict, **kwargs):
+        globals_dict.update(globals_after)
+
+    return mock.patch(SAFE_EXEC, side_effect=ran)
+
+
+def sandbox_fails(message="Couldn't execute jailed code: stdout: b'', stderr: b'x' with status code: 1"):
+    return mock.patch(SAFE_EXEC, side_effect=SafeExecException(message))
+
+
+# --- basic_execution --------------------------------------------------------------------------
+
+
+def test_basic_execution_passes_when_x_becomes_17():
+    seen = []
+
+    def ran(code, globals_dict, **kwargs):
+        seen.append((code, dict(globals_dict)))
+        globals_dict["x"] = 17
+
+    with mock.patch(SAFE_EXEC, side_effect=ran):
+        assert check_basic_execution() == CheckResult.ok()
+    assert seen == [("x = x + 1", {"x": 16})]
+
+
+def test_basic_execution_fails_on_wrong_result():
+    with sandbox_reports(x=16):
+        result = check_basic_execution()
+    assert not result.passed
+    assert "got 16" in result.reason
+
+
+def test_basic_execution_fails_when_the_sandbox_fails():
+    with sandbox_fails("Couldn't execute jailed code: stdout: b'', stderr: b'sudo: a password is required'"):
+        result = check_basic_execution()
+    assert not result.passed
+    assert "sudo: a password is required" in result.reason
+
+
+# --- the sandbox denial checks ------------------------------------------------------------------
+
+DENIAL_CHECKS = [
+    (check_disk_escape, "list /"),
+    (check_process_exec, "start /usr/bin/true"),
+    (check_network_socket, "create an AF_INET socket"),
+]
+
+
+@pytest.mark.parametrize("check, what", DENIAL_CHECKS)
+def test_denial_check_passes_when_the_probe_was_denied(check, what):
+    with sandbox_reports(outcome="denied"):
+        assert check() == CheckResult.ok()
+
+
+@pytest.mark.parametrize("check, what", DENIAL_CHECKS)
+def test_denial_check_fails_when_the_probe_was_allowed(check, what):
+    with sandbox_reports(outcome="allowed"):
+        result = check()
+    assert not result.passed
+    assert result.reason == f"sandboxed code was able to {what}"
+
+
+@pytest.mark.parametrize("check, what", DENIAL_CHECKS)
+def test_denial_check_fails_on_an_unexpected_outcome(check, what):
+    with sandbox_reports(outcome="unexpected: FileNotFoundError(2, 'No such file')"):
+        result = check()
+    assert not result.passed
+    assert "FileNotFoundError" in result.reason
+
+
+@pytest.mark.parametrize("check, what", DENIAL_CHECKS)
+def test_denial_check_fails_when_the_probe_did_not_complete(check, what):
+    """A broken sandbox (or a probe that crashed) must never count as 'denied'."""
+    with sandbox_fails():
+        result = check()
+    assert not result.passed
+    assert result.reason.startswith("probe did not run to completion: Couldn't execute jailed code")
+
+
+@pytest.mark.parametrize("check, what", DENIAL_CHECKS)
+def test_denial_check_fails_when_the_probe_reported_nothing(check, what):
+    with sandbox_reports():
+        result = check()
+    assert not result.passed
+    assert result.reason == "probe finished without reporting an outcome"
+
+
+def run_probe(code):
+    """Run a probe in this (unconfined) process, as the sandbox would, and return its outcome."""
+    scope = {}
+    exec(code, scope)  # noqa: S102 -- our own probe code
+    return scope["outcome"]
+
+
+# Allow twins: unconfined, each probe runs and sees its action succeed.
+@pytest.mark.parametrize("probe", [DISK_ESCAPE_PROBE, PROCESS_EXEC_PROBE, NETWORK_SOCKET_PROBE])
+def test_probe_reports_allowed_where_nothing_confines_it(probe):
+    assert run_probe(probe) == "allowed"
+
+
+def test_disk_escape_probe_reports_denied_on_permission_error(monkeypatch):
+    monkeypatch.setattr("os.listdir", mock.Mock(side_effect=PermissionError(errno.EACCES, "Permission denied")))
+    assert run_probe(DISK_ESCAPE_PROBE) == "denied"
+
+
+def test_disk_escape_probe_names_other_errors(monkeypatch):
+    monkeypatch.setattr("os.listdir", mock.Mock(side_effect=FileNotFoundError(errno.ENOENT, "gone")))
+    assert run_probe(DISK_ESCAPE_PROBE).startswith("unexpected: FileNotFoundError")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        PermissionError(errno.EPERM, "Operation not permitted"),
+        BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable"),
+    ],
+)
+def test_process_exec_probe_reports_denied_on_eacces_eperm_eagain(monkeypatch, error):
+    monkeypatch.setattr(subprocess, "run", mock.Mock(side_effect=error))
+    assert run_probe(PROCESS_EXEC_PROBE) == "denied"
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError(errno.ENOENT, "No such file"), ValueError("odd")])
+def test_process_exec_probe_names_other_errors(monkeypatch, error):
+    monkeypatch.setattr(subprocess, "run", mock.Mock(side_effect=error))
+    assert run_probe(PROCESS_EXEC_PROBE).startswith("unexpected: ")
+
+
+def test_network_socket_probe_reports_denied_on_permission_error(monkeypatch):
+    monkeypatch.setattr(socket, "socket", mock.Mock(side_effect=PermissionError(errno.EACCES, "Permission denied")))
+    assert run_probe(NETWORK_SOCKET_PROBE) == "denied"
+
+
+def test_network_socket_probe_names_other_errors(monkeypatch):
+    monkeypatch.setattr(socket, "socket", mock.Mock(side_effect=OSError(errno.EAFNOSUPPORT, "no inet")))
+    assert run_probe(NETWORK_SOCKET_PROBE).startswith("unexpected: ")
+
+
+# --- webapp_egress (the socket is mocked: tests send no traffic) -------------------------------
+
+CONNECT = "codejail_service.apps.core.startup_checks.socket.create_connection"
+
+
+@pytest.fixture
+def egress_target(settings):
+    settings.CODEJAIL_EGRESS_CHECK = {"host": "192.0.2.10", "port": 443, "timeout": 1.5}
+
+
+def test_egress_check_uses_the_configured_target_and_timeout(egress_target):
+    with mock.patch(CONNECT, side_effect=TimeoutError()) as connect:
+        check_webapp_egress()
+    connect.assert_called_once_with(("192.0.2.10", 443), timeout=1.5)
+
+
+def test_egress_check_passes_on_timeout(egress_target):
+    with mock.patch(CONNECT, side_effect=TimeoutError()):
+        result = check_webapp_egress()
+    assert result.passed
+    assert result.details == {"target": "192.0.2.10:443", "blocked_by": "no answer within 1.5 s"}
+
+
+@pytest.mark.parametrize("code", [errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM, errno.EACCES])
+def test_egress_check_passes_when_blocked(egress_target, code):
+    with mock.patch(CONNECT, side_effect=OSError(code, "blocked")):
+        result = check_webapp_egress()
+    assert result.passed
+    assert result.details["blocked_by"] == errno.errorcode[code]
+
+
+def test_egress_check_fails_when_the_connection_succeeds(egress_target):
+    with mock.patch(CONNECT) as connect:
+        result = check_webapp_egress()
+    assert not result.passed
+    assert result.reason == "connected to 192.0.2.10:443: the web app can reach the network"
+    connect.return_value.__exit__.assert_called_once()  # the socket was closed
+
+
+def test_egress_check_fails_when_the_target_refuses(egress_target):
+    """ECONNREFUSED means a RST came back: packets reach the outside."""
+    with mock.patch(CONNECT, side_effect=ConnectionRefusedError(errno.ECONNREFUSED, "refused")):
+        result = check_webapp_egress()
+    assert not result.passed
+    assert "refused by the target: egress is open" in result.reason
+
+
+def test_egress_check_fails_on_other_errors(egress_target):
+    with mock.patch(CONNECT, side_effect=OSError(errno.EADDRNOTAVAIL, "odd")):
+        result = check_webapp_egress()
+    assert not result.passed
+    assert "failed unexpectedly" in result.reason
+
+
+def test_egress_check_against_loopback_fails_for_real():
+    """Unmocked, with the test settings' loopback target: nothing blocks loopback, so FAIL."""
+    result = check_webapp_egress()
+    assert not result.passed
+    assert result.details == {"target": "127.0.0.1:9"}
+
+
+# --- the registry and the cache -----------------------------------------------------------------
+
+
+def test_the_five_checks_are_registered_in_order():
+    assert list(startup_checks.STARTUP_CHECKS) == [
+        "basic_execution", "disk_escape", "process_exec", "network_socket", "webapp_egress",
+    ]
+
+
+def test_registering_a_name_twice_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        startup_check("basic_execution")(lambda: CheckResult.ok())
+
+
+@pytest.fixture
+def fake_checks(monkeypatch):
+    calls = []
+
+    def passing():
+        calls.append("passing")
+        return CheckResult.ok(layers=["landlock", "seccomp"])
+
+    def failing():
+        calls.append("failing")
+        return CheckResult.fail("nope")
+
+    def crashing():
+        calls.append("crashing")
+        raise KeyError("boom")
+
+    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"a": passing, "b": failing, "c": crashing})
+    return calls
+
+
+def test_checks_have_not_run_until_asked():
+    assert get_startup_check_results() is None
+    assert not startup_checks_passed()
+
+
+def test_run_startup_checks_runs_each_check_once_and_caches(fake_checks):
+    first = run_startup_checks()
+    second = run_startup_checks()
+    assert fake_checks == ["passing", "failing", "crashing"]
+    assert first is second is get_startup_check_results()
+    assert first["a"] == CheckResult.ok(layers=["landlock", "seccomp"])
+    assert first["b"] == CheckResult.fail("nope")
+    assert first["c"] == CheckResult.fail("check raised KeyError('boom')")
+    assert not startup_checks_passed()
+
+
+def test_startup_checks_pass_only_when_all_pass(monkeypatch):
+    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"a": CheckResult.ok, "b": CheckResult.ok})
+    run_startup_checks()
+    assert startup_checks_passed()
+
+
+def test_each_check_result_is_recorded_as_a_custom_attribute(fake_checks):
+    with mock.patch("codejail_service.apps.core.startup_checks.set_custom_attribute") as set_attribute:
+        run_startup_checks()
+    assert set_attribute.call_args_list == [
+        mock.call("codejail_service.startup_check.a", "pass"),
+        mock.call("codejail_service.startup_check.b", "fail: nope"),
+        mock.call("codejail_service.startup_check.c", "fail: check raised KeyError('boom')"),
+    ]
+
+
+def test_failures_are_logged(fake_checks, caplog):
+    run_startup_checks()
+    assert "Startup check b FAILED: nope" in caplog.text
+    assert "Startup check c raised" in caplog.text
+
+
+def test_check_result_as_json_merges_details():
+    assert CheckResult.fail("why", seen="x").as_json() == {"seen": "x", "passed": False, "reason": "why"}
