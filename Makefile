@@ -30,19 +30,22 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service tests manage.py
+	$(VENV_BIN)/ruff check codejail_service manage.py
 
-annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations
-	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report \
-		--source_path codejail_service --report_path .cache/annotations
+annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
+	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
 
 test-unit: $(VENV_STAMP) ## unit tests with coverage of codejail_service/ (fails under 95 %)
 	$(VENV_BIN)/pytest
 
 validate: quality annotations test-unit ## everything a change must pass before it is committed
 
-serve: $(VENV_STAMP) ## run gunicorn with our config from the current environment
-	$(VENV_BIN)/gunicorn -c python:codejail_service.gunicorn_config codejail_service.wsgi
+# Production settings when a config file is named, else the developer settings.
+SERVE_SETTINGS ?= $(if $(CODEJAIL_SERVICE_CFG),codejail_service.settings.production,codejail_service.settings.local)
+
+serve: $(VENV_STAMP) ## run gunicorn with our config from the current environment (CODEJAIL_SERVICE_BIND, CODEJAIL_SERVICE_CFG)
+	DJANGO_SETTINGS_MODULE=$${DJANGO_SETTINGS_MODULE:-$(SERVE_SETTINGS)} \
+		$(VENV_BIN)/gunicorn -c python:codejail_service.gunicorn_config codejail_service.wsgi
 
 clean: ## remove caches and reports (keeps .venv)
 	rm -rf .cache .coverage coverage.xml htmlcov .pytest_cache .ruff_cache build dist *.egg-info
