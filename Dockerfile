@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+#
+# codejail-service image. Every provisioning step lives in deploy/provision.sh,
+# the script CI runs on each change; this file only orders the steps and sets
+# the runtime defaults. Two targets:
+#
+#   docker build -t codejail-service .                          # the service
+#   docker build --target apparmor-loader -t codejail-service-apparmor-loader .
+#
+# The service needs its AppArmor profile loaded on the host and applied:
+#
+#   sudo apparmor_parser -r apparmor/openedx_codejail_service
+#   docker run --security-opt apparmor=openedx_codejail_service \
+#       -p 127.0.0.1:8550:8550 codejail-service
+#
+# See docs/deployment.rst.
+
+# Debian 12.11 (bookworm) from the 2025-05-20 snapshot, the release CI runs
+# deploy/provision.sh on. Pinned by dated tag; pin by digest in your own registry.
+ARG BASE_IMAGE=debian:bookworm-20250520-slim
+
+# ---------------------------------------------------------------------------
+# apparmor-loader: loads the profile into a node's kernel
+# (deploy/kubernetes/apparmor-loader.yaml). Built from the same commit as the
+# service, so profile and service always match.
+FROM ${BASE_IMAGE} AS apparmor-loader
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends apparmor=3.0.8-3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY apparmor/openedx_codejail_service /etc/codejail-service/apparmor/
+CMD ["apparmor_parser", "--replace", "--verbose", "/etc/codejail-service/apparmor/openedx_codejail_service"]
+
+# ---------------------------------------------------------------------------
+# service (default target): gunicorn + the sandbox, provisioned exactly as on a host.
+FROM ${BASE_IMAGE} AS service
+
+# Large UIDs that nothing else on the host uses: RLIMIT_NPROC counts every
+# process of a UID on the whole host, across containers.
+ARG APP_UID=180001
+ARG SANDBOX_UID=180100
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# The checkout is bind-mounted for this one step, so no source tree, build
+# directory or pip cache ends up in a layer.
+RUN --mount=type=bind,target=/src \
+    CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" /src/deploy/provision.sh \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV DJANGO_SETTINGS_MODULE=codejail_service.settings.production \
+    CODEJAIL_SERVICE_CFG=/etc/codejail-service/config.yml \
+    CODEJAIL_SERVICE_BIND=0.0.0.0:8550 \
+    PATH=/opt/codejail-service/venv/bin:${PATH}
+
+# Not a secret: a marker the live API suite looks for in the sandbox's
+# environment, where it must never appear (sudo gives the sandbox a clean one).
+ENV CODEJAIL_ENV_CANARY=codejail-env-canary-7d1f3c
+
+# The app user, by number so Kubernetes' runAsNonRoot can check it.
+USER ${APP_UID}:${APP_UID}
+EXPOSE 8550
+
+# 200 only once the startup safety checks have passed (503 before, and if any failed).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["/opt/codejail-service/venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8550/health/', timeout=4)"]
+
+CMD ["gunicorn", "-c", "python:codejail_service.gunicorn_config", "codejail_service.wsgi:application"]

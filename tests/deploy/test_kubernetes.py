@@ -1,0 +1,240 @@
+"""
+The Kubernetes manifests: valid against the Kubernetes API schemas, rendered by
+kustomize, and consistent with the image, the AppArmor profile and each other.
+
+Schemas: kubernetes-validate's bundled OpenAPI schemas (offline), strict mode
+(an unknown field is an error), for the oldest Kubernetes that has
+``securityContext.appArmorProfile`` (1.30) and the newest the tool knows.
+"""
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE_DIR = ROOT / "deploy" / "kubernetes"
+MANIFESTS = sorted(p for p in KUBE_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
+VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+APPARMOR_PROFILE = ROOT / "apparmor" / "openedx_codejail_service"
+POD_LABELS = {"app.kubernetes.io/name": "codejail-service"}
+
+
+def documents(path):
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kubectl():
+    return shutil.which("kubectl") or str(Path(sys.executable).parent / "kubectl")
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """`kubectl kustomize deploy/kubernetes`: what an operator applies."""
+    result = subprocess.run([kubectl(), "kustomize", str(KUBE_DIR)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(result.stdout) if doc}
+
+
+def by_kind(rendered, kind):
+    (doc,) = [doc for (k, _), doc in rendered.items() if k == kind and doc["metadata"]["name"] == "codejail-service"]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def deployment(rendered):
+    return by_kind(rendered, "Deployment")
+
+
+@pytest.fixture(scope="module")
+def container(deployment):
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# --- Schemas ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_matches_kubernetes_schema(path, version):
+    for doc in documents(path):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_rendered_kustomization_matches_kubernetes_schema(rendered, version):
+    for doc in rendered.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_validation_rejects_an_unknown_field(container):
+    # The twin of the schema tests: strict validation really looks inside the pod spec.
+    bad = yaml.safe_load((KUBE_DIR / "deployment.yaml").read_text())
+    bad["spec"]["template"]["spec"]["containers"][0]["securityContext"]["apparmorProfile"] = {"type": "Localhost"}
+    with pytest.raises(kubernetes_validate.ValidationError, match="apparmorProfile"):
+        kubernetes_validate.validate(bad, VERSIONS[-1], strict=True)
+
+
+def test_schema_validation_rejects_apparmor_field_before_1_30():
+    # Why 1.30 is the oldest version we validate for: the field did not exist before.
+    doc = yaml.safe_load((KUBE_DIR / "deployment.yaml").read_text())
+    with pytest.raises(kubernetes_validate.ValidationError, match="appArmorProfile"):
+        kubernetes_validate.validate(doc, "1.29.0", strict=True)
+
+
+def test_kustomization_lists_every_manifest(rendered):
+    listed = yaml.safe_load((KUBE_DIR / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == [p.name for p in MANIFESTS]
+    kinds = {kind for kind, _ in rendered}
+    assert kinds == {"Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget",
+                     "HorizontalPodAutoscaler", "DaemonSet", "ConfigMap"}
+
+
+# --- The Deployment --------------------------------------------------------------------------
+
+
+def test_pod_runs_as_the_image_app_user(deployment):
+    security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 180001
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_container_keeps_only_what_sudo_needs(container):
+    security = container["securityContext"]
+    # sudo is setuid root: no_new_privs (allowPrivilegeEscalation: false) would stop it.
+    # test_pod_capabilities.py proves each capability is needed, on the real sudo.
+    assert security["allowPrivilegeEscalation"] is True
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SETUID", "SETGID", "KILL", "AUDIT_WRITE"]}
+
+
+def test_container_runs_under_the_repository_apparmor_profile(container):
+    profile_names = re.findall(r"^profile (\S+)", APPARMOR_PROFILE.read_text(), flags=re.MULTILINE)
+    assert container["securityContext"]["appArmorProfile"] == {
+        "type": "Localhost", "localhostProfile": profile_names[0]}
+    assert profile_names[0] == "openedx_codejail_service"
+
+
+def test_readiness_waits_for_the_startup_checks(container):
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/health/"
+    assert probe["port"] == "http"
+    assert container["ports"] == [{"name": "http", "containerPort": 8550, "protocol": "TCP"}]
+
+
+def test_serving_environment(container):
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["CODEJAIL_SERVICE_BIND"] == "0.0.0.0:8550"
+    assert env["CODEJAIL_SERVICE_CFG"] == "/etc/codejail-service/config.yml"
+    assert env["CODEJAIL_SERVICE_WORKERS"] == "4"
+    assert "--max-requests 1000" in env["GUNICORN_CMD_ARGS"]
+
+
+def test_config_map_is_mounted_as_the_service_config(rendered, deployment, container):
+    (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = container["volumeMounts"]
+    assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert mount["mountPath"] == "/etc/codejail-service/config.yml" and mount["subPath"] == "config.yml"
+    config = yaml.safe_load(config_map["data"]["config.yml"])
+    # Off until /health/ passes on the new deployment (docs/deployment.rst).
+    assert config["CODEJAIL_ENABLED"] is False
+    assert config["CODE_JAIL"]["python_bin"] == "/opt/codejail-service/sandbox-venv/bin/python"
+    assert config["CODE_JAIL"]["user"] == "codejail-sandbox"
+    assert set(config["CODE_JAIL"]["limits"]) == {"CPU", "REALTIME", "VMEM", "FSIZE", "NPROC", "PROXY"}
+
+
+def test_memory_limit_covers_every_worker_at_its_vmem_limit(rendered, container):
+    (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
+    vmem = yaml.safe_load(config_map["data"]["config.yml"])["CODE_JAIL"]["limits"]["VMEM"]
+    workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert int(limit[:-2]) * 2**20 >= workers * (vmem + 100 * 2**20)
+
+
+def test_liveness_accepts_503_but_readiness_does_not(container):
+    # Liveness must not restart a pod whose checks failed (a restart fixes no configuration).
+    script = container["livenessProbe"]["exec"]["command"][-1]
+    assert "e.code != 503" in script
+    assert container["startupProbe"]["exec"]["command"][-1] == script
+
+
+@pytest.mark.parametrize("status, alive", [(200, True), (503, True), (500, False)])
+def test_liveness_probe_script(container, status_server, run_probe, status, alive):
+    status_server.status = status
+    exit_status = run_probe(container["livenessProbe"]["exec"]["command"], status_server.server_address[1])
+    assert (exit_status == 0) is alive
+
+
+def test_liveness_probe_fails_when_nothing_listens(container, status_server, run_probe):
+    port = status_server.server_address[1]
+    status_server.shutdown()
+    status_server.server_close()
+    assert run_probe(container["livenessProbe"]["exec"]["command"], port) != 0
+
+
+def test_one_replica_per_node(deployment):
+    # The sandbox UID's NPROC budget is per node: two replicas on a node would share it.
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == POD_LABELS
+
+
+# --- Service, NetworkPolicy, PDB, HPA, AppArmor loader -------------------------------------
+
+
+def test_selectors_match_the_pods(rendered, deployment):
+    assert deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "codejail-service"
+    assert by_kind(rendered, "Service")["spec"]["selector"] == POD_LABELS
+    assert by_kind(rendered, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"] == POD_LABELS
+    assert by_kind(rendered, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == POD_LABELS
+    target = by_kind(rendered, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+
+def test_service_listens_on_8550(rendered):
+    (port,) = by_kind(rendered, "Service")["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (8550, "http")
+
+
+def test_network_policy_denies_all_egress(rendered):
+    spec = by_kind(rendered, "NetworkPolicy")["spec"]
+    assert "Egress" in spec["policyTypes"]
+    assert spec.get("egress", []) == []
+
+
+def test_network_policy_admits_only_lms_and_cms_pods(rendered):
+    spec = by_kind(rendered, "NetworkPolicy")["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": 8550, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # no ipBlock, no namespaceSelector: same namespace only
+    (expression,) = peer["podSelector"]["matchExpressions"]
+    assert expression["operator"] == "In"
+    assert set(expression["values"]) == {"lms", "lms-worker", "cms", "cms-worker"}
+
+
+def test_disruption_budget_and_autoscaler_keep_a_replica(rendered):
+    assert by_kind(rendered, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    hpa = by_kind(rendered, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["minReplicas"] >= 2
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_apparmor_loader_loads_the_profile_the_pods_use(rendered, container):
+    loader = rendered[("DaemonSet", "codejail-service-apparmor-loader")]
+    (loader_container,) = loader["spec"]["template"]["spec"]["containers"]
+    script = loader_container["args"][0]
+    assert "apparmor_parser --replace" in script
+    profile = container["securityContext"]["appArmorProfile"]["localhostProfile"]
+    assert f"^{profile} " in script
+    assert loader_container["securityContext"]["privileged"] is True

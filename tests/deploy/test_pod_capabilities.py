@@ -1,0 +1,125 @@
+"""
+The Deployment's container privileges are exactly what codejail's sudo needs.
+
+Runs codejail's real path (the app venv's codejail, sudo, the sandbox user and
+venv made by deploy/provision.sh) as the app user under the capability bounding
+set that deploy/kubernetes/deployment.yaml gives the container, with
+``setpriv``, the same kernel mechanism a container runtime uses. Then takes
+away one capability at a time, and sets no_new_privs (what
+``allowPrivilegeEscalation: false`` would do), to show each one is needed.
+
+Needs root and a host provisioned by deploy/provision.sh: `make test-deploy-host`.
+"""
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.host
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "deployment.yaml"
+APP_PYTHON = "/opt/codejail-service/venv/bin/python"
+SANDBOX_PYTHON = "/opt/codejail-service/sandbox-venv/bin/python"
+
+# One ordinary run, then one that outlives REALTIME and must be killed by
+# codejail's `sudo pkill -9 -g <pgid>` within about REALTIME seconds.
+PROBE = textwrap.dedent(f"""
+    import json, time
+    from codejail import jail_code
+    from codejail.safe_exec import safe_exec, SafeExecException
+    jail_code.configure("python", {SANDBOX_PYTHON!r}, user="codejail-sandbox")
+    for name, value in {{"REALTIME": 2, "CPU": 5, "NPROC": 15, "VMEM": 512 * 2**20}}.items():
+        jail_code.set_limit(name, value)
+    result = {{}}
+    g = {{"x": 16}}
+    try:
+        safe_exec("x = x + 1", g)
+        result["run"] = g["x"]
+    except SafeExecException as exc:
+        result["run"] = str(exc)
+    start = time.monotonic()
+    try:
+        safe_exec("import time; time.sleep(8)", {{}})
+        result["timeout"] = "not killed"
+    except SafeExecException as exc:
+        result["timeout"] = str(exc)
+    result["timeout_seconds"] = time.monotonic() - start
+    print(json.dumps(result))
+""")
+
+
+def container_capabilities():
+    pod = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    caps = container["securityContext"]["capabilities"]
+    assert caps["drop"] == ["ALL"]
+    return [cap.lower() for cap in caps["add"]], container["securityContext"]["allowPrivilegeEscalation"]
+
+
+def run_as_container(capabilities, no_new_privs=False):
+    """Run PROBE as the app user with only these capabilities in the bounding set."""
+    import json
+
+    argv = ["setpriv", "--bounding-set", ",".join(["-all"] + [f"+{cap}" for cap in capabilities]),
+            "--inh-caps=-all", "--reuid=180001", "--regid=180001", "--clear-groups"]
+    if no_new_privs:
+        argv.append("--no-new-privs")
+    result = subprocess.run(argv + [APP_PYTHON, "-c", PROBE], cwd="/tmp", capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def provisioned_host():
+    assert os.geteuid() == 0, "needs root (setpriv changes users and capabilities)"
+    for path in (APP_PYTHON, SANDBOX_PYTHON, "/etc/sudoers.d/codejail-service"):
+        assert os.path.exists(path), f"{path} missing: run deploy/provision.sh first"
+
+
+@pytest.fixture(scope="module")
+def deployment_caps():
+    caps, allow_escalation = container_capabilities()
+    assert allow_escalation is True
+    return caps
+
+
+def test_deployment_capabilities_run_and_kill_sandboxed_code(deployment_caps):
+    result = run_as_container(deployment_caps)
+    assert result["run"] == 17
+    assert "status code: -9" in result["timeout"]
+    assert result["timeout_seconds"] < 4
+    # No sudo complaint leaks into the student's error message.
+    assert "sudo:" not in result["timeout"]
+
+
+def test_without_setuid_sudo_cannot_become_the_sandbox_user(deployment_caps):
+    result = run_as_container([cap for cap in deployment_caps if cap != "setuid"])
+    assert "Operation not permitted" in str(result["run"]) and "sudo" in str(result["run"])
+
+
+def test_without_setgid_sudo_cannot_become_the_sandbox_user(deployment_caps):
+    result = run_as_container([cap for cap in deployment_caps if cap != "setgid"])
+    assert "unable to change to root gid" in str(result["run"])
+
+
+def test_without_kill_a_run_outlives_its_time_limit(deployment_caps):
+    # pkill runs as root but may not signal another UID's processes.
+    result = run_as_container([cap for cap in deployment_caps if cap != "kill"])
+    assert result["run"] == 17
+    assert result["timeout_seconds"] > 6
+
+
+def test_without_audit_write_sudo_noise_reaches_the_student(deployment_caps):
+    result = run_as_container([cap for cap in deployment_caps if cap != "audit_write"])
+    assert "sudo: unable to send audit message" in result["timeout"]
+
+
+def test_no_new_privs_stops_sudo(deployment_caps):
+    # allowPrivilegeEscalation: false sets no_new_privs on the container's processes.
+    result = run_as_container(deployment_caps, no_new_privs=True)
+    assert "no new privileges" in str(result["run"])
