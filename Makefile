@@ -28,6 +28,8 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/pip-tools.txt requirements/pip-tools.in
 	$(PIP_COMPILE) -o requirements/base.txt requirements/base.in
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
+	$(PIP_COMPILE) -o requirements/docs.txt requirements/docs.in
+	$(PIP_COMPILE) -o requirements/deploy.txt requirements/deploy.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
 	$(VENV_BIN)/ruff check codejail_service manage.py
@@ -55,3 +57,36 @@ clean: ## remove caches and reports (keeps .venv)
 run: serve ## set up and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
 
 test: test-unit ## every test
+
+# --- Docs and deployment checks. Own venvs under .cache/: their pins are compiled
+# separately from test.txt, and pip-sync in .venv would remove them.
+.PHONY: docs lint-docker validate-deploy test-deploy-host
+DOCS_VENV := .cache/venv-docs
+DEPLOY_VENV := .cache/venv-deploy
+
+$(DOCS_VENV)/.installed: requirements/docs.txt
+	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/docs.txt
+	touch $@
+
+$(DEPLOY_VENV)/.installed: requirements/deploy.txt
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/deploy.txt
+	touch $@
+
+docs: $(DOCS_VENV)/.installed ## build the Sphinx docs into docs/_build/html (any warning fails)
+	$(DOCS_VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+lint-docker: $(DEPLOY_VENV)/.installed ## lint the Dockerfile with hadolint
+	$(DEPLOY_VENV)/bin/hadolint Dockerfile
+
+validate-deploy: lint-docker ## Dockerfile + Kubernetes manifests: schemas (1.30, 1.37), kustomize render, invariants
+	mkdir -p .cache
+	$(DEPLOY_VENV)/bin/kubectl kustomize deploy/kubernetes > .cache/kubernetes-rendered.yaml
+	for v in 1.30.0 1.37.0; do \
+		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $$v .cache/kubernetes-rendered.yaml || exit 1; \
+	done
+	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host"
+
+test-deploy-host: $(DEPLOY_VENV)/.installed ## as root after deploy/provision.sh: the pod's capabilities against the real sudo
+	$(DEPLOY_VENV)/bin/pytest tests/deploy -m host
