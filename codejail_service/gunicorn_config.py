@@ -32,6 +32,9 @@ max_requests_jitter = 100
 timeout = int(os.environ.get("CODEJAIL_SERVICE_TIMEOUT", 30))
 graceful_timeout = 10
 
+# gunicorn's control socket would live in $HOME; the app user has none, and we need none.
+control_socket_disable = True
+
 # Logs to stdout/stderr, for the container runtime or systemd to collect.
 accesslog = "-"
 errorlog = "-"

@@ -14,6 +14,10 @@
 #   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
 #   CODEJAIL_PIP_OPTIONS     []         extra pip options (e.g. --no-index --find-links DIR)
 #   CODEJAIL_SKIP_APT        []         1: the packages are known to be there
+#   CODEJAIL_BLOCK_APP_EGRESS [0]       1: nftables drops all the app user sends but to loopback
+#                                       (plain hosts; on Kubernetes the NetworkPolicy does it)
+#   CODEJAIL_EGRESS_CHECK_TARGET []     host:port the webapp_egress startup check must fail
+#                                       to reach (written to the config; default: settings')
 set -euo pipefail
 
 src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,6 +40,7 @@ case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enfo
 
 # --- System packages -------------------------------------------------------
 packages=(sudo python3.11 python3.11-venv libseccomp2 procps findutils ca-certificates)
+[ "${CODEJAIL_BLOCK_APP_EGRESS:-0}" = 1 ] && packages+=(nftables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -112,13 +117,15 @@ printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": "/tmp"}\n' "$conf
 install -m 0644 -o root -g root "$tmp_json" "$etc/confinement.json"
 rm -f "$tmp_json"
 if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$etc/config.yml"; then
-    cat > "$etc/config.yml.new" <<YAML
-# Managed by deploy/provision.sh: remove this line to keep your own edits.
-CODE_JAIL:
-  python_bin: $sandbox_venv/bin/python
-  user: $sandbox_user
-CODEJAIL_ENABLED: true
-YAML
+    # CODE_JAIL's defaults (settings/base.py) match this script's defaults; a
+    # YAML key replaces a setting whole, so give the full CODE_JAIL dict if you change it.
+    {
+        echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
+        echo "CODEJAIL_ENABLED: true"
+        if [ -n "${CODEJAIL_EGRESS_CHECK_TARGET:-}" ]; then
+            echo "CODEJAIL_EGRESS_CHECK: {host: \"${CODEJAIL_EGRESS_CHECK_TARGET%:*}\", port: ${CODEJAIL_EGRESS_CHECK_TARGET##*:}, timeout: 1.0}"
+        fi
+    } > "$etc/config.yml.new"
     install -m 0644 -o root -g root "$etc/config.yml.new" "$etc/config.yml"
     rm -f "$etc/config.yml.new"
 fi
@@ -144,5 +151,21 @@ rm -f "$sudoers"
 visudo -c -q
 # codejail sets rlimits before sudo; pam_limits in sudo's session would reset them.
 sed -i -E 's/^(session\s+required\s+pam_limits\.so)/# disabled for codejail-service: \1/' /etc/pam.d/sudo
+
+# --- Web app egress --------------------------------------------------------------
+# The app needs no outbound network (the LMS calls it; it calls nobody). Replacing
+# the whole table keeps this idempotent.
+if [ "${CODEJAIL_BLOCK_APP_EGRESS:-0}" = 1 ]; then
+    nft -f - <<NFT
+table inet codejail_service
+delete table inet codejail_service
+table inet codejail_service {
+    chain output {
+        type filter hook output priority 0; policy accept;
+        meta skuid $app_uid oifname != "lo" counter drop
+    }
+}
+NFT
+fi
 
 log "done: app venv $app_venv, sandbox venv $sandbox_venv, confinement $confinement"

@@ -95,7 +95,7 @@ def confine(config):
         reaper.supervise(child)  # never returns
     status["layers"].append("reaper")
     if abi:
-        landlock.restrict_scope_only(policy["landlock"], abi)
+        landlock.restrict_nested(policy["landlock"], abi)
     return status
 
 

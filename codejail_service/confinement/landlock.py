@@ -100,16 +100,22 @@ def restrict_self(landlock_policy, abi):
     return applied
 
 
-def restrict_scope_only(landlock_policy, abi):
+def restrict_nested(landlock_policy, abi):
     """
-    Stack a domain that only scopes signals and abstract sockets: the run's
-    code then cannot signal the reaper that sits in the outer domain.
+    Stack a second domain that only scopes signals and abstract sockets: the
+    run's code then cannot signal the reaper, which stays in the outer domain.
+    Every layer implicitly denies moving files between directories ("refer")
+    unless it handles that right, so this one handles it and grants it where
+    the outer policy does.
     """
     scoped = access_mask(landlock_policy["scopes"], SCOPES, abi)
     if not scoped:
         return
-    ruleset_fd = _create_ruleset(0, 0, scoped, abi)
-    try:
-        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ctypes.c_long(ruleset_fd), ctypes.c_uint32(0))
-    finally:
-        os.close(ruleset_fd)
+    refer_policy = {
+        "handled_fs": ["refer"],
+        "fs_rules": [dict(rule, access=["refer"]) for rule in landlock_policy["fs_rules"]
+                     if "refer" in rule["access"]],
+        "handled_net": [],
+        "scopes": landlock_policy["scopes"],
+    }
+    restrict_self(refer_policy, abi)

@@ -1,0 +1,166 @@
+"""
+The live API suite: the real service (gunicorn as the app user, sudo, the sandbox
+user, our kernel confinement), tested over HTTP the way the LMS calls it.
+
+- Against a deployment: ``CODEJAIL_LIVE_URL=http://host:8550 pytest tests/live``.
+- On this host (``make test-live``, as root, after ``deploy/provision.sh``): this
+  file starts ``deploy/serve.sh`` on a free local port, waits for ``/health/`` 200,
+  and stops it at the end.
+- Sabotage (``make test-sabotage``): the host is provisioned with our confinement
+  layer off (``CODEJAIL_CONFINEMENT=off``) and ``CODEJAIL_LIVE_SABOTAGE=1`` is set.
+  Every ``test_deny_*`` that our layer covers must then FAIL, and is reported as
+  passed only if it did; every other test must still pass. So no deny test can
+  pass for the wrong reason. Deny tests that rlimits or codejail itself cover carry
+  ``@pytest.mark.outside_layer`` and must pass in both modes.
+
+Test names: ``test_deny_*`` (an attack refused), ``test_allow_*`` (its nearest
+allowed twin), ``test_support_*`` (what graders need).
+"""
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SABOTAGE = os.environ.get("CODEJAIL_LIVE_SABOTAGE") == "1"
+REMOTE_URL = os.environ.get("CODEJAIL_LIVE_URL")
+# A variable in the web app's environment that no sandboxed run may see
+# (the Dockerfile sets it too, for runs against a deployment).
+CANARY_NAME = "CODEJAIL_ENV_CANARY"
+SANDBOX_USER = os.environ.get("CODEJAIL_SANDBOX_USER", "codejail-sandbox")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "outside_layer: a deny test that rlimits or codejail "
+                            "itself cover, not our confinement layer (must pass in sabotage mode too)")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_health(url, process, want_ok, timeout=90):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service exited with status {process.returncode}")
+        try:
+            last = requests.get(url + "/health/", timeout=5)
+            if last.status_code == 200 or (not want_ok and last.status_code == 503):
+                return last
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"/health/ did not pass in {timeout} s: {last.text if last is not None else 'no answer'}")
+
+
+@pytest.fixture(scope="session")
+def service():
+    """Base URL of a running service (started here unless CODEJAIL_LIVE_URL is set)."""
+    if REMOTE_URL:
+        _wait_for_health(REMOTE_URL.rstrip("/"), None, want_ok=not SABOTAGE)
+        yield {"url": REMOTE_URL.rstrip("/"), "local": False}
+        return
+    if os.geteuid() != 0:
+        pytest.exit("the live suite starts the service as the app user: run it as root (make test-live)", 2)
+    port = _free_port()
+    env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{port}",
+           CANARY_NAME: "canary-" + secrets.token_hex(8), "CODEJAIL_SERVICE_WORKERS": "4"}
+    config_dir = None
+    if SABOTAGE:
+        # Execute although the startup checks fail: that is the point of this run.
+        config_dir = tempfile.mkdtemp(prefix="cjlive-cfg.")
+        os.chmod(config_dir, 0o755)
+        with open("/etc/codejail-service/config.yml", encoding="utf-8") as base:
+            config = base.read()
+        path = os.path.join(config_dir, "config.yml")
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(config + "\nCODEJAIL_ENFORCE_STARTUP_CHECKS: false\n")
+        os.chmod(path, 0o644)
+        env["CODEJAIL_SERVICE_CFG"] = path
+    log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")  # noqa: SIM115
+    process = subprocess.Popen(["bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_health(url, process, want_ok=not SABOTAGE)
+        yield {"url": url, "local": True}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        if config_dir:
+            shutil.rmtree(config_dir)
+
+
+class Result:
+    """One code-exec answer: HTTP status, globals, emsg."""
+
+    def __init__(self, response):
+        self.status = response.status_code
+        self.content_type = response.headers.get("Content-Type")
+        self.body = response.json()
+        self.globals = self.body.get("globals_dict", {})
+        self.emsg = self.body.get("emsg")
+
+    def __repr__(self):
+        return f"Result({self.status}, {json.dumps(self.body)[:2000]})"
+
+
+@pytest.fixture(scope="session")
+def run(service):
+    """Run code through POST /api/v0/code-exec exactly as edx-platform's remote_exec does."""
+    def _run(code, globals_dict=None, files=None, python_path=None, limit_overrides_context=None,
+             timeout=(0.5, 30)):
+        payload = {
+            "code": code,
+            "globals_dict": globals_dict or {},
+            "python_path": python_path,
+            "limit_overrides_context": limit_overrides_context,
+            "slug": "live-test",
+            "unsafely": False,
+        }
+        response = requests.post(service["url"] + "/api/v0/code-exec", data={"payload": json.dumps(payload)},
+                                 files=files, timeout=timeout)
+        return Result(response)
+    return _run
+
+
+def _is_layer_deny_test(item):
+    return item.name.startswith("test_deny_") and item.get_closest_marker("outside_layer") is None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In sabotage mode, a deny test covered by our layer must fail: invert its outcome."""
+    outcome = yield
+    report = outcome.get_result()
+    if not SABOTAGE or report.when != "call" or not _is_layer_deny_test(item):
+        return
+    if report.failed:
+        report.outcome = "passed"
+        report.sections.append(("sabotage", "failed with the confinement layer off, as it must"))
+        report.longrepr = None
+    elif report.passed:
+        report.outcome = "failed"
+        report.longrepr = ("SABOTAGE: this deny test passed with our confinement layer off, so it "
+                           "does not prove the layer (mark it outside_layer if something else covers it)")
+
+
+def sandbox_processes():
+    """PIDs of processes running as the sandbox user on this host."""
+    result = subprocess.run(["pgrep", "-u", SANDBOX_USER], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in result.stdout.split()]

@@ -1,0 +1,148 @@
+"""What graders need, the LMS protocol, and the limits that end runaway code."""
+import io
+import json
+import time
+import zipfile
+
+import pytest
+
+from .conftest import sandbox_processes
+from .probe import probe
+
+
+# --- Protocol -------------------------------------------------------------------------------
+
+def test_support_globals_in_and_out(run):
+    result = run("y = x * 2\nz = {'k': [1, 2.5, None, 'é𝄞']}", globals_dict={"x": 21})
+    assert result.status == 200 and result.content_type == "application/json", result
+    assert result.emsg is None
+    assert result.globals == {"x": 21, "y": 42, "z": {"k": [1, 2.5, None, "é𝄞"]}}
+
+
+def test_support_nan_and_infinity_round_trip(run, service):
+    import requests
+    payload = ('{"code": "b = a", "globals_dict": {"a": [NaN, Infinity, -Infinity]}, '
+               '"python_path": [], "limit_overrides_context": null, "slug": null, "unsafely": false}')
+    response = requests.post(service["url"] + "/api/v0/code-exec", data={"payload": payload}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = json.loads(response.text)  # Python's json, like the LMS
+    assert str(body["globals_dict"]["b"]) == "[nan, inf, -inf]", body
+
+
+def test_support_traceback_in_emsg(run):
+    result = run("def grade():\n    return 1 / 0\ngrade()", globals_dict={"x": 1})
+    assert result.status == 200
+    assert result.globals == {"x": 1}  # failed runs return the input globals
+    assert result.emsg.startswith("Couldn't execute jailed code: stdout: b'', stderr: b'Traceback"), result
+    assert "ZeroDivisionError: division by zero" in result.emsg and "with status code: 1" in result.emsg
+
+
+def test_support_python_lib_zip(run):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("course_helpers.py", "def answer():\n    return 42\n")
+    result = run("import course_helpers\nr = course_helpers.answer()", python_path=["python_lib.zip"],
+                 files={"python_lib.zip": ("python_lib.zip", buf.getvalue(), "application/zip")})
+    assert result.globals.get("r") == 42, result
+
+
+# --- Grader libraries ----------------------------------------------------------------------------
+
+LMS_PROLOG = "import os\nos.environ['OPENBLAS_NUM_THREADS'] = '1'\nimport random2 as random\nrandom.seed(42)\n"
+
+
+def test_support_numpy(run):
+    result = run(LMS_PROLOG + "import numpy as np\nr = float(np.linalg.inv(np.array([[2.0, 0], [0, 4.0]]))[1][1])")
+    assert result.globals.get("r") == 0.25, result
+
+
+def test_support_scipy_and_sympy(run):
+    result = run(LMS_PROLOG + "import scipy.optimize, sympy\n"
+                 "root = round(float(scipy.optimize.brentq(lambda v: v * v - 2, 0, 2)), 6)\n"
+                 "d = str(sympy.diff(sympy.Symbol('t') ** 3))")
+    assert result.globals.get("root") == 1.414214 and result.globals.get("d") == "3*t**2", result
+
+
+def test_support_matplotlib(run):
+    result = run(LMS_PROLOG + "os.environ['MPLCONFIGDIR'] = 'tmp'\nimport matplotlib\nmatplotlib.use('Agg')\n"
+                 "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('tmp/plot.png')\n"
+                 "size = os.path.getsize('tmp/plot.png')")
+    assert result.globals.get("size", 0) > 1000, result
+
+
+def test_support_networkx_and_calc(run):
+    result = run(LMS_PROLOG + "import networkx as nx\nfrom calc import evaluator\n"
+                 "g = nx.path_graph(5)\nn = nx.shortest_path_length(g, 0, 4)\n"
+                 "v = evaluator({'x': 3}, {}, '2*x+1')")
+    assert result.globals.get("n") == 4 and result.globals.get("v") == 7.0, result
+
+
+# --- Limits ---------------------------------------------------------------------------------------
+
+@pytest.mark.outside_layer  # RLIMIT_NPROC
+def test_deny_fork_bomb(run):
+    result = run("import os, time\npids = []\ntry:\n    while True:\n        pid = os.fork()\n"
+                 "        if pid == 0:\n            time.sleep(2)\n            os._exit(0)\n"
+                 "        pids.append(pid)\nexcept BlockingIOError as e:\n    err = e.errno\nn = len(pids)")
+    assert result.globals.get("err") == 11, result  # EAGAIN
+    assert result.globals["n"] < 15
+
+
+def test_deny_processes_outliving_the_run(run):
+    # Children left sleeping must not hold the response open (codejail reads its
+    # pipes to EOF) nor keep the sandbox UID's NPROC budget for the next runs.
+    start = time.monotonic()
+    result = run("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n"
+                 "        time.sleep(2.5)\n        os._exit(0)\nr = 1")
+    elapsed = time.monotonic() - start
+    assert result.emsg is None and result.globals.get("r") == 1, result
+    assert elapsed < 2.0, f"the response waited {elapsed:.1f} s for leftover processes"
+    after = run(LMS_PROLOG + "import numpy\nok = 1")
+    assert after.globals.get("ok") == 1, after
+
+
+def test_allow_short_lived_children(run):
+    assert probe(run, "import os\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+                      "        os._exit(0)\n    os.waitpid(pid, 0)") == "ok"
+
+
+@pytest.mark.outside_layer  # RLIMIT_AS
+def test_deny_huge_allocation(run):
+    result = run("try:\n    b = bytearray(1024 ** 3)\n    outcome = 'allocated'\nexcept MemoryError:\n"
+                 "    outcome = 'MemoryError'")
+    assert result.globals.get("outcome") == "MemoryError", result
+
+
+def test_allow_moderate_allocation(run):
+    result = run("b = bytearray(100 * 1024 ** 2)\nn = len(b)")
+    assert result.globals.get("n") == 100 * 1024 ** 2, result
+
+
+@pytest.mark.outside_layer  # codejail's REALTIME limit
+@pytest.mark.parametrize("prelude", ["", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"])
+def test_deny_sleep_past_realtime(run, prelude):
+    start = time.monotonic()
+    result = run(prelude + "import time\ntime.sleep(20)")
+    assert result.emsg and result.emsg.endswith("with status code: -9"), result
+    assert time.monotonic() - start < 6
+
+
+@pytest.mark.outside_layer  # RLIMIT_CPU (hard limit: SIGKILL)
+def test_deny_busy_loop_ignoring_sigxcpu(run):
+    result = run("import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass")
+    assert result.emsg and "with status code: -9" in result.emsg, result
+
+
+def test_allow_short_sleep(run):
+    result = run("import time\ntime.sleep(0.3)\nr = 1")
+    assert result.globals.get("r") == 1, result
+
+
+def test_support_no_sandbox_process_left_after_runs(run, service):
+    if not service["local"]:
+        pytest.skip("the host's processes can only be checked where the service runs")
+    run("import os\nfor _ in range(3):\n    if os.fork() == 0:\n        import time; time.sleep(1); os._exit(0)\nr = 1")
+    deadline = time.monotonic() + 8
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sandbox_processes() == []
