@@ -53,10 +53,29 @@ clean: ## remove caches and reports (keeps .venv)
 	rm -rf .cache .coverage coverage.xml htmlcov .pytest_cache .ruff_cache build dist *.egg-info
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
-# Placeholders the lead extends: provisioning + serving as the app user, and the live suite.
-run: serve ## set up and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
+# --- The real service on this host (as root): provisioning, serving, the live suite ---------
+.PHONY: provision test-live test-sabotage
+# A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
+EGRESS_TARGET := 10.213.0.2:80
+PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
+LIVE_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning tests/live
 
-test: test-unit ## every test
+provision: ## (root) set up this host: users, sandbox + app venvs, sudoers, config, app egress block
+	bash deploy/egress-testbed.sh up
+	$(PROVISION_ENV) bash deploy/provision.sh
+
+run: provision ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
+	bash deploy/serve.sh
+
+test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host
+	$(LIVE_PYTEST)
+
+test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confinement layer off: its deny tests must fail
+	$(PROVISION_ENV) CODEJAIL_CONFINEMENT=off bash deploy/provision.sh
+	CODEJAIL_LIVE_SABOTAGE=1 $(LIVE_PYTEST); status=$$?; \
+		$(PROVISION_ENV) bash deploy/provision.sh; exit $$status
+
+test: test-unit test-live test-sabotage ## (root) every test
 
 # --- Docs and deployment checks. Own venvs under .cache/: their pins are compiled
 # separately from test.txt, and pip-sync in .venv would remove them.

@@ -139,6 +139,16 @@ def run(service):
     return _run
 
 
+@pytest.fixture(autouse=True)
+def _no_processes_from_earlier_tests(service):
+    """Start each test with no sandbox process about (the sabotage run has no reaper)."""
+    if not service["local"]:
+        return
+    deadline = time.monotonic() + 10
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _is_layer_deny_test(item):
     return item.name.startswith("test_deny_") and item.get_closest_marker("outside_layer") is None
 

@@ -233,15 +233,6 @@ def test_deny_signal_another_run(run, service):
     assert other_result.globals.get("r") == "survived", other_result
 
 
-def test_deny_signal_the_reaper(run):
-    # The run's own reaper (its parent) sits in the outer domain, out of reach.
-    assert probe(run, """
-        import os, signal
-        parent = os.getppid()
-        os.kill(parent, signal.SIGKILL)
-    """) == "EPERM"
-
-
 def test_allow_signal_own_child(run):
     assert probe(run, """
         import os, signal, time
@@ -264,7 +255,8 @@ def test_allow_read_process_group(run):
     assert probe(run, "import os; assert os.getpgid(0) > 1") == "ok"
 
 
-@pytest.mark.parametrize("flag", [0x10000000, 0x00020000, 0x40000000])  # NEWUSER, NEWNS, NEWNET
+# An unprivileged process may make a user namespace, and with it the others.
+@pytest.mark.parametrize("flag", [0x10000000, 0x10020000, 0x50000000])  # NEWUSER, +NEWNS, +NEWNET
 @pytest.mark.parametrize("call", ["unshare", "clone"])
 def test_deny_namespaces(run, call, flag):
     # clone(2) with SIGCHLD and a namespace flag; the child (if any) exits at once.
