@@ -86,7 +86,7 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
     must exist; the others are skipped where the host lacks them.
     """
     stdlib_dir = stdlib_dir or os.path.join(
-        sys.base_prefix, "lib", "python%d.%d" % sys.version_info[:2])
+        sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
     multiarch = multiarch or getattr(sys.implementation, "_multiarch", "x86_64-linux-gnu")
 
     def rule(path, access, required=False):

@@ -13,7 +13,7 @@ def prctl(option, value):
     if _libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
                    ctypes.c_ulong(0)) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, "prctl(%d): %s" % (option, os.strerror(err)))
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
 def set_no_new_privs():

@@ -73,7 +73,7 @@ def build_filter(seccomp_policy, lib=None):
                     args[i] = _ArgCmp(cond["arg"], SCMP_CMP[cond["op"]], cond["value"], 0)
             _check(lib.seccomp_rule_add_array(ctx, scmp_act_errno(errno_value(rule["errno"])),
                                               number, len(rule["args"]), args),
-                   "rule_add(%s)" % rule["syscall"])
+                   f"rule_add({rule['syscall']})")
     except BaseException:
         lib.seccomp_release(ctx)
         raise

@@ -12,7 +12,6 @@ import pytest
 from .conftest import CANARY_NAME, sandbox_processes
 from .probe import probe
 
-
 # --- Reading files ------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/etc/hostname", "/proc/1/cmdline", "/proc/self/environ",

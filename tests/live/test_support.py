@@ -9,7 +9,6 @@ import pytest
 from .conftest import sandbox_processes
 from .probe import probe
 
-
 # --- Protocol -------------------------------------------------------------------------------
 
 def test_support_globals_in_and_out(run):
@@ -146,3 +145,17 @@ def test_support_no_sandbox_process_left_after_runs(run, service):
     while sandbox_processes() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sandbox_processes() == []
+
+
+def test_support_health_reports_the_confinement_layers(service):
+    import requests
+
+    from .conftest import SABOTAGE
+    health = requests.get(service["url"] + "/health/", timeout=10)
+    layers = health.json()["checks"]["confinement_layers"]
+    if SABOTAGE:
+        assert layers["mode"] == "off" and health.status_code == 503, health.text
+    else:
+        assert health.status_code == 200, health.text
+        assert layers["mode"] == "enforce" and layers["missing"] == [], layers
+        assert layers["layers"] == ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]

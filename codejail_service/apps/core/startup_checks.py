@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from edx_django_utils.monitoring import set_custom_attribute
 
+from codejail_service.apps.core import sandbox_pool
 from codejail_service.apps.core.execution import run_code
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,18 @@ STARTUP_CHECKS = {}
 _results = None
 
 
-def startup_check(name):
-    """Register the decorated function as the startup check called ``name``."""
+def startup_check(name, uses_sandbox=True):
+    """
+    Register the decorated function as the startup check called ``name``.
+
+    A check that ``uses_sandbox`` runs once for every sandbox user a worker may run code as
+    (sandbox_pool.sandbox_users()), since each is a separately provisioned user and sudoers rule.
+    """
 
     def register(check):
         if name in STARTUP_CHECKS:
             raise ValueError(f"Startup check {name!r} is already registered")
+        check.uses_sandbox = uses_sandbox
         STARTUP_CHECKS[name] = check
         return check
 
@@ -163,11 +170,43 @@ def check_network_socket():
     return _denial_check(NETWORK_SOCKET_PROBE, "network_socket", "create an AF_INET socket")
 
 
+# Reads what our confinement layer (codejail_service/confinement, run by a .pth file in the
+# sandbox venv) applied to the probe's own process.
+CONFINEMENT_LAYERS_PROBE = """
+try:
+    import codejail_confinement
+    outcome = dict(codejail_confinement.STATUS)
+except ImportError:
+    outcome = {'mode': 'not-installed'}
+"""
+
+
+@startup_check("confinement_layers")
+def check_confinement_layers():
+    """
+    Our Landlock + seccomp layer ran in the sandbox, and which parts of it are active.
+
+    Fails when the layer did not run at all (not installed in the sandbox venv, or its hook
+    skipped): that would fail open. ``mode: off`` is an operator's explicit choice for hosts
+    where AppArmor confines (the deny checks above must then pass through AppArmor alone).
+    """
+    outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
+    if failure is not None:
+        return failure
+    details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi")}
+    if outcome.get("mode") == "enforce":
+        return CheckResult.ok(**details)
+    if outcome.get("mode") == "off":
+        return CheckResult.ok(**details, note="switched off by the operator (confinement.json)")
+    return CheckResult.fail(f"the confinement layer did not run in the sandbox (mode {outcome.get('mode')!r})",
+                            **details)
+
+
 # connect() errors that mean "nothing came back": the packet was dropped or refused locally.
 EGRESS_BLOCKED_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM, errno.EACCES}
 
 
-@startup_check("webapp_egress")
+@startup_check("webapp_egress", uses_sandbox=False)
 def check_webapp_egress():
     """
     The web app itself cannot reach the outside network.
@@ -200,11 +239,7 @@ def run_startup_checks():
         return _results
     results = {}
     for name, check in STARTUP_CHECKS.items():
-        try:
-            result = check()
-        except Exception as exc:  # noqa: BLE001 -- a crashing check fails, it does not stop startup
-            log.exception("Startup check %s raised", name)
-            result = CheckResult.fail(f"check raised {exc!r}")
+        result = _run_check_for_every_sandbox_user(name, check)
         results[name] = result
         # .. custom_attribute_name: codejail_service.startup_check.<name>
         # .. custom_attribute_description: Result of one startup safety check, recorded once per
@@ -219,6 +254,31 @@ def run_startup_checks():
             log.error("Startup check %s FAILED: %s", name, result.reason)
     _results = results
     return _results
+
+
+def _run_check(name, check):
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 -- a crashing check fails, it does not stop startup
+        log.exception("Startup check %s raised", name)
+        return CheckResult.fail(f"check raised {exc!r}")
+
+
+def _run_check_for_every_sandbox_user(name, check):
+    """One check's result: with a sandbox user pool, it passes only if it passed for every user."""
+    users = sandbox_pool.pool_users()
+    if not users or not getattr(check, "uses_sandbox", True):
+        return _run_check(name, check)
+    try:
+        for user in users:
+            sandbox_pool.use_sandbox_user(user)
+            result = _run_check(name, check)
+            if not result.passed:
+                return CheckResult.fail(f"as sandbox user {user}: {result.reason}", **result.details)
+    finally:
+        # The master itself keeps the configured user; each worker picks its own (gunicorn_config).
+        sandbox_pool.use_sandbox_user(settings.CODE_JAIL["user"])
+    return CheckResult.ok(**result.details, sandbox_users=users)
 
 
 def get_startup_check_results():

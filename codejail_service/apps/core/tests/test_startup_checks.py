@@ -10,11 +10,13 @@ from codejail.safe_exec import SafeExecException
 
 from codejail_service.apps.core import startup_checks
 from codejail_service.apps.core.startup_checks import (
+    CONFINEMENT_LAYERS_PROBE,
     DISK_ESCAPE_PROBE,
     NETWORK_SOCKET_PROBE,
     PROCESS_EXEC_PROBE,
     CheckResult,
     check_basic_execution,
+    check_confinement_layers,
     check_disk_escape,
     check_network_socket,
     check_process_exec,
@@ -231,12 +233,50 @@ def test_egress_check_against_loopback_fails_for_real():
     assert result.details == {"target": "127.0.0.1:9"}
 
 
+# --- confinement_layers ---------------------------------------------------------------------------
+
+LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
+
+
+def test_confinement_layers_passes_and_reports_when_enforced():
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+        result = check_confinement_layers()
+    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7)
+
+
+def test_confinement_layers_passes_and_says_so_when_switched_off():
+    with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
+        result = check_confinement_layers()
+    assert result.passed
+    assert result.details["mode"] == "off" and "switched off" in result.details["note"]
+
+
+@pytest.mark.parametrize("mode", ["not-installed", "not-run"])
+def test_confinement_layers_fails_when_the_layer_did_not_run(mode):
+    with sandbox_reports(outcome={"mode": mode}):
+        result = check_confinement_layers()
+    assert not result.passed
+    assert repr(mode) in result.reason
+
+
+def test_confinement_layers_fails_when_the_probe_did_not_complete():
+    with sandbox_fails():
+        assert not check_confinement_layers().passed
+
+
+def test_confinement_layers_probe_reports_not_installed_outside_the_sandbox():
+    scope = {}
+    exec(CONFINEMENT_LAYERS_PROBE, scope)  # noqa: S102 -- our own probe, run here unconfined
+    assert scope["outcome"] == {"mode": "not-installed"}
+
+
 # --- the registry and the cache -----------------------------------------------------------------
 
 
-def test_the_five_checks_are_registered_in_order():
+def test_the_six_checks_are_registered_in_order():
     assert list(startup_checks.STARTUP_CHECKS) == [
-        "basic_execution", "disk_escape", "process_exec", "network_socket", "webapp_egress",
+        "basic_execution", "disk_escape", "process_exec", "network_socket", "confinement_layers",
+        "webapp_egress",
     ]
 
 

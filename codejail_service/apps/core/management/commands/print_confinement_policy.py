@@ -1,0 +1,48 @@
+"""
+``manage.py print_confinement_policy``: show exactly what a sandboxed run may touch.
+
+The policy of our Landlock + seccomp layer (codejail_service/confinement/policy.py) for
+the configured sandbox venv, with the kernel's Landlock ABI on this host, and optionally
+the seccomp filter as libseccomp compiles it (``--seccomp-pfc``).
+"""
+import json
+import os
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from codejail_service.confinement import REQUIRED_ABI, landlock, seccomp
+from codejail_service.confinement.policy import build_policy
+
+# What a real run directory looks like (tempfile.mkdtemp(prefix="codejail-") in /tmp).
+RUN_DIR_PLACEHOLDER = "/tmp/codejail-XXXXXXXX"
+
+
+class Command(BaseCommand):
+    help = "Print the effective confinement policy of the sandbox (JSON), and the kernel's support for it."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--seccomp-pfc", action="store_true",
+                            help="also print the seccomp filter as libseccomp's pseudo-code")
+
+    def handle(self, *args, **options):
+        sandbox_prefix = os.path.dirname(os.path.dirname(settings.CODE_JAIL["python_bin"]))
+        # The sandbox venv is made from the same Debian python3.11 as the app's.
+        stdlib_dir = os.path.join(sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+        policy = build_policy(sandbox_prefix, RUN_DIR_PLACEHOLDER, stdlib_dir=stdlib_dir)
+        abi = landlock.abi_version()
+        report = {
+            "sandbox_prefix": sandbox_prefix,
+            "run_dir": RUN_DIR_PLACEHOLDER + " (the run's own directory)",
+            "kernel": {
+                "landlock_abi": abi,
+                "missing": [f"{feature} needs Landlock ABI {needed}" for feature, needed in REQUIRED_ABI.items()
+                            if abi < needed],
+            },
+            "policy": policy,
+        }
+        self.stdout.write(json.dumps(report, indent=2))
+        if options["seccomp_pfc"]:
+            self.stdout.flush()
+            seccomp.export_pfc(policy["seccomp"], self.stdout._out.fileno())  # noqa: SLF001

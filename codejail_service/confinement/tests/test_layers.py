@@ -1,0 +1,296 @@
+"""
+The layer against the real kernel, each in a forked child (confinement cannot be undone).
+Every denial sits next to the nearest allowed action.
+"""
+import ctypes
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from codejail_service import confinement
+from codejail_service.confinement import landlock, process, seccomp
+from codejail_service.confinement.policy import build_policy
+
+from .conftest import errno_of, in_child
+
+STDLIB = os.path.dirname(os.__file__)
+
+
+def landlocked(run_dir, then):
+    """A child function: apply the Landlock part of the policy for ``run_dir``, then ``then()``."""
+    def child():
+        process.set_no_new_privs()
+        policy = build_policy(sys.prefix, run_dir, stdlib_dir=STDLIB)
+        # This test process runs from the dev venv, whose packages live under sys.prefix too.
+        landlock.restrict_self(policy["landlock"], landlock.abi_version())
+        return then()
+    return child
+
+
+def seccomped(then):
+    def child():
+        seccomp.load(build_policy(sys.prefix, "/nonexistent")["seccomp"])
+        return then()
+    return child
+
+
+def test_kernel_has_the_landlock_abi_the_policy_needs():
+    assert landlock.abi_version() >= max(confinement.REQUIRED_ABI.values())
+
+
+# --- Landlock: files ------------------------------------------------------------------------
+
+def test_landlock_denies_reading_outside_the_policy(run_dir):
+    value, _ = in_child(landlocked(run_dir, lambda: [
+        errno_of(lambda: open("/etc/passwd", "rb").close()),
+        errno_of(lambda: os.listdir("/")),
+        errno_of(lambda: open("/proc/self/environ", "rb").close()),
+    ]))
+    assert value == ["EACCES", "EACCES", "EACCES"]
+
+
+def test_landlock_allows_reading_the_run_dir_and_stdlib(run_dir):
+    value, _ = in_child(landlocked(run_dir, lambda: [
+        errno_of(lambda: open(os.path.join(run_dir, "jailed_code"), "rb").close()),
+        errno_of(lambda: open(os.__file__, "rb").close()),
+        errno_of(lambda: os.listdir(run_dir)),
+    ]))
+    assert value == ["ok", "ok", "ok"]
+
+
+def test_landlock_denies_writing_outside_the_run_dir(run_dir):
+    target = "/tmp/codejail-confinement-test-escape"
+    value, _ = in_child(landlocked(run_dir, lambda: errno_of(lambda: open(target, "w").close())))
+    assert value == "EACCES"
+    assert not os.path.exists(target)
+
+
+def test_landlock_allows_writing_in_the_run_dir(run_dir):
+    value, _ = in_child(landlocked(run_dir, lambda: errno_of(
+        lambda: open(os.path.join(run_dir, "tmp", "out"), "w").close())))
+    assert value == "ok"
+
+
+def test_landlock_denies_executing_anything(run_dir):
+    value, _ = in_child(landlocked(run_dir, lambda: errno_of(lambda: os.execv("/usr/bin/true", ["true"]))))
+    assert value == "EACCES"
+
+
+def test_landlock_denies_symlinks_in_the_run_dir_but_allows_fifos(run_dir):
+    tmp = os.path.join(run_dir, "tmp")
+    value, _ = in_child(landlocked(run_dir, lambda: [
+        errno_of(lambda: os.symlink("/etc", os.path.join(tmp, "link"))),
+        errno_of(lambda: os.mkfifo(os.path.join(tmp, "fifo"))),
+    ]))
+    assert value == ["EACCES", "ok"]
+
+
+# --- Landlock: network and scopes ---------------------------------------------------------------
+
+def test_landlock_denies_tcp_connect_and_bind(run_dir):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def attempt():
+            with socket.socket() as client, socket.socket() as server:
+                return [errno_of(lambda: client.connect(("127.0.0.1", port))),
+                        errno_of(lambda: server.bind(("127.0.0.1", 0)))]
+        value, _ = in_child(landlocked(run_dir, attempt))
+    assert value == ["EACCES", "EACCES"]
+
+
+def test_landlock_allows_unix_sockets_in_the_run_dir(run_dir):
+    def attempt():
+        with socket.socket(socket.AF_UNIX) as server:
+            return errno_of(lambda: server.bind(os.path.join(run_dir, "tmp", "s.sock")))
+    value, _ = in_child(landlocked(run_dir, attempt))
+    assert value == "ok"
+
+
+def test_landlock_scope_denies_signalling_outside_the_domain(run_dir):
+    value, _ = in_child(landlocked(run_dir, lambda: errno_of(lambda: os.kill(os.getppid(), 0))))
+    assert value == "EPERM"
+
+
+def test_landlock_scope_allows_signalling_own_children(run_dir):
+    def attempt():
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover
+            time.sleep(5)
+            os._exit(0)
+        outcome = errno_of(lambda: os.kill(pid, signal.SIGKILL))
+        os.waitpid(pid, 0)
+        return outcome
+    value, _ = in_child(landlocked(run_dir, attempt))
+    assert value == "ok"
+
+
+# --- seccomp ----------------------------------------------------------------------------------------
+
+def test_seccomp_refuses_network_sockets_with_eacces():
+    value, _ = in_child(seccomped(lambda: [
+        errno_of(lambda: socket.socket(socket.AF_INET).close()),
+        errno_of(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()),
+        errno_of(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()),
+    ]))
+    assert value == ["EACCES", "EACCES", "EACCES"]
+
+
+def test_seccomp_allows_unix_sockets():
+    value, _ = in_child(seccomped(lambda: errno_of(lambda: socket.socketpair()[0].close())))
+    assert value == "ok"
+
+
+def test_seccomp_refuses_exec_and_namespaces():
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def unshare_user():
+        if libc.unshare(0x10000000) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+    value, _ = in_child(seccomped(lambda: [
+        errno_of(lambda: subprocess.run(["/usr/bin/true"], check=False)),
+        errno_of(unshare_user),
+        errno_of(os.setsid),
+    ]))
+    assert value == ["EACCES", "EPERM", "EPERM"]
+
+
+def test_seccomp_allows_fork_through_clone():
+    def attempt():
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover
+            os._exit(3)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    value, _ = in_child(seccomped(attempt))
+    assert value == 3
+
+
+def test_seccomp_makes_clone3_fall_back_to_clone():
+    libc = ctypes.CDLL(None, use_errno=True)
+    value, _ = in_child(seccomped(lambda: [libc.syscall(435, None, 0), ctypes.get_errno()]))
+    assert value == [-1, 38]  # ENOSYS
+
+
+def test_seccomp_kills_x32_syscalls():
+    # getpid() through the x32 ABI: not our architecture, so the process is killed.
+    libc = ctypes.CDLL(None, use_errno=True)
+    value, status = in_child(seccomped(lambda: libc.syscall(0x40000000 | 39)))
+    assert value is None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+
+
+def test_seccomp_allows_native_syscalls():
+    libc = ctypes.CDLL(None, use_errno=True)
+    value, status = in_child(seccomped(lambda: libc.syscall(39) > 0))
+    assert value is True and os.WIFEXITED(status)
+
+
+# --- The whole layer: confine(), the reaper, its config ------------------------------------------------
+
+ENFORCE = dict(confinement.DEFAULTS)
+
+
+def test_confine_applies_every_layer_and_reaps_leftover_processes(run_dir):
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- becomes the reaper, then the confined code
+        os.close(read_end)
+        os.chdir(run_dir)
+        status = confinement.confine(ENFORCE)
+        child = os.fork()
+        if child == 0:
+            time.sleep(30)
+            os._exit(0)
+        os.write(write_end, json.dumps({"status": status, "leftover": child}).encode())
+        os._exit(5)
+    os.close(write_end)
+    with os.fdopen(read_end) as report:
+        data = json.loads(report.read())
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 5  # the reaper exits as the code did
+    assert data["status"]["layers"] == ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
+    assert data["status"]["missing"] == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(data["leftover"], 0)  # killed and reaped before the reaper exited
+
+
+def test_confine_relays_death_by_signal(run_dir):
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        import faulthandler
+        faulthandler.disable()  # pytest's: it would print this child's "crash"
+        os.chdir(run_dir)
+        confinement.confine(ENFORCE)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGSEGV
+
+
+def test_confine_refuses_a_working_directory_that_is_not_a_run_dir(tmp_path):
+    value, _ = in_child(lambda: (os.chdir("/tmp"), confinement.confine(ENFORCE)))
+    assert value["raised"] == "ConfinementRefused"
+
+
+def test_confine_refuses_a_run_dir_made_by_the_sandbox_user_itself(run_dir):
+    os.chown(run_dir, 0, 0)  # owned by us (root) now
+    value, _ = in_child(lambda: (os.chdir(run_dir), confinement.confine(ENFORCE)))
+    assert value["raised"] == "ConfinementRefused"
+
+
+def test_confine_does_nothing_when_switched_off():
+    value, _ = in_child(lambda: confinement.confine({**ENFORCE, "mode": "off"}))
+    assert value == {"mode": "off", "layers": [], "missing": [], "landlock_abi": None}
+
+
+def test_confine_refuses_a_multithreaded_interpreter(run_dir):
+    import threading
+
+    def attempt():
+        threading.Thread(target=time.sleep, args=(2,), daemon=True).start()
+        os.chdir(run_dir)
+        return confinement.confine(ENFORCE)
+    value, _ = in_child(attempt)
+    assert value["raised"] == "ConfinementRefused" and "multi-threaded" in value["text"]
+
+
+def test_config_missing_means_enforce(tmp_path):
+    assert confinement.load_config(str(tmp_path / "absent.json")) == confinement.DEFAULTS
+
+
+def test_config_written_by_root_only_is_read(tmp_path):
+    path = tmp_path / "confinement.json"
+    path.write_text('{"mode": "off"}')
+    os.chmod(path, 0o644)
+    assert confinement.load_config(str(path))["mode"] == "off"
+
+
+@pytest.mark.parametrize("problem", ["group-writable", "not-root", "bad-mode", "symlink"])
+def test_config_others_could_change_is_refused(tmp_path, problem):
+    path = tmp_path / "confinement.json"
+    path.write_text('{"mode": "enforce"}' if problem != "bad-mode" else '{"mode": "lax"}')
+    os.chmod(path, 0o644)
+    if problem == "group-writable":
+        os.chmod(path, 0o664)
+    elif problem == "not-root":
+        os.chown(path, 65534, 65534)
+    elif problem == "symlink":
+        link = tmp_path / "link.json"
+        link.symlink_to(path)
+        path = link
+    with pytest.raises((confinement.ConfinementRefused, OSError)):
+        confinement.load_config(str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) in (0o644, 0o664)
+
+
+def test_hook_skips_root_processes():
+    # Provisioning runs pip in the sandbox venv as root: the hook must leave it alone.
+    value, _ = in_child(lambda: (confinement.confine_from_site(), confinement.STATUS["mode"])[1])
+    assert value == "not-run"
