@@ -38,13 +38,18 @@ FROM ${BASE_IMAGE} AS service
 # process of a UID on the whole host, across containers.
 ARG APP_UID=180001
 ARG SANDBOX_UID=180100
+# Extra pip options for deploy/provision.sh, e.g. a package mirror or a wheelhouse
+# in the build context: --build-arg CODEJAIL_PIP_OPTIONS="--no-index --find-links /src/wheelhouse".
+# Build args are recorded in the image history: no credentials here.
+ARG CODEJAIL_PIP_OPTIONS=""
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The checkout is bind-mounted for this one step, so no source tree, build
 # directory or pip cache ends up in a layer.
 RUN --mount=type=bind,target=/src \
-    CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" /src/deploy/provision.sh \
+    CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" \
+    CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*
 
 ENV DJANGO_SETTINGS_MODULE=codejail_service.settings.production \
