@@ -4,14 +4,19 @@ gunicorn settings: ``gunicorn -c python:codejail_service.gunicorn_config codejai
 Environment:
 
 - ``CODEJAIL_SERVICE_BIND``: address to listen on (default ``127.0.0.1:8550``, the LMS default).
-- ``CODEJAIL_SERVICE_WORKERS``: worker processes (default 2 x CPU cores). Each sync worker
-  handles one request at a time and mostly waits for its sandbox process; remember that all
-  concurrent runs share the sandbox user's host-wide NPROC limit.
+- ``CODEJAIL_SERVICE_WORKERS``: worker processes (default 2 x CPU cores, but at most the size of
+  the sandbox user pool). Each sync worker handles one request at a time and mostly waits for
+  its sandbox process. With a pool (``CODEJAIL_SANDBOX_POOL_SIZE``), each worker runs code as its
+  own sandbox user, so concurrent runs do not share the host-wide NPROC limit; asking for more
+  workers than the pool has users is refused at start.
 - ``CODEJAIL_SERVICE_TIMEOUT``: seconds before a silent worker is killed and replaced.
 """
 
+import logging
 import multiprocessing
 import os
+
+log = logging.getLogger(__name__)
 
 bind = os.environ.get("CODEJAIL_SERVICE_BIND", "127.0.0.1:8550")
 
@@ -39,3 +44,56 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("CODEJAIL_SERVICE_LOG_LEVEL", "info").lower()
+
+
+# --- The sandbox user pool (codejail_service/apps/core/sandbox_pool.py) ----------------------
+# The master gives each worker a free slot before forking it; the worker runs code as that
+# slot's user; when a worker dies (e.g. killed mid-run) the master kills whatever its user left
+# running before the slot is handed to the replacement. With preload_app, Django is set up
+# in the master before any of these hooks runs.
+
+
+def on_starting(server):
+    """Fit the worker count to the pool: clamp the default, refuse an explicit excess."""
+    from django.conf import settings  # noqa: PLC0415 -- settings are ready only after preload
+
+    size = settings.CODEJAIL_SANDBOX_POOL_SIZE
+    if not size or server.num_workers <= size:
+        return
+    if "CODEJAIL_SERVICE_WORKERS" in os.environ:
+        raise SystemExit(
+            f"CODEJAIL_SERVICE_WORKERS={server.num_workers} exceeds the sandbox user pool "
+            f"(CODEJAIL_SANDBOX_POOL_SIZE={size}): each worker needs its own sandbox user. "
+            "Run fewer workers or provision a bigger pool (deploy/provision.sh)."
+        )
+    log.info("Running %d workers, one per sandbox user of the pool (not %d)", size, server.num_workers)
+    server.num_workers = size
+
+
+def pre_fork(server, worker):
+    """In the master: give the worker about to be forked the lowest free pool slot."""
+    from codejail_service.apps.core import sandbox_pool  # noqa: PLC0415
+
+    worker.sandbox_slot = None
+    if sandbox_pool.pool_users():
+        used = {getattr(sibling, "sandbox_slot", None) for sibling in server.WORKERS.values()}
+        worker.sandbox_slot = sandbox_pool.free_slot(used)
+
+
+def post_fork(server, worker):
+    """In the new worker: run every later safe_exec as this worker's own sandbox user."""
+    from codejail_service.apps.core import sandbox_pool  # noqa: PLC0415
+
+    if worker.sandbox_slot is not None:
+        user = sandbox_pool.pool_users()[worker.sandbox_slot]
+        sandbox_pool.use_sandbox_user(user)
+        server.log.info("Worker %s runs code as sandbox user %s", worker.pid, user)
+
+
+def child_exit(server, worker):
+    """In the master, once a worker is gone: nothing it started may outlive it."""
+    from codejail_service.apps.core import sandbox_pool  # noqa: PLC0415
+
+    slot = getattr(worker, "sandbox_slot", None)
+    if slot is not None:
+        sandbox_pool.kill_processes_of(sandbox_pool.pool_users()[slot])

@@ -8,7 +8,9 @@
 # nothing. Settings (environment variables, defaults in brackets):
 #   CODEJAIL_PREFIX          [/opt/codejail-service]  venvs live here
 #   CODEJAIL_APP_USER/UID    [codejail-app/180001]    runs gunicorn
-#   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code
+#   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code (without a pool)
+#   CODEJAIL_SANDBOX_POOL_SIZE [2 x CPU cores, at least 4]  sandbox users <USER>-0 .. -<N-1>
+#                                       (UIDs UID+1 ..), one per gunicorn worker; 0: no pool
 #   CODEJAIL_CONFINEMENT     [enforce]  "off" turns our Landlock+seccomp layer off
 #                                       (AppArmor-only hosts; the sabotage test run)
 #   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
@@ -26,6 +28,8 @@ app_user="${CODEJAIL_APP_USER:-codejail-app}"
 app_uid="${CODEJAIL_APP_UID:-180001}"
 sandbox_user="${CODEJAIL_SANDBOX_USER:-codejail-sandbox}"
 sandbox_uid="${CODEJAIL_SANDBOX_UID:-180100}"
+default_pool_size=$(( 2 * $(nproc) )); [ "$default_pool_size" -ge 4 ] || default_pool_size=4
+pool_size="${CODEJAIL_SANDBOX_POOL_SIZE:-$default_pool_size}"
 confinement="${CODEJAIL_CONFINEMENT:-enforce}"
 allow_degraded="${CODEJAIL_ALLOW_DEGRADED:-false}"
 read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
@@ -37,6 +41,7 @@ etc=/etc/codejail-service
 log() { echo "provision: $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
 case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enforce or off"; exit 1;; esac
+[[ "$pool_size" =~ ^[0-9]+$ ]] || { log "CODEJAIL_SANDBOX_POOL_SIZE must be a number"; exit 1; }
 
 # --- System packages -------------------------------------------------------
 packages=(sudo python3.11 python3.11-venv libseccomp2 procps findutils ca-certificates)
@@ -65,6 +70,13 @@ ensure_user() {  # name uid
 }
 ensure_user "$app_user" "$app_uid"
 ensure_user "$sandbox_user" "$sandbox_uid"
+# The pool: each gunicorn worker runs code as its own user (codejail_service/apps/core/
+# sandbox_pool.py), so concurrent runs never share a process budget or see each other.
+sandbox_users=("$sandbox_user")
+for ((i = 0; i < pool_size; i++)); do
+    ensure_user "$sandbox_user-$i" "$((sandbox_uid + 1 + i))"
+    sandbox_users+=("$sandbox_user-$i")
+done
 
 # --- Sandbox venv ------------------------------------------------------------
 # --copies: a real binary, so an AppArmor profile can attach to its path.
@@ -122,6 +134,7 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
     {
         echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
         echo "CODEJAIL_ENABLED: true"
+        echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
         if [ -n "${CODEJAIL_EGRESS_CHECK_TARGET:-}" ]; then
             echo "CODEJAIL_EGRESS_CHECK: {host: \"${CODEJAIL_EGRESS_CHECK_TARGET%:*}\", port: ${CODEJAIL_EGRESS_CHECK_TARGET##*:}, timeout: 1.0}"
         fi
@@ -133,16 +146,21 @@ fi
 # --- sudo ------------------------------------------------------------------------
 # The app may run exactly codejail's command lines as the sandbox user (pinned
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
-# root for codejail's timeout. TMPDIR is the only variable codejail passes.
+# root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
+# may also be made to kill all its own processes: the master's clean-up after a worker died.
 sudoers="$(mktemp)"
+runas_users="$(IFS=,; echo "${sandbox_users[*]}")"
 cat > "$sudoers" <<SUDOERS
 # Managed by codejail-service deploy/provision.sh
+Runas_Alias CODEJAIL_SANDBOX_USERS = $runas_users
+Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
 Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
 Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session
 Defaults!CODEJAIL_CLEANUP !pam_session
-$app_user ALL=($sandbox_user) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP
+Defaults!CODEJAIL_KILL_OWN !pam_session
+$app_user ALL=(CODEJAIL_SANDBOX_USERS) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP, CODEJAIL_KILL_OWN
 $app_user ALL=(root) NOPASSWD: CODEJAIL_KILL
 SUDOERS
 visudo -c -q -f "$sudoers"
@@ -168,4 +186,4 @@ table inet codejail_service {
 NFT
 fi
 
-log "done: app venv $app_venv, sandbox venv $sandbox_venv, confinement $confinement"
+log "done: app venv $app_venv, sandbox venv $sandbox_venv, confinement $confinement, sandbox pool $pool_size"

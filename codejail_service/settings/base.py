@@ -122,6 +122,15 @@ CODE_JAIL = {
     "limit_overrides": {},
 }
 
+# .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
+# .. setting_default: 0
+# .. setting_description: Number of sandbox users in the per-worker pool. When N > 0, the users are
+#   ``<CODE_JAIL["user"]>-0`` .. ``-<N-1>`` (deploy/provision.sh makes them and their sudoers rules),
+#   each gunicorn worker runs code as its own one, and gunicorn runs at most N workers. Runs then
+#   do not share RLIMIT_NPROC (counted per UID, host-wide) and cannot see each other's processes.
+#   When 0, every worker runs code as ``CODE_JAIL["user"]``. The startup checks run for every user.
+CODEJAIL_SANDBOX_POOL_SIZE = 0
+
 # .. setting_name: CODEJAIL_EGRESS_CHECK
 # .. setting_default: {"host": "127.0.0.1", "port": 9, "timeout": 1.0}
 # .. setting_description: Target of the `webapp_egress` startup check: a TCP connect from the

@@ -18,6 +18,8 @@ allowed twin), ``test_support_*`` (what graders need).
 """
 import json
 import os
+import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -170,7 +172,14 @@ def pytest_runtest_makereport(item, call):
                            "does not prove the layer (mark it outside_layer if something else covers it)")
 
 
+def sandbox_users():
+    """The sandbox user and its per-worker pool (``<user>-<i>``) as provisioned on this host."""
+    pool = re.compile(re.escape(SANDBOX_USER) + r"(-[0-9]+)?")
+    return sorted(entry.pw_name for entry in pwd.getpwall() if pool.fullmatch(entry.pw_name))
+
+
 def sandbox_processes():
-    """PIDs of processes running as the sandbox user on this host."""
-    result = subprocess.run(["pgrep", "-u", SANDBOX_USER], capture_output=True, text=True, check=False)
+    """PIDs of processes running as any sandbox user (the pool included) on this host."""
+    result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
+                            check=False)
     return [int(pid) for pid in result.stdout.split()]
