@@ -54,7 +54,7 @@ clean: ## remove caches and reports (keeps .venv)
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # --- The real service on this host (as root): provisioning, serving, the live suite ---------
-.PHONY: provision test-live test-sabotage
+.PHONY: provision test-live test-sabotage bench-confinement
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
 PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
@@ -74,6 +74,9 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 	$(PROVISION_ENV) CODEJAIL_CONFINEMENT=off bash deploy/provision.sh
 	CODEJAIL_LIVE_SABOTAGE=1 $(LIVE_PYTEST); status=$$?; \
 		$(PROVISION_ENV) bash deploy/provision.sh; exit $$status
+
+bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
+	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}
 
 test: test-unit test-live test-sabotage ## (root) every test
 
