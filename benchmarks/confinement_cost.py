@@ -97,7 +97,7 @@ def main():
             stdin = json.dumps([code, globals_dict]).encode()
             times = {"layer on": [], "layer off": []}
             pythons = {"layer on": f"{SANDBOX_VENV}/bin/python", "layer off": f"{TWIN_VENV}/bin/python"}
-            for name, python in pythons.items():  # warm the page cache
+            for python in pythons.values():  # warm the page cache
                 one_run(python, run_dir, stdin)
             for _ in range(args.runs):  # interleaved, so drift hits both alike
                 for name, python in pythons.items():
