@@ -122,6 +122,13 @@ CODE_JAIL = {
     "limit_overrides": {},
 }
 
+# .. setting_name: CODEJAIL_MAX_EMSG_CHARS
+# .. setting_default: 64 Ki characters
+# .. setting_description: Longest emsg answered for a failed run. codejail's message holds all the
+#   sandbox's stdout and stderr; longer messages keep their first and last halves, with a note of
+#   how much was left out between them (the tail keeps the traceback's end and the exit status).
+CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
+
 # .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
 # .. setting_default: 0
 # .. setting_description: Number of sandbox users in the per-worker pool. When N > 0, the users are

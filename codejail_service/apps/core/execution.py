@@ -10,12 +10,28 @@ import logging
 
 from codejail.safe_exec import SafeExecException, safe_exec
 from codejail.safe_exec import json as codejail_json
+from django.conf import settings
 from edx_django_utils.monitoring import record_exception
 
 log = logging.getLogger(__name__)
 
 # Shown to the caller when something other than the submitted code failed; details go to the log.
 UNEXPECTED_ERROR_EMSG = "Codejail service failed to run the code because of an internal error; see the service logs."
+
+
+def cap_emsg(emsg):
+    """
+    Shorten an oversize emsg to its head and tail, saying how much was left out.
+
+    codejail puts all of the sandbox's stdout and stderr into its message, so code that floods
+    them would otherwise make an answer of hundreds of MB. The tail keeps the end of stderr (the
+    traceback's last lines) and codejail's closing "with status code: N".
+    """
+    limit = settings.CODEJAIL_MAX_EMSG_CHARS
+    if len(emsg) <= limit:
+        return emsg
+    keep = limit // 2
+    return f"{emsg[:keep]} [... {len(emsg) - 2 * keep} characters left out ...] {emsg[-keep:]}"
 
 
 def run_code(code, globals_dict, python_path=None, limit_overrides_context=None, slug=None, extra_files=None):
@@ -43,7 +59,7 @@ def run_code(code, globals_dict, python_path=None, limit_overrides_context=None,
             extra_files=extra_files,
         )
     except SafeExecException as exc:
-        return globals_dict, str(exc)
+        return globals_dict, cap_emsg(str(exc))
     except (codejail_json.JSONDecodeError, UnicodeDecodeError) as exc:
         # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
         log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)

@@ -73,3 +73,21 @@ def test_unexpected_exception_is_logged_recorded_and_answered_generically(caplog
     record_exception.assert_called_once_with()
     assert "Unexpected error while running code for 'p9'" in caplog.text
     assert "RuntimeError: safe_exec has not been configured" in caplog.text  # the traceback
+
+
+def test_oversize_emsg_keeps_its_head_and_tail(settings):
+    settings.CODEJAIL_MAX_EMSG_CHARS = 100
+    message = "Couldn't execute jailed code: stdout: b'" + "x" * 10_000 + "', stderr: b'Err' with status code: -9"
+    with mock.patch(SAFE_EXEC, side_effect=SafeExecException(message)):
+        _, emsg = run_code("flood", {})
+    assert emsg.startswith("Couldn't execute jailed code: stdout: b'xxx")
+    assert emsg.endswith("', stderr: b'Err' with status code: -9")
+    assert f"[... {len(message) - 100} characters left out ...]" in emsg
+    assert len(emsg) < 200
+
+
+def test_emsg_at_the_limit_is_kept_whole(settings):
+    message = "Couldn't execute jailed code: stdout: b'', stderr: b'boom' with status code: 1"
+    settings.CODEJAIL_MAX_EMSG_CHARS = len(message)
+    with mock.patch(SAFE_EXEC, side_effect=SafeExecException(message)):
+        assert run_code("raise", {})[1] == message
