@@ -19,7 +19,7 @@ IMAGE_SIZE=${IMAGE_SIZE:-6G}
 PACKAGES=(
     linux-image-amd64 initramfs-tools kmod udev
     apparmor apparmor-utils
-    sudo procps findutils iproute2 passwd adduser
+    sudo procps findutils iproute2 passwd adduser libseccomp2
     python3.11 python3.11-venv python3-venv
     git make ca-certificates
 )
@@ -88,5 +88,7 @@ echo "built $(date -u +%FT%TZ) in $(( $(date +%s) - start )) s" >"$work/complete
 rm -rf "$out"
 mv "$work" "$out"
 trap - EXIT
+# Older images (other inputs) only take space.
+find "$CACHE_DIR" -maxdepth 1 -name 'rootfs-*' ! -path "$out" -exec rm -rf {} +
 log "built root fs in $(( $(date +%s) - start )) s: $out"
 echo "$out"
