@@ -38,6 +38,9 @@ FROM ${BASE_IMAGE} AS service
 # process of a UID on the whole host, across containers.
 ARG APP_UID=180001
 ARG SANDBOX_UID=180100
+# One sandbox user per gunicorn worker (UIDs SANDBOX_UID+1 ..): fixed here so the
+# image does not depend on the build machine's CPU count. Run at most this many workers.
+ARG SANDBOX_POOL_SIZE=4
 # Extra pip options for deploy/provision.sh, e.g. a package mirror or a wheelhouse
 # in the build context: --build-arg CODEJAIL_PIP_OPTIONS="--no-index --find-links /src/wheelhouse".
 # Build args are recorded in the image history: no credentials here.
@@ -49,6 +52,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # directory or pip cache ends up in a layer.
 RUN --mount=type=bind,target=/src \
     CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" \
+    CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" \
     CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*
 

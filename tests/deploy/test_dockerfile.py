@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 PROVISION = ROOT / "deploy" / "provision.sh"
 DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "deployment.yaml"
+KUBE_CONFIG = ROOT / "deploy" / "kubernetes" / "config.yml"
 
 
 def parse(text):
@@ -130,7 +131,8 @@ def check_provisioning(stage):
         return ["no RUN calls deploy/provision.sh"]
     problems = []
     call = calls[0]
-    for variable, arg in (("CODEJAIL_APP_UID", "APP_UID"), ("CODEJAIL_SANDBOX_UID", "SANDBOX_UID")):
+    for variable, arg in (("CODEJAIL_APP_UID", "APP_UID"), ("CODEJAIL_SANDBOX_UID", "SANDBOX_UID"),
+                          ("CODEJAIL_SANDBOX_POOL_SIZE", "SANDBOX_POOL_SIZE")):
         if f'{variable}="${{{arg}}}"' not in call:
             problems.append(f"provision.sh is not given {variable} from the {arg} build arg")
     return problems
@@ -224,6 +226,17 @@ def test_default_uids_match_provision_script_and_deployment(dockerfile_text):
     assert pod["securityContext"]["runAsUser"] == int(args["APP_UID"])
 
 
+def test_kubernetes_config_and_workers_fit_the_image_sandbox_pool(dockerfile_text):
+    # The pool's users exist only in the image: the mounted config must name the same
+    # pool size, and gunicorn refuses to start more workers than the pool has users.
+    pool = int(stage_args(parse(dockerfile_text)[-1])["SANDBOX_POOL_SIZE"])
+    config = yaml.safe_load(KUBE_CONFIG.read_text())
+    assert config["CODEJAIL_SANDBOX_POOL_SIZE"] == pool
+    (container,) = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["containers"]
+    workers = int({e["name"]: e["value"] for e in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
+    assert 1 <= workers <= pool
+
+
 def test_apparmor_loader_stage_ships_the_repository_profile(dockerfile_text):
     stage = next(s for s in parse(dockerfile_text) if s["name"] == "apparmor-loader")
     copied = [args.split()[0] for keyword, args in stage["instructions"] if keyword == "COPY"]
@@ -265,6 +278,7 @@ def _broken(dockerfile_text, old, new):
         ("FROM ${BASE_IMAGE} AS service", "FROM python:3.11 AS service", "not ${BASE_IMAGE}"),
         ("/src/deploy/provision.sh", "/src/deploy/other.sh", "no RUN calls deploy/provision.sh"),
         ('CODEJAIL_APP_UID="${APP_UID}" ', "", "not given CODEJAIL_APP_UID"),
+        ('CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}"', "", "not given CODEJAIL_SANDBOX_POOL_SIZE"),
         ("USER ${APP_UID}:${APP_UID}", "USER 0", "USER is root"),
         ("USER ${APP_UID}:${APP_UID}", "USER codejail-app", "not numeric"),
         ("USER ${APP_UID}:${APP_UID}", "", "no USER"),
