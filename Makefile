@@ -1,6 +1,6 @@
 # codejail-service developer commands. `make help` lists them.
 .DEFAULT_GOAL := help
-.PHONY: help requirements upgrade quality annotations test-unit validate serve clean run test
+.PHONY: help requirements upgrade quality annotations test-unit validate serve clean run test openapi
 
 PYTHON ?= /usr/bin/python3.11
 VENV ?= .venv
@@ -41,6 +41,10 @@ test-unit: $(VENV_STAMP) ## unit tests with coverage of codejail_service/ (fails
 	$(VENV_BIN)/pytest
 
 validate: quality annotations test-unit ## everything a change must pass before it is committed
+
+openapi: $(VENV_STAMP) ## regenerate the checked-in OpenAPI schema (docs/openapi.yaml) from the views
+	DJANGO_SETTINGS_MODULE=codejail_service.settings.test $(VENV_BIN)/python manage.py spectacular \
+		--validate --fail-on-warn --file docs/openapi.yaml
 
 # Production settings when a config file is named, else the developer settings.
 SERVE_SETTINGS ?= $(if $(CODEJAIL_SERVICE_CFG),codejail_service.settings.production,codejail_service.settings.local)

@@ -21,6 +21,7 @@ ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
     "rest_framework",
+    "drf_spectacular",
     "codejail_service.apps.core",
 ]
 
@@ -60,6 +61,17 @@ REST_FRAMEWORK = {
     "UNICODE_JSON": False,
     # Errors as {"error": "..."} like the rest of the API.
     "EXCEPTION_HANDLER": "codejail_service.apps.core.errors.json_exception_handler",
+    # The OpenAPI schema (GET /api/schema/; checked in as docs/openapi.yaml).
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "codejail-service",
+    "DESCRIPTION": "Runs Open edX course Python code (custom-response problems) in codejail's sandbox "
+    "for the LMS/CMS. Internal service: no authentication.",
+    "VERSION": "0",
+    # The schema view documents itself only through the checked-in file.
+    "SERVE_INCLUDE_SCHEMA": False,
 }
 
 # Telemetry backends for edx_django_utils.monitoring (set_custom_attribute, record_exception).

@@ -1,12 +1,34 @@
-"""GET /health/: the startup safety checks, as JSON."""
+"""GET /health/: the startup safety checks, as JSON. GET /api/schema/: the OpenAPI schema."""
 
+from drf_spectacular.renderers import OpenApiJsonRenderer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from codejail_service.apps.core.startup_checks import get_startup_check_results
 from codejail_service.apps.core.toggles import CODEJAIL_ENABLED
 
+HEALTH_BODY = inline_serializer(
+    name="Health",
+    fields={
+        "status": serializers.ChoiceField(choices=["ok", "failed", "not_run"]),
+        "execution_enabled": serializers.BooleanField(),
+        "checks": serializers.DictField(
+            child=serializers.DictField(), help_text="check name -> {passed, reason, ...details}"
+        ),
+    },
+)
 
+
+@extend_schema(
+    summary="Startup safety checks",
+    responses={
+        200: OpenApiResponse(HEALTH_BODY, description="Up, and every startup safety check passed."),
+        503: OpenApiResponse(HEALTH_BODY, description="A check failed, or the checks have not run."),
+    },
+)
 class HealthView(APIView):
     """
     200 when the startup safety checks ran and all passed, 503 otherwise.
@@ -29,3 +51,14 @@ class HealthView(APIView):
             status = "ok" if all(result.passed for result in results.values()) else "failed"
         body = {"status": status, "execution_enabled": CODEJAIL_ENABLED.is_enabled(), "checks": checks}
         return Response(body, status=200 if status == "ok" else 503)
+
+
+class _OpenApiJsonRenderer(OpenApiJsonRenderer):
+    # Every answer of the service is plain application/json (SPEC), the schema too.
+    media_type = "application/json"
+
+
+class OpenApiSchemaView(SpectacularAPIView):
+    """The OpenAPI 3 schema of this API, as JSON (docs/openapi.yaml is the checked-in copy)."""
+
+    renderer_classes = [_OpenApiJsonRenderer]

@@ -4,9 +4,11 @@ import json
 import logging
 
 from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from edx_django_utils.monitoring import set_custom_attribute
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from rest_framework import serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -56,6 +58,44 @@ def _refuse(status_slug, message, status=400):
     return Response({"error": message}, status=status)
 
 
+# The OpenAPI description of the request and the answers (GET /api/schema/, docs/openapi.yaml).
+CODE_EXEC_REQUEST = inline_serializer(
+    name="CodeExecRequest",
+    fields={
+        "payload": serializers.CharField(
+            help_text="JSON text: {code: str, globals_dict: object, python_path: [str] | null, "
+            "limit_overrides_context: str | null, slug: str | null, unsafely: bool}. Python's JSON: "
+            "NaN and Infinity are accepted."
+        ),
+        ALLOWED_FILE_NAME: serializers.FileField(
+            required=False, help_text="A zip of course-provided modules, importable when python_path names it."
+        ),
+    },
+)
+CODE_EXEC_ANSWER = inline_serializer(
+    name="CodeExecAnswer",
+    fields={
+        "globals_dict": serializers.DictField(help_text="The JSON-safe globals after the run (the input ones "
+                                              "when it failed)."),
+        "emsg": serializers.CharField(required=False, help_text="Present when the code raised, was killed or "
+                                      "broke the protocol: codejail's message, with the sandbox's output."),
+    },
+)
+ERROR_ANSWER = inline_serializer(name="Error", fields={"error": serializers.CharField()})
+
+
+@extend_schema(
+    methods=["POST"],
+    summary="Run course Python code in the sandbox",
+    request={"multipart/form-data": CODE_EXEC_REQUEST, "application/x-www-form-urlencoded": CODE_EXEC_REQUEST},
+    responses={
+        200: OpenApiResponse(CODE_EXEC_ANSWER, description="The code ran (emsg absent) or failed (emsg set)."),
+        400: OpenApiResponse(ERROR_ANSWER, description="The request is invalid; error says why."),
+        411: OpenApiResponse(ERROR_ANSWER, description="A chunked body (no Content-Length)."),
+        413: OpenApiResponse(ERROR_ANSWER, description="The body exceeds CODEJAIL_MAX_REQUEST_BYTES."),
+        503: OpenApiResponse(ERROR_ANSWER, description="Execution is off, or the startup checks did not pass."),
+    },
+)
 class CodeExecView(APIView):
     """
     Validate an LMS code-exec request, run it through the sandbox, answer per SPEC.md.
