@@ -84,6 +84,12 @@ bench-confinement: provision ## (root) what our confinement layer costs per run 
 
 test: test-unit test-live test-sabotage ## (root) every test
 
+# --- Performance (issue 6) -----------------------------------------------------------
+.PHONY: bench
+BENCH_ARGS ?=
+bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table + .cache/bench/latest.json (BENCH_ARGS)
+	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
 # --- Docs and deployment checks. Own venvs under .cache/: their pins are compiled
 # separately from test.txt, and pip-sync in .venv would remove them.
 .PHONY: docs lint-docker validate-deploy test-deploy-host

@@ -1,0 +1,461 @@
+"""
+Load benchmark for codejail-service: ``make bench`` (as root, after ``deploy/provision.sh``).
+
+Starts the service the way ``make run`` does (``deploy/serve.sh``, gunicorn as the app user,
+our confinement on), on a free local port, and drives ``POST /api/v0/code-exec`` with a small
+asyncio client that opens a new connection per request, as the LMS does (connect timeout 0.5 s,
+read timeout 3.5 s: a later answer counts as an error). For each scenario and concurrency it
+prints execs/s, p50/p95/p99 latency, 503s (load shed), errors and the largest worker RSS.
+
+In the same run it measures the floor: fresh ``python3.11 -E -B -c 'import json, sys'``
+interpreters started back to back, two at a time (before and after the load; the mean is
+used), and prints every throughput as a ratio to it, so figures from noisy or different
+machines can be compared. Results also go to a JSON file (``--json``).
+
+Only 127.0.0.1 is ever contacted. No figure here is asserted: this prints, it does not test.
+"""
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLOOR_COMMAND = ["/usr/bin/python3.11", "-E", "-B", "-c", "import json, sys"]
+CONNECT_TIMEOUT = 0.5  # the LMS's (xmodule/capa/safe_exec/remote_exec.py)
+READ_TIMEOUT = 3.5
+
+# What edx-platform puts before every course's code (xmodule/capa/safe_exec/safe_exec.py):
+# random2 seeded per student, OPENBLAS_NUM_THREADS=1, and lazily imported modules.
+LMS_PROLOG = '''\
+from __future__ import absolute_import, division
+
+import os
+os.environ["OPENBLAS_NUM_THREADS"] = "1"    # See TNL-6456
+
+import random2 as random_module
+import sys
+from six.moves import xrange
+
+random = random_module.Random(%r)
+random.Random = random_module.Random
+sys.modules['random'] = random
+
+class LazyModule(object):
+    """A module that is imported only when one of its attributes is used (edx lazymod)."""
+    def __init__(self, modname):
+        self.__name__ = modname
+    def __getattr__(self, name):
+        mod = __import__(self.__name__)
+        for part in self.__name__.split(".")[1:]:
+            mod = getattr(mod, part)
+        return getattr(mod, name)
+
+numpy = LazyModule('numpy')
+math = LazyModule('math')
+scipy = LazyModule('scipy')
+'''
+
+# A customresponse-style grader: compare the student's answer with the expected one.
+LMS_GRADER = '''
+def check(expect, ans):
+    try:
+        return abs(float(ans) - float(expect)) <= 1e-6 * max(1.0, abs(float(expect)))
+    except ValueError:
+        return False
+
+answers = [random.randint(1, 6) for _ in range(3)]
+cfn_return = {"ok": check(expect, ans), "msg": "Checked %d answers" % len(answers)}
+'''
+
+NUMPY_CODE = '''
+import numpy as np
+a = np.arange(1.0, 101.0).reshape(10, 10)
+det = float(np.linalg.det(a @ a.T + np.eye(10)))
+x = int(np.sum(np.arange(x)))
+'''
+
+MATPLOTLIB_CODE = '''
+import io
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(3, 2))
+ax.plot([1, 2, 3], [2, 1, 3])
+buf = io.BytesIO()
+fig.savefig(buf, format="png")
+png_bytes = len(buf.getvalue())
+'''
+
+
+def _lms(code):
+    return LMS_PROLOG % 1234 + code
+
+
+# name -> (code, globals, check(globals_dict) -> bool)
+SCENARIOS = {
+    "trivial": ("x = x + 1", {"x": 16}, lambda g: g.get("x") == 17),
+    "lms": (_lms(LMS_GRADER), {"expect": "42", "ans": "42.0"},
+            lambda g: g.get("cfn_return", {}).get("ok") is True),
+    "numpy": (_lms(NUMPY_CODE), {"x": 10}, lambda g: g.get("x") == 45 and g.get("det", 0) > 0),
+    # Without the LMS prolog: random2's Random has no choices(), which tempfile (used by
+    # matplotlib for its cache dir when HOME is not writable) calls once the prolog has put
+    # random2 in sys.modules. Under the LMS prolog, matplotlib fails unless tempfile came first.
+    "matplotlib": ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n' + MATPLOTLIB_CODE, {},
+                   lambda g: g.get("png_bytes", 0) > 1000),
+}
+
+
+def multipart_request(host, port, code, globals_dict):
+    """The bytes of one LMS-style request: multipart form with the JSON payload field."""
+    payload = json.dumps({"code": code, "globals_dict": globals_dict, "python_path": [],
+                          "limit_overrides_context": None, "slug": "bench", "unsafely": False})
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n"
+            f"{payload}\r\n--{boundary}--\r\n").encode()
+    head = (f"POST /api/v0/code-exec HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    return head + body
+
+
+async def one_request(host, port, request, check):
+    """Send one request on a new connection. Returns (outcome, seconds, response bytes)."""
+    start = time.perf_counter()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+    except (TimeoutError, OSError):
+        return "connect_error", time.perf_counter() - start, 0
+    try:
+        writer.write(request)
+        raw = await asyncio.wait_for(reader.read(-1), READ_TIMEOUT - (time.perf_counter() - start))
+    except TimeoutError:
+        return "timeout", time.perf_counter() - start, 0
+    except OSError:
+        return "io_error", time.perf_counter() - start, 0
+    finally:
+        writer.close()
+    elapsed = time.perf_counter() - start
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        return "bad_response", elapsed, len(raw)
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if status == 503 and "retry-after" in headers:
+        return "shed", elapsed, len(raw)
+    if status != 200:
+        return f"http_{status}", elapsed, len(raw)
+    try:
+        if "chunked" in headers.get("transfer-encoding", ""):
+            body = dechunk(body)
+        answer = json.loads(body)
+    except ValueError:
+        return "bad_json", elapsed, len(raw)
+    if "emsg" in answer:
+        return "emsg", elapsed, len(raw), answer["emsg"][:400]
+    return ("ok" if check(answer.get("globals_dict", {})) else "wrong_result"), elapsed, len(raw)
+
+
+def dechunk(body):
+    """The payload of a chunked HTTP body (gunicorn chunks answers that carry no Content-Length)."""
+    out = bytearray()
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        body = rest[size + 2:]
+
+
+async def drive(host, port, request, check, concurrency, duration):
+    """Closed loop: `concurrency` clients, each sending requests back to back for `duration` s."""
+    results = []
+    deadline = time.perf_counter() + duration
+
+    async def client():
+        while time.perf_counter() < deadline:
+            results.append(await one_request(host, port, request, check))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return results, time.perf_counter() - start
+
+
+def percentile(values, fraction):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(fraction * (len(values) - 1))))]
+
+
+def measure_floor(duration, parallel=2):
+    """Fresh interpreters per second, `parallel` at a time, back to back."""
+    count = [0] * parallel
+    deadline = time.perf_counter() + duration
+
+    def loop(i):
+        while time.perf_counter() < deadline:
+            subprocess.run(FLOOR_COMMAND, check=True)
+            count[i] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(count) / (time.perf_counter() - start)
+
+
+class WorkerMemory:
+    """Samples the RSS of the gunicorn master's children (the workers) in the background."""
+
+    def __init__(self, master_pid, interval=0.1):
+        self.master_pid = master_pid
+        self.interval = interval
+        self.max_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def workers(self):
+        pids = []
+        try:
+            for tid in os.listdir(f"/proc/{self.master_pid}/task"):
+                with open(f"/proc/{self.master_pid}/task/{tid}/children", encoding="ascii") as children:
+                    pids += [int(pid) for pid in children.read().split()]
+        except OSError:
+            pass
+        return pids
+
+    def rss_kib(self):
+        """{pid: RSS in KiB} of the workers now."""
+        sizes = {}
+        for pid in self.workers():
+            try:
+                with open(f"/proc/{pid}/status", encoding="ascii") as status:
+                    for line in status:
+                        if line.startswith("VmRSS:"):
+                            sizes[pid] = int(line.split()[1])
+            except OSError:
+                pass
+        return sizes
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            sizes = self.rss_kib()
+            if sizes:
+                self.max_kib = max(self.max_kib, max(sizes.values()))
+
+    def __enter__(self):
+        self.max_kib = 0
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_service(port, extra_env, log_path):
+    env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{port}", **extra_env}
+    # Access logs would cost the workers CPU that the LMS's deployments may not spend; keep them
+    # (it is what `make run` does), but in a file, not on our terminal.
+    log = open(log_path, "wb")  # noqa: SIM115
+    process = subprocess.Popen(["bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/health/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the service exited with status {process.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback only)
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.3)
+    process.terminate()
+    raise SystemExit(f"/health/ did not pass within 120 s; see {log_path}")
+
+
+def stop_service(process):
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def run_cell(host, port, scenario, concurrency, duration, memory):
+    code, globals_dict, check = SCENARIOS[scenario]
+    request = multipart_request(host, port, code, globals_dict)
+    with memory:
+        results, elapsed = asyncio.run(drive(host, port, request, check, concurrency, duration))
+    outcomes = {}
+    samples = {}  # one emsg per cell, to see what failed
+    for outcome, *rest in results:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if len(rest) > 2:
+            samples.setdefault(outcome, rest[2])
+    latencies = [result[1] for result in results]
+    ok_latencies = [result[1] for result in results if result[0] == "ok"]
+    errors = {k: v for k, v in outcomes.items() if k not in ("ok", "shed")}
+    return {
+        "scenario": scenario,
+        "concurrency": concurrency,
+        "seconds": round(elapsed, 3),
+        "requests": len(results),
+        "ok": outcomes.get("ok", 0),
+        "shed_503": outcomes.get("shed", 0),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "error_samples": samples,
+        "execs_per_s": outcomes.get("ok", 0) / elapsed,
+        # Every answer (503s included: they are answers too); None when nothing came back.
+        "p50_ms": _ms(percentile(latencies, 0.50)),
+        "p95_ms": _ms(percentile(latencies, 0.95)),
+        "p99_ms": _ms(percentile(latencies, 0.99)),
+        "ok_p50_ms": _ms(percentile(ok_latencies, 0.50)),
+        "max_response_bytes": max((result[2] for result in results), default=0),
+        "max_worker_rss_mib": round(memory.max_kib / 1024, 1),
+    }
+
+
+def _ms(seconds):
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def print_table(cells):
+    print(f"\nratio: execs/s over the floor, fresh `{' '.join(FLOOR_COMMAND)}` per s (two at a time),"
+          " measured before and after each scenario\n")
+    header = (f"{'scenario':<11}{'c':>4}{'execs/s':>9}{'floor':>7}{'ratio':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+              f"{'ok':>7}{'503':>6}{'err':>5}{'RSS MiB':>9}")
+    print(header)
+    print("-" * len(header))
+    for cell in cells:
+        print(f"{cell['scenario']:<11}{cell['concurrency']:>4}{cell['execs_per_s']:>9.1f}"
+              f"{cell['floor_per_s']:>7.1f}{cell['ratio_to_floor']:>7.2f}{_fmt(cell['p50_ms'])}{_fmt(cell['p95_ms'])}"
+              f"{_fmt(cell['p99_ms'])}{cell['ok']:>7}{cell['shed_503']:>6}{cell['errors']:>5}"
+              f"{cell['max_worker_rss_mib']:>9.1f}")
+        if cell["error_kinds"]:
+            print(f"{'':15}errors: {cell['error_kinds']}")
+            for sample in cell["error_samples"].values():
+                print(f"{'':15}e.g. {sample[:200]!r}")
+
+
+def _fmt(value):
+    return f"{'-':>9}" if value is None else f"{value:>9.1f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
+    parser.add_argument("--concurrency", default="1,4,8,32,64", help="comma-separated client counts")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of load per scenario and concurrency")
+    parser.add_argument("--floor-seconds", type=float, default=4.0, help="seconds per floor measurement")
+    parser.add_argument("--url", help="bench a running service (http://127.0.0.1:PORT) instead of starting one")
+    parser.add_argument("--service-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for the started service (e.g. CODEJAIL_SERVICE_WORKERS=6)")
+    parser.add_argument("--json", default=os.path.join(REPO, ".cache", "bench", "latest.json"),
+                        help="where to write the results")
+    parser.add_argument("--label", default="", help="free text stored with the results")
+    args = parser.parse_args(argv)
+
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            parser.error(f"unknown scenario {scenario!r}")
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c]
+    extra_env = dict(item.split("=", 1) for item in args.service_env)
+
+    process = None
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    if args.url:
+        host, port = args.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)
+        port = int(port)
+        master_pid = None
+    else:
+        if os.geteuid() != 0:
+            raise SystemExit("bench starts the service as the app user: run it as root (make bench)")
+        host, port = "127.0.0.1", free_port()
+        log_path = os.path.join(os.path.dirname(os.path.abspath(args.json)), "service.log")
+        print(f"starting the service on {host}:{port} (log: {log_path})", flush=True)
+        process = start_service(port, extra_env, log_path)
+        master_pid = process.pid
+    memory = WorkerMemory(master_pid) if master_pid else WorkerMemory(-1)
+
+    cells = []
+    floors = []  # one before each scenario and one at the end: this host's load may drift
+    try:
+        rss_start = memory.rss_kib()
+        for scenario in scenarios:
+            print(f"measuring the floor, then {scenario} ...", flush=True)
+            floors.append(measure_floor(args.floor_seconds))
+            # Warm up: the first runs of a scenario fill the page cache.
+            run_cell(host, port, scenario, 2, 1.0, memory)
+            for concurrency in concurrencies:
+                cell = run_cell(host, port, scenario, concurrency, args.duration, memory)
+                cell["floor_index"] = len(floors) - 1
+                cells.append(cell)
+                print(f"  {scenario:<11} c={concurrency:<3} {cell['execs_per_s']:6.1f} execs/s  "
+                      f"p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  503s {cell['shed_503']}  "
+                      f"errors {cell['errors']}", flush=True)
+        rss_end = memory.rss_kib()
+        floors.append(measure_floor(args.floor_seconds))
+    finally:
+        if process is not None:
+            stop_service(process)
+
+    for cell in cells:
+        # The floor measured just before and just after this scenario's cells.
+        i = cell.pop("floor_index")
+        cell["floor_per_s"] = round((floors[i] + floors[i + 1]) / 2, 2)
+        cell["ratio_to_floor"] = round(cell["execs_per_s"] / cell["floor_per_s"], 3)
+        cell["execs_per_s"] = round(cell["execs_per_s"], 2)
+    print_table(cells)
+    print(f"\nfloor measurements (per s, in order): {[round(f, 1) for f in floors]}; worker RSS MiB "
+          f"at start {_mib(rss_start)}, at end {_mib(rss_end)}")
+    result = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "label": args.label,
+        "host": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": sys.version.split()[0],
+                 "loadavg_at_end": os.getloadavg()},
+        "service_env": extra_env,
+        "floor": {"command": FLOOR_COMMAND, "parallel": 2, "seconds_each": args.floor_seconds,
+                  "per_s": [round(f, 2) for f in floors]},
+        "worker_rss_kib": {"start": rss_start, "end": rss_end},
+        "cells": cells,
+    }
+    with open(args.json, "w", encoding="utf-8") as out:
+        json.dump(result, out, indent=2)
+    print(f"results: {args.json}")
+
+
+def _mib(sizes):
+    return sorted(round(kib / 1024, 1) for kib in sizes.values())
+
+
+if __name__ == "__main__":
+    main()
