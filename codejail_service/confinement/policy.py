@@ -129,6 +129,15 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
                 # Only AF_UNIX sockets: EACCES, as an AppArmor "deny network" gives.
                 {"syscall": "socket", "errno": "EACCES",
                  "args": [{"arg": 0, "op": "ne", "value": AF_UNIX}]},
+                # The only sockets a run can make are AF_UNIX ones. Landlock (ABI <= 7) does not
+                # guard connecting or sending to a socket file, and hosts have world-writable
+                # ones (D-Bus, journald, nscd): no connect, and no datagram with an address.
+                # A run still has socketpair(), and may bind and listen in its own directory.
+                {"syscall": "connect", "errno": "EACCES", "args": []},
+                {"syscall": "sendto", "errno": "EACCES",
+                 "args": [{"arg": 4, "op": "ne", "value": 0}]},
+                {"syscall": "sendmsg", "errno": "EACCES", "args": []},
+                {"syscall": "sendmmsg", "errno": "EACCES", "args": []},
                 # Nothing runs but the interpreter already running.
                 {"syscall": "execve", "errno": "EACCES", "args": []},
                 {"syscall": "execveat", "errno": "EACCES", "args": []},

@@ -108,6 +108,27 @@ def service():
             shutil.rmtree(config_dir)
 
 
+@pytest.fixture(scope="session")
+def host_sockets(service):
+    """World-writable UNIX sockets of root's, standing in for D-Bus or journald."""
+    if not service["local"]:
+        pytest.skip("needs sockets on the service's host")
+    directory = tempfile.mkdtemp(prefix="cjlive-sockets.", dir="/run")
+    os.chmod(directory, 0o755)
+    paths = {"stream": os.path.join(directory, "stream.sock"), "dgram": os.path.join(directory, "dgram.sock")}
+    stream = socket.socket(socket.AF_UNIX)
+    stream.bind(paths["stream"])
+    stream.listen(8)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(paths["dgram"])
+    for path in paths.values():
+        os.chmod(path, 0o777)
+    yield paths
+    stream.close()
+    dgram.close()
+    shutil.rmtree(directory)
+
+
 class Result:
     """One code-exec answer: HTTP status, globals, emsg."""
 

@@ -146,26 +146,43 @@ def test_deny_http_to_the_service_itself(run, service):
                  globals_dict={"url": service["url"]}) in ("URLError", "EACCES")
 
 
-def test_allow_http_over_unix_socket_in_run_dir(run):
+def test_allow_http_over_a_socketpair(run):
     assert probe(run, """
-        import http.server, socket, threading, os
+        import http.server, socket, threading
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 self.send_response(200); self.end_headers(); self.wfile.write(b"hi")
             def log_message(self, *a): pass
-        srv = socket.socket(socket.AF_UNIX); srv.bind("tmp/http.sock"); srv.listen(1)
+        server_end, client = socket.socketpair()
         def serve():
-            conn, _ = srv.accept()
-            H(conn, ("local", 0), None)
-            conn.close()
+            H(server_end, ("local", 0), None)
+            server_end.close()
         t = threading.Thread(target=serve); t.start()
-        c = socket.socket(socket.AF_UNIX); c.connect("tmp/http.sock")
-        c.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        client.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
         data = b""
-        while chunk := c.recv(1024):
+        while chunk := client.recv(1024):
             data += chunk
         t.join()
         assert data.endswith(b"hi"), data
+    """) == "ok"
+
+
+def test_deny_connect_to_host_unix_socket(run, host_sockets):
+    # Like D-Bus or journald: a world-writable socket file of another user.
+    assert probe(run, "import socket; socket.socket(socket.AF_UNIX).connect(path)",
+                 globals_dict={"path": host_sockets["stream"]}) == "EACCES"
+
+
+def test_deny_datagram_to_host_unix_socket(run, host_sockets):
+    assert probe(run, "import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'x', path)",
+                 globals_dict={"path": host_sockets["dgram"]}) == "EACCES"
+
+
+def test_allow_datagrams_over_a_socketpair(run):
+    assert probe(run, """
+        import socket
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.send(b"ping"); assert b.recv(4) == b"ping"
     """) == "ok"
 
 

@@ -150,6 +150,30 @@ def test_seccomp_allows_unix_sockets():
     assert value == "ok"
 
 
+def test_seccomp_refuses_connecting_or_addressing_unix_sockets(tmp_path):
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX) as listener, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram:
+        listener.bind(path)
+        listener.listen(1)
+        dgram.bind(path + ".dgram")
+        value, _ = in_child(seccomped(lambda: [
+            errno_of(lambda: socket.socket(socket.AF_UNIX).connect(path)),
+            errno_of(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", path + ".dgram")),
+            errno_of(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendmsg([b"x"], [], 0,
+                                                                                     path + ".dgram")),
+        ]))
+    assert value == ["EACCES", "EACCES", "EACCES"]
+
+
+def test_seccomp_allows_sending_on_connected_pairs():
+    def attempt():
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        a.send(b"ping")
+        return b.recv(4).decode()
+    value, _ = in_child(seccomped(attempt))
+    assert value == "ping"
+
+
 def test_seccomp_refuses_exec_and_namespaces():
     libc = ctypes.CDLL(None, use_errno=True)
 
