@@ -141,6 +141,22 @@ CODE_JAIL = {
 #   how much was left out between them (the tail keeps the traceback's end and the exit status).
 CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
 
+# .. setting_name: CODEJAIL_MAX_OUTPUT_BYTES
+# .. setting_default: 1 MiB
+# .. setting_description: Most output read from one run, stdout and stderr together (the globals
+#   come back on stdout). Past it the service stops reading, the run fails, and its emsg says the
+#   output was truncated; a flood can then neither grow a worker nor the answer beyond this.
+CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
+
+# .. setting_name: CODEJAIL_ADMISSION
+# .. setting_default: {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
+# .. setting_description: Overload behaviour of each gunicorn worker, which runs one sandbox at a
+#   time. A request finding its worker busy waits for it, at most ``max_wait_seconds`` and with at
+#   most ``max_waiting`` others; beyond that it is answered at once with 503 and
+#   ``Retry-After: retry_after_seconds`` rather than left to time out in the LMS (3.5 s). Each
+#   worker needs more gunicorn threads than ``max_waiting`` + 1 (CODEJAIL_SERVICE_THREADS).
+CODEJAIL_ADMISSION = {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
+
 # .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
 # .. setting_default: 0
 # .. setting_description: Number of sandbox users in the per-worker pool. When N > 0, the users are

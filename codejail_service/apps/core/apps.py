@@ -15,3 +15,7 @@ class CoreConfig(AppConfig):
         from codejail.django_integration_utils import apply_django_settings  # noqa: PLC0415
 
         apply_django_settings(settings.CODE_JAIL)
+        # codejail's subprocesses with capped output and no needless cleanup process.
+        from codejail_service.apps.core import sandbox_runner  # noqa: PLC0415
+
+        sandbox_runner.install()
