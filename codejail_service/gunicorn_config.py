@@ -5,10 +5,13 @@ Environment:
 
 - ``CODEJAIL_SERVICE_BIND``: address to listen on (default ``127.0.0.1:8550``, the LMS default).
 - ``CODEJAIL_SERVICE_WORKERS``: worker processes (default 2 x CPU cores, but at most the size of
-  the sandbox user pool). Each sync worker handles one request at a time and mostly waits for
-  its sandbox process. With a pool (``CODEJAIL_SANDBOX_POOL_SIZE``), each worker runs code as its
+  the sandbox user pool). Each worker runs one sandbox at a time (apps/core/admission.py) and
+  mostly waits for it. With a pool (``CODEJAIL_SANDBOX_POOL_SIZE``), each worker runs code as its
   own sandbox user, so concurrent runs do not share the host-wide NPROC limit; asking for more
   workers than the pool has users is refused at start.
+- ``CODEJAIL_SERVICE_THREADS``: threads per worker (default 16). They hold the requests waiting
+  for the worker's sandbox, so that beyond capacity a request is answered 503 at once instead of
+  waiting unseen in the listen backlog; keep it above ``CODEJAIL_ADMISSION["max_waiting"]`` + 1.
 - ``CODEJAIL_SERVICE_TIMEOUT``: seconds before a silent worker is killed and replaced.
 """
 
@@ -20,9 +23,13 @@ log = logging.getLogger(__name__)
 
 bind = os.environ.get("CODEJAIL_SERVICE_BIND", "127.0.0.1:8550")
 
-# Sync workers: one request per process, nothing shared between runs.
-worker_class = "sync"
+# Threaded workers: a sync worker busy with a run cannot even accept a request, so a burst
+# would queue unseen in the kernel's backlog until the LMS times out. With threads, every
+# request reaches the admission gate, which lets one run at a time per worker (so one sandbox
+# user per worker still holds) and answers 503 + Retry-After beyond a short bounded wait.
+worker_class = "gthread"
 workers = int(os.environ.get("CODEJAIL_SERVICE_WORKERS", 2 * multiprocessing.cpu_count()))
+threads = int(os.environ.get("CODEJAIL_SERVICE_THREADS", 16))
 
 # Import the app, and so run the startup safety checks, once in the master; workers inherit
 # the cached results instead of each re-running them.

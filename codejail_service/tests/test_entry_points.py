@@ -42,7 +42,8 @@ def test_gunicorn_defaults(gunicorn_config, monkeypatch):
     config = gunicorn_config()
     assert config.bind == "127.0.0.1:8550"
     assert config.workers == 6
-    assert config.worker_class == "sync"
+    # Threads hold the requests waiting for the worker's one sandbox (apps/core/admission.py).
+    assert (config.worker_class, config.threads) == ("gthread", 16)
     assert config.preload_app is True
     assert config.max_requests > 0 and config.max_requests_jitter > 0
     assert config.accesslog == "-" and config.errorlog == "-"
@@ -51,5 +52,5 @@ def test_gunicorn_defaults(gunicorn_config, monkeypatch):
 
 def test_gunicorn_environment_overrides(gunicorn_config):
     config = gunicorn_config(CODEJAIL_SERVICE_BIND="0.0.0.0:9000", CODEJAIL_SERVICE_WORKERS="3",
-                             CODEJAIL_SERVICE_TIMEOUT="12")
-    assert (config.bind, config.workers, config.timeout) == ("0.0.0.0:9000", 3, 12)
+                             CODEJAIL_SERVICE_TIMEOUT="12", CODEJAIL_SERVICE_THREADS="5")
+    assert (config.bind, config.workers, config.timeout, config.threads) == ("0.0.0.0:9000", 3, 12, 5)

@@ -13,6 +13,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from codejail_service.apps.core.admission import GATE, Overloaded
 from codejail_service.apps.core.execution import run_code
 from codejail_service.apps.core.startup_checks import startup_checks_passed
 from codejail_service.apps.core.toggles import CODEJAIL_ENABLED
@@ -49,7 +50,8 @@ ALLOWED_FILE_NAME = "python_lib.zip"
 #   disabled.toggle (CODEJAIL_ENABLED off), disabled.startup_checks (safety checks not passed),
 #   invalid.<reason> (refused with 400: payload_missing, payload_duplicated, payload_not_text,
 #   payload_json, payload_schema, unsafely, file_name, file_duplicated, python_path, file_missing;
-#   and invalid.request_size from the size-limit middleware), executed.success, or
+#   and invalid.request_size from the size-limit middleware), overloaded (503 + Retry-After: the
+#   worker's queue was full or the wait too long; see CODEJAIL_ADMISSION), executed.success, or
 #   executed.error (the code raised, was killed or broke the protocol; 200 with emsg).
 def _refuse(status_slug, message, status=400):
     """One refused request: telemetry status, log line, JSON error answer."""
@@ -93,7 +95,11 @@ ERROR_ANSWER = inline_serializer(name="Error", fields={"error": serializers.Char
         400: OpenApiResponse(ERROR_ANSWER, description="The request is invalid; error says why."),
         411: OpenApiResponse(ERROR_ANSWER, description="A chunked body (no Content-Length)."),
         413: OpenApiResponse(ERROR_ANSWER, description="The body exceeds CODEJAIL_MAX_REQUEST_BYTES."),
-        503: OpenApiResponse(ERROR_ANSWER, description="Execution is off, or the startup checks did not pass."),
+        503: OpenApiResponse(
+            ERROR_ANSWER,
+            description="Execution is off, the startup checks did not pass, or the service is at capacity "
+            "(then with Retry-After).",
+        ),
     },
 )
 class CodeExecView(APIView):
@@ -101,7 +107,7 @@ class CodeExecView(APIView):
     Validate an LMS code-exec request, run it through the sandbox, answer per SPEC.md.
 
     Success and failed runs answer 200 with ``globals_dict`` (plus ``emsg`` on failure); refused
-    requests answer 400 (invalid) or 503 (execution off) with ``{"error": "..."}``.
+    requests answer 400 (invalid) or 503 (execution off, or at capacity) with ``{"error": "..."}``.
     """
 
     # The LMS posts multipart (payload + python_lib.zip); urlencoded covers payload-only clients.
@@ -197,14 +203,25 @@ class CodeExecView(APIView):
         #   CODE_JAIL limit overrides), or None.
         set_custom_attribute("codejail_service.limit_overrides_context", limit_overrides_context)
 
-        globals_out, emsg = run_code(
-            payload["code"],
-            payload["globals_dict"],
-            python_path=python_path,
-            limit_overrides_context=limit_overrides_context,
-            slug=slug,
-            extra_files=extra_files,
-        )
+        # Beyond what this worker can start soon, say so at once: the LMS gives up after 3.5 s,
+        # and a run it no longer waits for only delays the ones it still does.
+        try:
+            turn = GATE.admit()
+        except Overloaded as exc:
+            response = _refuse(
+                "overloaded", f"The service is at capacity ({exc.reason}); retry in {exc.retry_after} s", 503
+            )
+            response["Retry-After"] = str(exc.retry_after)
+            return response
+        with turn:
+            globals_out, emsg = run_code(
+                payload["code"],
+                payload["globals_dict"],
+                python_path=python_path,
+                limit_overrides_context=limit_overrides_context,
+                slug=slug,
+                extra_files=extra_files,
+            )
         # Every 200 carries globals_dict: the LMS updates its globals from it even on failure.
         if emsg is None:
             set_custom_attribute("codejail_service.status", "executed.success")

@@ -382,3 +382,32 @@ def test_other_methods_answer_405_json(client, enabled, safe_exec, method):
 def test_answer_is_json_whatever_the_accept_header(client, enabled, safe_exec):
     response = post(client, {"payload": payload()}, HTTP_ACCEPT="text/html")
     assert assert_json(response, 200) == {"globals_dict": {"x": 17}}
+
+
+# --- overload: 503 + Retry-After --------------------------------------------------------------
+
+
+def test_request_beyond_capacity_answers_503_with_retry_after(client, enabled, safe_exec, attributes):
+    from codejail_service.apps.core.admission import Overloaded
+
+    with mock.patch("codejail_service.apps.api.v0.views.GATE.admit", side_effect=Overloaded("queue_full", 3)):
+        response = post(client, {"payload": payload()})
+    body = assert_json(response, 503)
+    assert response["Retry-After"] == "3"
+    assert body == {"error": "The service is at capacity (queue_full); retry in 3 s"}
+    assert attributes["codejail_service.status"] == "overloaded"
+    safe_exec.assert_not_called()
+
+
+def test_request_within_capacity_runs_and_gives_the_turn_back(client, enabled, safe_exec):
+    from codejail_service.apps.core.admission import GATE
+
+    assert assert_json(post(client, {"payload": payload()}), 200) == {"globals_dict": {"x": 17}}
+    with GATE.admit():  # free again: the view released its turn
+        pass
+
+
+def test_invalid_request_is_refused_400_before_admission(client, enabled, safe_exec):
+    with mock.patch("codejail_service.apps.api.v0.views.GATE.admit") as admit:
+        assert_json(post(client, {"payload": "not json"}), 400)
+    admit.assert_not_called()

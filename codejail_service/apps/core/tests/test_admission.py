@@ -1,0 +1,81 @@
+"""Tests of the admission gate: one run at a time per worker, a bounded wait, then Overloaded."""
+
+import threading
+
+import pytest
+
+from codejail_service.apps.core.admission import ExecutionGate, Overloaded
+
+
+@pytest.fixture
+def admission(settings):
+    settings.CODEJAIL_ADMISSION = {"max_waiting": 1, "max_wait_seconds": 5.0, "retry_after_seconds": 2}
+    return settings.CODEJAIL_ADMISSION
+
+
+def test_free_gate_admits_at_once_and_frees_after_the_run(admission):
+    gate = ExecutionGate()
+    with gate.admit():
+        pass
+    with gate.admit():  # the first turn was given back
+        assert gate.waiting == 0
+
+
+def test_full_queue_is_refused_at_once_with_retry_after(admission):
+    admission["max_waiting"] = 0
+    gate = ExecutionGate()
+    with gate.admit():
+        with pytest.raises(Overloaded) as refused:
+            gate.admit()
+    assert refused.value.reason == "queue_full"
+    assert refused.value.retry_after == 2
+
+
+def test_a_waiting_request_runs_when_the_turn_is_given_back(admission):
+    gate = ExecutionGate()
+    ran = threading.Event()
+    waiting = threading.Event()
+
+    def second_request():
+        waiting.set()
+        with gate.admit():
+            ran.set()
+
+    with gate.admit():
+        thread = threading.Thread(target=second_request)
+        thread.start()
+        waiting.wait(5)
+        assert not ran.wait(0.05)  # still held by the first run
+    thread.join(5)
+    assert ran.is_set()
+    assert gate.waiting == 0
+
+
+def test_a_wait_past_the_limit_is_refused(admission):
+    admission["max_wait_seconds"] = 0.01
+    gate = ExecutionGate()
+    with gate.admit():
+        with pytest.raises(Overloaded) as refused:
+            gate.admit()
+    assert refused.value.reason.startswith("waited ")
+    assert gate.waiting == 0  # the refused request no longer counts as waiting
+
+
+def test_only_max_waiting_requests_wait_the_next_is_refused(admission):
+    gate = ExecutionGate()
+    release = threading.Event()
+    queued = []
+
+    def waiter():
+        with gate.admit():
+            queued.append(True)
+
+    with gate.admit():
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        while gate.waiting < 1:
+            release.wait(0.001)
+        with pytest.raises(Overloaded):  # max_waiting is 1: this one may not queue
+            gate.admit()
+    thread.join(5)
+    assert queued == [True]
