@@ -97,6 +97,23 @@ def test_deployment_capabilities_run_and_kill_sandboxed_code(deployment_caps):
     assert "sudo:" not in result["timeout"]
 
 
+def test_deployment_capabilities_suffice_when_the_app_user_is_crowded(deployment_caps):
+    # RLIMIT_NPROC (15 here) is inherited by sudo and counted against the app user's real UID,
+    # host-wide. If sudo forked before running the command (Debian's default `use_pty`), a node
+    # where the app UID already has 15 processes (a busy pod, a second replica) would fail every
+    # run with "sudo: unable to fork" unless sudo held CAP_SYS_RESOURCE. This pod has not got it.
+    crowd = [subprocess.Popen(["setpriv", "--reuid=180001", "--regid=180001", "--clear-groups", "sleep", "60"])
+             for _ in range(16)]
+    try:
+        result = run_as_container(deployment_caps)
+    finally:
+        for process in crowd:
+            process.kill()
+            process.wait()
+    assert result["run"] == 17, result
+    assert "status code: -9" in result["timeout"]
+
+
 def test_without_setuid_sudo_cannot_become_the_sandbox_user(deployment_caps):
     result = run_as_container([cap for cap in deployment_caps if cap != "setuid"])
     assert "Operation not permitted" in str(result["run"]) and "sudo" in str(result["run"])
