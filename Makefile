@@ -122,3 +122,11 @@ validate-deploy: lint-docker ## Dockerfile + Kubernetes manifests: schemas (1.30
 
 test-deploy-host: $(DEPLOY_VENV)/.installed ## as root after deploy/provision.sh: the pod's capabilities against the real sudo
 	$(DEPLOY_VENV)/bin/pytest tests/deploy -m host
+
+.PHONY: apparmor-compile test-apparmor
+
+apparmor-compile: ## compile the AppArmor profiles in apparmor/ without loading them (apparmor_parser -Q -K -T)
+	bash tests/apparmor_vm/compile-profiles.sh
+
+test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live suite with AppArmor as the only confinement
+	bash tests/apparmor_vm/run.sh
