@@ -4,7 +4,7 @@ import json
 import logging
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiRequest, OpenApiResponse, extend_schema, inline_serializer
 from edx_django_utils.monitoring import set_custom_attribute
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -49,8 +49,8 @@ ALLOWED_FILE_NAME = "python_lib.zip"
 # .. custom_attribute_description: Outcome of a code-exec request as one dotted status:
 #   disabled.toggle (CODEJAIL_ENABLED off), disabled.startup_checks (safety checks not passed),
 #   invalid.<reason> (refused with 400: payload_missing, payload_duplicated, payload_not_text,
-#   payload_json, payload_schema, unsafely, file_name, file_duplicated, python_path, file_missing;
-#   and invalid.request_size from the size-limit middleware), overloaded (503 + Retry-After: the
+#   payload_json, payload_schema, unsafely, file_not_upload, file_name, file_duplicated, python_path,
+#   file_missing; and invalid.request_size from the size-limit middleware), overloaded (503 + Retry-After: the
 #   worker's queue was full or the wait too long; see CODEJAIL_ADMISSION), executed.success, or
 #   executed.error (the code raised, was killed or broke the protocol; 200 with emsg).
 def _refuse(status_slug, message, status=400):
@@ -61,14 +61,26 @@ def _refuse(status_slug, message, status=400):
 
 
 # The OpenAPI description of the request and the answers (GET /api/schema/, docs/openapi.yaml).
+# `payload` is a JSON part (Python's JSON: NaN and Infinity are accepted).
+CODE_EXEC_PAYLOAD = inline_serializer(
+    name="CodeExecPayload",
+    fields={
+        "code": serializers.CharField(allow_blank=True, trim_whitespace=False),
+        "globals_dict": serializers.DictField(),
+        "python_path": serializers.ListField(
+            child=serializers.ChoiceField(choices=[ALLOWED_FILE_NAME]), allow_null=True, required=False,
+            help_text=f"Only {ALLOWED_FILE_NAME!r}, and only when that file is uploaded.",
+        ),
+        "limit_overrides_context": serializers.CharField(allow_null=True, required=False),
+        "slug": serializers.CharField(allow_null=True, required=False, help_text="For the logs."),
+        "unsafely": serializers.ChoiceField(choices=[False], required=False,
+                                            help_text="Always refused when true."),
+    },
+)
 CODE_EXEC_REQUEST = inline_serializer(
     name="CodeExecRequest",
     fields={
-        "payload": serializers.CharField(
-            help_text="JSON text: {code: str, globals_dict: object, python_path: [str] | null, "
-            "limit_overrides_context: str | null, slug: str | null, unsafely: bool}. Python's JSON: "
-            "NaN and Infinity are accepted."
-        ),
+        "payload": CODE_EXEC_PAYLOAD,
         ALLOWED_FILE_NAME: serializers.FileField(
             required=False, help_text="A zip of course-provided modules, importable when python_path names it."
         ),
@@ -89,7 +101,12 @@ ERROR_ANSWER = inline_serializer(name="Error", fields={"error": serializers.Char
 @extend_schema(
     methods=["POST"],
     summary="Run course Python code in the sandbox",
-    request={"multipart/form-data": CODE_EXEC_REQUEST, "application/x-www-form-urlencoded": CODE_EXEC_REQUEST},
+    # As the LMS sends it. (A urlencoded body with the same `payload` field is accepted too.)
+    request={
+        "multipart/form-data": OpenApiRequest(
+            CODE_EXEC_REQUEST, encoding={"payload": {"contentType": "application/json"}}
+        )
+    },
     responses={
         200: OpenApiResponse(CODE_EXEC_ANSWER, description="The code ran (emsg absent) or failed (emsg set)."),
         400: OpenApiResponse(ERROR_ANSWER, description="The request is invalid; error says why."),
@@ -160,6 +177,11 @@ class CodeExecView(APIView):
         # Unsafe execution runs code with no sandbox at all: never over the network.
         if payload.get("unsafely"):
             return _refuse("invalid.unsafely", "Refusing to execute code with 'unsafely': true")
+
+        # The course library sent as a plain form field is a client bug that would otherwise be
+        # silently ignored (and the code run without its library).
+        if ALLOWED_FILE_NAME in request.data and ALLOWED_FILE_NAME not in request.FILES:
+            return _refuse("invalid.file_not_upload", f"{ALLOWED_FILE_NAME!r} must be a file upload, not a form field")
 
         # Only the course library zip may be uploaded, once; codejail writes it under this name.
         extra_files = []

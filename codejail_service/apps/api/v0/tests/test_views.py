@@ -411,3 +411,9 @@ def test_invalid_request_is_refused_400_before_admission(client, enabled, safe_e
     with mock.patch("codejail_service.apps.api.v0.views.GATE.admit") as admit:
         assert_json(post(client, {"payload": "not json"}), 400)
     admit.assert_not_called()
+
+
+def test_python_lib_zip_sent_as_a_form_field_is_refused(client, enabled, safe_exec, attributes):
+    data = {"payload": payload(), "python_lib.zip": "not a file"}
+    assert_refused(post(client, data), "invalid.file_not_upload", attributes, "must be a file upload",
+                   safe_exec=safe_exec)
