@@ -45,13 +45,35 @@ PAYLOAD_VALIDATOR = Draft202012Validator(PAYLOAD_SCHEMA)
 ALLOWED_FILE_NAME = "python_lib.zip"
 
 
+# Lists/objects within each other in the payload; course globals are a few levels deep. Python's
+# stack (recursion limit 1000) breaks somewhere past ~400 levels in deepcopy and codejail.
+MAX_PAYLOAD_NESTING = 100
+
+
+def nesting_depth(value):
+    """How many lists/objects deep ``value`` goes (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 # .. custom_attribute_name: codejail_service.status
 # .. custom_attribute_description: Outcome of a code-exec request as one dotted status:
 #   disabled.toggle (CODEJAIL_ENABLED off), disabled.startup_checks (safety checks not passed),
 #   invalid.<reason> (refused with 400: payload_missing, payload_duplicated, payload_not_text,
-#   payload_json, payload_schema, unsafely, file_not_upload, file_name, file_duplicated, python_path,
-#   file_missing; and invalid.request_size from the size-limit middleware), overloaded (503 + Retry-After: the
-#   worker's queue was full or the wait too long; see CODEJAIL_ADMISSION), executed.success, or
+#   payload_json, payload_nesting, payload_schema, unsafely, file_not_upload, file_name,
+#   file_duplicated, python_path, file_missing; and invalid.request_size from the size-limit
+#   middleware), overloaded (503 + Retry-After: the worker's queue was full or the wait too long;
+#   see CODEJAIL_ADMISSION), executed.success, or
 #   executed.error (the code raised, was killed or broke the protocol; 200 with emsg).
 def _refuse(status_slug, message, status=400):
     """One refused request: telemetry status, log line, JSON error answer."""
@@ -166,6 +188,11 @@ class CodeExecView(APIView):
             payload = json.loads(payloads[0])
         except ValueError as exc:
             return _refuse("invalid.payload_json", f"'payload' is not valid JSON: {exc}")
+        except RecursionError:
+            payload = None  # deeper than the parser goes: refused just below
+        # Deeper nesting than any course uses would exhaust the stack later (deepcopy, codejail).
+        if payload is None or nesting_depth(payload) > MAX_PAYLOAD_NESTING:
+            return _refuse("invalid.payload_nesting", f"'payload' is nested deeper than {MAX_PAYLOAD_NESTING} levels")
 
         # Shape of the payload; the most relevant error, with where it is.
         error = best_match(PAYLOAD_VALIDATOR.iter_errors(payload))

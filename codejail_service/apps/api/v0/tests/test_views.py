@@ -417,3 +417,23 @@ def test_python_lib_zip_sent_as_a_form_field_is_refused(client, enabled, safe_ex
     data = {"payload": payload(), "python_lib.zip": "not a file"}
     assert_refused(post(client, data), "invalid.file_not_upload", attributes, "must be a file upload",
                    safe_exec=safe_exec)
+
+
+@pytest.mark.parametrize("depth", [101, 5000, 200_000])
+def test_payload_nested_too_deeply_is_refused(client, enabled, safe_exec, attributes, depth):
+    """Deep nesting would exhaust the stack (in the parser, deepcopy or codejail): a 400, never a 500."""
+    nested = "[" * depth + "]" * depth
+    data = {"payload": '{"code": "", "globals_dict": {"a": ' + nested + "}}"}
+    assert_refused(post(client, data), "invalid.payload_nesting", attributes, "deeper than 100 levels",
+                   safe_exec=safe_exec)
+
+
+def test_payload_nested_to_the_limit_is_accepted(client, enabled, safe_exec):
+    nested = "[" * 98 + "]" * 98  # + the payload and globals_dict objects = 100 levels
+    assert_json(post(client, {"payload": '{"code": "", "globals_dict": {"a": ' + nested + "}}"}), 200)
+    safe_exec.assert_called_once()
+
+
+def test_nesting_depth():
+    from codejail_service.apps.api.v0.views import nesting_depth
+    assert [nesting_depth(v) for v in (1, [], {}, [[1], {"a": {"b": []}}], {"a": [1, [2, [3]]]})] == [0, 1, 1, 4, 4]
