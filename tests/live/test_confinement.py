@@ -230,9 +230,10 @@ def test_allow_ctypes_calls(run):
     assert result.globals.get("same") is True, result
 
 
+@pytest.mark.outside_layer  # each worker's own sandbox user keeps runs apart too
 def test_deny_signal_another_run(run, service):
-    # A concurrent run has the same sandbox UID; Landlock's signal scope still
-    # keeps this run from killing it (plain codejail would let it).
+    # Concurrent runs are kept apart twice: by per-worker sandbox users, and by
+    # Landlock's signal scope (tested alone in codejail_service/confinement/tests).
     if not service["local"]:
         pytest.skip("finding the other run's processes needs the service's host")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -263,8 +264,24 @@ def test_allow_signal_own_child(run):
 
 @pytest.mark.parametrize("call", ["os.setsid()", "os.setpgid(0, 0)"])
 def test_deny_leave_process_group(run, call):
-    # codejail's timeout kills the process group: nothing may leave it.
-    assert probe(run, f"import os; {call}") == "EPERM"
+    # codejail's timeout kills the process group: nothing may leave it. (Tried in a
+    # child: the run's first process may lead its session already, refused anyway.)
+    assert probe(run, f"""
+        import os
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                {call}
+                os.write(w, b"ok")
+            except OSError as exc:
+                os.write(w, str(exc.errno).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        answer = os.read(r, 16).decode()
+        if answer != "ok":
+            raise OSError(int(answer), "in the child")
+    """) == "EPERM"
 
 
 def test_allow_read_process_group(run):

@@ -87,15 +87,17 @@ def test_deny_fork_bomb(run):
     assert result.globals["n"] < 15
 
 
-def test_deny_processes_outliving_the_run(run):
+def test_deny_processes_outliving_the_run(run, service):
     # Children left sleeping must not hold the response open (codejail reads its
     # pipes to EOF) nor keep the sandbox UID's NPROC budget for the next runs.
     start = time.monotonic()
     result = run("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n"
                  "        time.sleep(2.5)\n        os._exit(0)\nr = 1")
     elapsed = time.monotonic() - start
+    left = sandbox_processes() if service["local"] else []
     assert result.emsg is None and result.globals.get("r") == 1, result
     assert elapsed < 2.0, f"the response waited {elapsed:.1f} s for leftover processes"
+    assert left == [], f"processes of the run outlived its response: {left}"
     after = run(LMS_PROLOG + "import numpy\nok = 1")
     assert after.globals.get("ok") == 1, after
 
