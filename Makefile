@@ -92,7 +92,7 @@ bench: provision ## (root) load benchmark of the real service vs the interpreter
 
 # --- Docs and deployment checks. Own venvs under .cache/: their pins are compiled
 # separately from test.txt, and pip-sync in .venv would remove them.
-.PHONY: docs lint-docker validate-deploy test-deploy-host
+.PHONY: docs lint-docker validate-deploy test-deploy-host test-image
 DOCS_VENV := .cache/venv-docs
 DEPLOY_VENV := .cache/venv-deploy
 
@@ -130,3 +130,6 @@ apparmor-compile: ## compile the AppArmor profiles in apparmor/ without loading 
 
 test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live suite with AppArmor as the only confinement
 	bash tests/apparmor_vm/run.sh
+
+test-image: $(VENV_STAMP) ## (root) build the Dockerfile with buildah, run it as the Deployment does, live suite against it
+	tests/deploy/image-rehearsal.sh
