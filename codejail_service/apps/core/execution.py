@@ -6,6 +6,7 @@ exact path requests take.
 """
 
 import copy
+import errno
 import logging
 
 from codejail.safe_exec import SafeExecException, safe_exec
@@ -60,6 +61,15 @@ def run_code(code, globals_dict, python_path=None, limit_overrides_context=None,
         )
     except SafeExecException as exc:
         return globals_dict, cap_emsg(str(exc))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            log.exception("Unexpected error while running code for %r", slug)
+            record_exception()
+            return globals_dict, UNEXPECTED_ERROR_EMSG
+        # The web app could not write the run directory: say so plainly, the service stays up.
+        log.error("No space for the run directory of %r: %s", slug, exc)
+        record_exception()
+        return globals_dict, f"Couldn't execute jailed code: no space left for its run directory ({exc.strerror})"
     except (codejail_json.JSONDecodeError, UnicodeDecodeError) as exc:
         # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
         log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)

@@ -1,6 +1,8 @@
 """Tests of run_code, the wrapper around codejail's safe_exec (mocked, nothing deeper)."""
 
+import errno
 import json
+import os
 from unittest import mock
 
 import pytest
@@ -91,3 +93,16 @@ def test_emsg_at_the_limit_is_kept_whole(settings):
     settings.CODEJAIL_MAX_EMSG_CHARS = len(message)
     with mock.patch(SAFE_EXEC, side_effect=SafeExecException(message)):
         assert run_code("raise", {})[1] == message
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_full_disk_says_so_in_emsg(code):
+    with mock.patch(SAFE_EXEC, side_effect=OSError(code, os.strerror(code))):
+        globals_out, emsg = run_code("x = 1", {"x": 0})
+    assert emsg == f"Couldn't execute jailed code: no space left for its run directory ({os.strerror(code)})"
+    assert globals_out == {"x": 0}
+
+
+def test_other_os_errors_are_internal_errors():
+    with mock.patch(SAFE_EXEC, side_effect=PermissionError(errno.EACCES, "denied")):
+        assert run_code("x = 1", {})[1] == UNEXPECTED_ERROR_EMSG
