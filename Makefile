@@ -82,7 +82,25 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
 	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}
 
-test: test-unit test-live test-sabotage ## (root) every test
+test: test-unit test-live test-robustness test-faults test-sabotage ## (root) every test
+
+# --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
+.PHONY: test-robustness fuzz soak test-faults
+ROBUST_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning -s
+
+test-robustness: provision $(VENV_STAMP) ## (root) schemathesis + hypothesis against the live API (bounded), and a 300-run soak
+	$(ROBUST_PYTEST) tests/robustness/test_fuzz_api.py tests/robustness/test_properties.py tests/robustness/test_soak.py
+
+fuzz: provision $(VENV_STAMP) ## (root) deeper fuzzing: FUZZ_EXAMPLES (2000) per operation and per property
+	CODEJAIL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} CODEJAIL_PROPERTY_EXAMPLES=$${FUZZ_EXAMPLES:-2000} \
+		$(ROBUST_PYTEST) tests/robustness/test_fuzz_api.py tests/robustness/test_properties.py
+
+soak: provision $(VENV_STAMP) ## (root) SOAK_RUNS (5000) mixed runs at SOAK_CONCURRENCY (8), ~10 % hostile: errors, RSS drift, leaks
+	CODEJAIL_SOAK_RUNS=$${SOAK_RUNS:-5000} CODEJAIL_SOAK_CONCURRENCY=$${SOAK_CONCURRENCY:-8} \
+		$(ROBUST_PYTEST) tests/robustness/test_soak.py
+
+test-faults: provision $(VENV_STAMP) ## (root) kill a worker mid-run, break the sandbox venv / sudoers, fill /tmp; restores the host
+	$(ROBUST_PYTEST) tests/robustness/test_faults.py
 
 # --- Performance (issue 6) -----------------------------------------------------------
 .PHONY: bench

@@ -1,0 +1,179 @@
+"""
+Faults (``make test-faults``, as root, on a provisioned host): each test starts its own service,
+breaks one thing, checks the service's answer, and restores the host in a ``finally`` — the
+rest of ``make test`` runs after these.
+
+- a worker killed mid-run: gunicorn replaces it, and no sandbox process of its run survives;
+- the sandbox venv missing, or unreadable to the sandbox: /health/ 503 naming the failure;
+- sudo misconfigured (our sudoers file gone): /health/ 503;
+- /tmp full: a clear emsg, and the service stays up.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+import requests
+
+from live.aftermath import service_pids
+from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes
+
+SANDBOX_VENV = "/opt/codejail-service/sandbox-venv"
+SUDOERS = "/etc/sudoers.d/codejail-service"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or os.environ.get("CODEJAIL_LIVE_URL"),
+                                reason="fault injection needs root on the service's own host")
+
+
+class Service:
+    """gunicorn via deploy/serve.sh on a free port, optionally wrapped (e.g. in a mount namespace)."""
+
+    def __init__(self, wrapper=()):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{self.port}", "CODEJAIL_SERVICE_WORKERS": "4"}
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def health(self, want_ok):
+        return _wait_for_health(self.url, self.process, want_ok=want_ok, timeout=60)
+
+    def run(self, code, globals_dict=None):
+        payload = {"code": code, "globals_dict": globals_dict or {}}
+        import json
+        return requests.post(self.url + "/api/v0/code-exec", data={"payload": json.dumps(payload)}, timeout=30)
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start():
+    started = []
+
+    def _start(wrapper=()):
+        service = Service(wrapper)
+        started.append(service)
+        return service
+
+    yield _start
+    for service in started:
+        service.stop()
+
+
+def _ancestors(pid):
+    chain = []
+    while pid > 1:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        chain.append(pid)
+    return chain
+
+
+def test_fault_worker_killed_mid_run(start):
+    service = start()
+    service.health(want_ok=True)
+    _, workers = service_pids(service.url)
+    before = set(sandbox_processes())
+    # Sleeps well past the kill; with its worker gone nobody enforces REALTIME any more.
+    runner = threading.Thread(target=lambda: _swallow(service.run, "import time\ntime.sleep(20)"))
+    runner.start()
+    deadline = time.monotonic() + 5
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for pid in set(sandbox_processes()) - before:
+            owners = [w for w in workers if w in _ancestors(pid)]
+            victim = owners[0] if owners else None
+        time.sleep(0.05)
+    assert victim, "the run's sandbox process did not appear"
+    os.kill(victim, signal.SIGKILL)
+    runner.join()
+    # The master's child_exit killed what the dead worker's sandbox user still ran.
+    deadline = time.monotonic() + 3
+    while set(sandbox_processes()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(sandbox_processes()) - before == set(), "a sandbox process outlived its worker"
+    # gunicorn replaced the worker; the service answers.
+    deadline = time.monotonic() + 10
+    while len(service_pids(service.url)[1]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _, now = service_pids(service.url)
+    assert len(now) == 4 and victim not in now
+    service.health(want_ok=True)
+    assert service.run("x = x + 1", {"x": 16}).json() == {"globals_dict": {"x": 17}}
+
+
+def _swallow(call, *args):
+    try:
+        call(*args)
+    except requests.RequestException:
+        pass  # its worker was killed: the connection drops
+
+
+@pytest.mark.parametrize("fault", ["missing", "unreadable"])
+def test_fault_sandbox_venv(start, fault):
+    aside = SANDBOX_VENV + ".fault-test"
+    mode = os.stat(SANDBOX_VENV).st_mode & 0o7777
+    try:
+        if fault == "missing":
+            os.rename(SANDBOX_VENV, aside)
+        else:
+            os.chmod(SANDBOX_VENV, 0o700)  # root only: the sandbox users cannot start its python
+        service = start()
+        health = service.health(want_ok=False)
+        assert health.status_code == 503
+        basic = health.json()["checks"]["basic_execution"]
+        assert basic["passed"] is False and basic["reason"], basic
+        refused = service.run("x = 1")
+        assert refused.status_code == 503 and "startup safety checks" in refused.json()["error"]
+    finally:
+        if fault == "missing":
+            os.rename(aside, SANDBOX_VENV)
+        else:
+            os.chmod(SANDBOX_VENV, mode)
+
+
+def test_fault_sudo_misconfigured(start):
+    aside = tempfile.mktemp(prefix="codejail-sudoers.", dir="/root")
+    shutil.move(SUDOERS, aside)
+    try:
+        service = start()
+        health = service.health(want_ok=False)
+        assert health.status_code == 503
+        basic = health.json()["checks"]["basic_execution"]
+        assert basic["passed"] is False, basic
+    finally:
+        shutil.move(aside, SUDOERS)
+        os.chmod(SUDOERS, 0o440)
+    assert subprocess.run(["visudo", "-c", "-q"], check=False).returncode == 0
+
+
+def test_fault_tmp_full(start):
+    """The service's own /tmp (a private mount namespace: the host's /tmp is untouched) is full."""
+    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs -o size=4m,mode=1777 codejail-fault-tmp /tmp && exec "$@"', "sh"]
+    service = start(wrapper)
+    service.health(want_ok=True)
+    assert service.run("x = x + 1", {"x": 1}).json() == {"globals_dict": {"x": 2}}
+    master, _ = service_pids(service.url)
+    fill = subprocess.run(["nsenter", "-t", str(master), "-m", "dd", "if=/dev/zero", "of=/tmp/filler", "bs=64k"],
+                          capture_output=True, text=True, check=False)
+    assert "No space left" in fill.stderr, fill.stderr
+    answer = service.run("x = 1", {"x": 0})
+    assert answer.status_code == 200, answer.text
+    assert "no space left for its run directory" in answer.json()["emsg"], answer.text
+    assert answer.json()["globals_dict"] == {"x": 0}
+    assert requests.get(service.url + "/health/", timeout=10).status_code == 200
+    subprocess.run(["nsenter", "-t", str(master), "-m", "rm", "-f", "/tmp/filler"], check=True)
+    assert service.run("x = x + 1", {"x": 1}).json() == {"globals_dict": {"x": 2}}
