@@ -14,9 +14,11 @@
 #     no packet leaves the machine) with the capability bounding set of
 #     deploy/kubernetes/deployment.yaml, and the image's HEALTHCHECK command run inside it.
 #  4. The live API suite (tests/live) against it over HTTP, as against any deployment.
+#  Also: the apparmor-loader target builds, and its apparmor_parser compiles the profile.
 #
 # Not covered (no container runtime here): the runtime's seccomp profile, AppArmor, PID
-# and mount namespaces of a real container. Environment: CACHE_DIR, KEEP_IMAGE=1.
+# and mount namespaces of a real container. Environment: CACHE_DIR, KEEP_IMAGE=1,
+# IMAGE_PYTEST_ARGS (what to run of the live suite; default: confinement and support tests).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -85,6 +87,27 @@ if ! (cd "$context" && buildah bud --quiet --no-cache --format docker --isolatio
     exit 1
 fi
 
+# The AppArmor loader (deploy/kubernetes/apparmor-loader.yaml): builds, and its parser compiles
+# the profile it carries (this kernel has no AppArmor to load it into).
+loader=localhost/codejail-service-apparmor-loader:rehearsal
+if ! (cd "$context" && buildah bud --quiet --no-cache --format docker --isolation chroot --network host \
+        --build-arg BASE_IMAGE="$base" --target apparmor-loader -t "$loader" .) >"$work/loader-build.log" 2>&1; then
+    tail -20 "$work/loader-build.log" >&2
+    log "FAILED: the apparmor-loader image did not build"
+    exit 1
+fi
+lctr=$(buildah from "$loader")
+if ! buildah run --isolation chroot "$lctr" -- apparmor_parser -Q -K -T \
+        /etc/codejail-service/apparmor/openedx_codejail_service >"$work/loader-run.log" 2>&1; then
+    cat "$work/loader-run.log" >&2
+    buildah rm "$lctr" >/dev/null
+    log "FAILED: the apparmor-loader image cannot compile the profile"
+    exit 1
+fi
+buildah rm "$lctr" >/dev/null
+[ -n "${KEEP_IMAGE:-}" ] || buildah rmi "$loader" >/dev/null 2>&1 || true
+log "apparmor-loader image: built, and its apparmor_parser compiles the profile"
+
 # --- 3. Run it as the Deployment does --------------------------------------------------
 config() {
     buildah inspect --type image "$image" | /usr/bin/python3.11 -c \
@@ -105,6 +128,9 @@ ctr=$(buildah from "$image")
 mnt=$(buildah mount "$ctr")
 export mnt user caps work repo
 export suite_dir="$context"
+# The confinement and grader-support tests: what differs between an image and a host. The
+# hostile-code and robustness suites test the service's code, the same in both (make test-live).
+export IMAGE_PYTEST_ARGS=${IMAGE_PYTEST_ARGS:-tests/live/test_confinement.py tests/live/test_support.py}
 
 unshare --mount --net --propagation private bash -euo pipefail <<'NS'
 ip link set lo up
@@ -139,8 +165,9 @@ if [ "$status" = 0 ]; then
     fi
 fi
 if [ "$status" = 0 ]; then
-    (cd "$suite_dir" && CODEJAIL_LIVE_URL=http://127.0.0.1:8550 "$repo/.venv/bin/pytest" tests/live \
-        -p no:cacheprovider -o addopts="" -q -rs) || status=1
+    # shellcheck disable=SC2086 # IMAGE_PYTEST_ARGS is a list of words
+    (cd "$suite_dir" && CODEJAIL_LIVE_URL=http://127.0.0.1:8550 "$repo/.venv/bin/pytest" \
+        -p no:cacheprovider -o addopts="" -q -rs $IMAGE_PYTEST_ARGS) || status=1
 fi
 [ "$status" = 0 ] || tail -30 "$work/service.log" >&2
 kill -TERM "$server" 2>/dev/null || true
