@@ -125,6 +125,7 @@ $(DEPLOY_VENV)/.installed: requirements/deploy.txt
 	touch $@
 
 docs: $(DOCS_VENV)/.installed ## build the Sphinx docs into docs/_build/html (any warning fails)
+	$(DOCS_VENV)/bin/pytest tests/docs
 	$(DOCS_VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 lint-docker: $(DEPLOY_VENV)/.installed ## lint the Dockerfile with hadolint
