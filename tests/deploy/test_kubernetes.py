@@ -238,3 +238,55 @@ def test_apparmor_loader_loads_the_profile_the_pods_use(rendered, container):
     profile = container["securityContext"]["appArmorProfile"]["localhostProfile"]
     assert f"^{profile} " in script
     assert loader_container["securityContext"]["privileged"] is True
+
+
+
+def _loader_script(rendered, tmp_path, parser_body, loaded_at_start=False):
+    """The loader DaemonSet's script, pointed at a fake apparmor_parser and securityfs file."""
+    (loader_container,) = rendered[("DaemonSet", "codejail-service-apparmor-loader")]["spec"]["template"]["spec"][
+        "containers"]
+    profiles_dir = tmp_path / "profiles"
+    profiles_dir.mkdir()
+    (profiles_dir / "openedx_codejail_service").write_text("profile openedx_codejail_service {}\n")
+    kernel = tmp_path / "kernel-profiles"
+    kernel.write_text("openedx_codejail_service (enforce)\n" if loaded_at_start else "")
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    parser = bin_dir / "apparmor_parser"
+    parser.write_text("#!/bin/sh\n" + parser_body.format(calls=calls, kernel=kernel))
+    parser.chmod(0o755)
+    script = (loader_container["args"][0]
+              .replace("/etc/codejail-service/apparmor/", f"{profiles_dir}/")
+              .replace("/sys/kernel/security/apparmor/profiles", str(kernel))
+              .replace("sleep 300", "sleep 0.05"))
+    return ["/bin/sh", "-c", script], {"PATH": f"{bin_dir}:/usr/bin:/bin"}, kernel, calls
+
+
+LOADING_PARSER = 'echo "$@" >> {calls}\necho "openedx_codejail_service (enforce)" >> {kernel}\n'
+
+
+def test_apparmor_loader_loads_then_reloads_when_the_profile_disappears(rendered, tmp_path):
+    import time
+
+    argv, env, kernel, calls = _loader_script(rendered, tmp_path, LOADING_PARSER)
+    process = subprocess.Popen(argv, env=env)
+    try:
+        time.sleep(0.5)
+        assert calls.read_text().count("--replace") == 1  # loaded once at start, then left alone
+        kernel.write_text("")  # e.g. the host reloaded AppArmor and dropped our profile
+        time.sleep(0.5)
+        assert calls.read_text().count("--replace") == 2
+        assert process.poll() is None  # a DaemonSet pod keeps running
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_apparmor_loader_fails_when_the_profile_does_not_compile(rendered, tmp_path):
+    # The twin: a parser error ends the pod (set -e), so it shows in the pod's status and log.
+    argv, env, _, _ = _loader_script(rendered, tmp_path, "echo 'syntax error' >&2\nexit 1\n")
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=10, check=False)
+    assert result.returncode != 0
+    assert "syntax error" in result.stderr
