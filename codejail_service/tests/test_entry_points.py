@@ -19,6 +19,19 @@ def test_wsgi_builds_the_application_then_runs_the_startup_checks(monkeypatch):
     assert startup_checks.get_startup_check_results() == {"probe": CheckResult.ok()}
 
 
+def test_wsgi_imports_the_urlconf_before_any_request(monkeypatch):
+    """So that gunicorn's master (preload) imports it once for every worker."""
+    from django.urls import clear_url_caches, get_resolver
+
+    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {})
+    monkeypatch.delitem(sys.modules, "codejail_service.wsgi", raising=False)
+    monkeypatch.delitem(sys.modules, "codejail_service.urls", raising=False)
+    clear_url_caches()  # a fresh resolver, whose url_patterns nothing has asked for yet
+    importlib.import_module("codejail_service.wsgi")
+    assert "codejail_service.urls" in sys.modules
+    assert "url_patterns" in vars(get_resolver())  # the cached_property was filled
+
+
 def test_startup_checks_do_not_run_on_settings_or_app_import():
     """Tests (and management commands) set Django up without running any check."""
     assert startup_checks.get_startup_check_results() is None
