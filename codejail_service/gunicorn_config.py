@@ -15,6 +15,7 @@ Environment:
 - ``CODEJAIL_SERVICE_TIMEOUT``: seconds before a silent worker is killed and replaced.
 """
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -60,10 +61,28 @@ loglevel = os.environ.get("CODEJAIL_SERVICE_LOG_LEVEL", "info").lower()
 # in the master before any of these hooks runs.
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_child_subreaper():
+    """
+    Adopt the orphans of our runs, so that they are reaped at once (gunicorn's master reaps
+    unknown children on SIGCHLD). A run killed whole by codejail's timeout (``pkill -9 -g``)
+    loses its own reaper, and its processes re-parent to PID 1; an init that reaps lazily (one
+    here reaped every ~2 s) leaves them as zombies that still count against the sandbox user's
+    RLIMIT_NPROC, so the worker's next run could not even fork ("Resource temporarily
+    unavailable").
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("Could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+
+
 def on_starting(server):
-    """Fit the worker count to the pool: clamp the default, refuse an explicit excess."""
+    """Adopt orphaned run processes; fit the worker count to the pool (clamp the default, refuse an excess)."""
     from django.conf import settings  # noqa: PLC0415 -- settings are ready only after preload
 
+    become_child_subreaper()
     size = settings.CODEJAIL_SANDBOX_POOL_SIZE
     if not size or server.num_workers <= size:
         return

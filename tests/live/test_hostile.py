@@ -10,6 +10,7 @@ marker gets removed.
 """
 import concurrent.futures
 import io
+import json
 import shutil
 import subprocess
 import threading
@@ -17,6 +18,7 @@ import time
 import zipfile
 
 import pytest
+import requests
 
 from .aftermath import Aftermath, run_dirs
 from .probe import probe
@@ -117,6 +119,27 @@ def test_deny_fork_bomb_starving_concurrent_runs(run, service, aftermath):
     assert bomb_result.globals.get("held", 0) >= 10, bomb_result  # it really did hold its budget
     for result in results:
         assert result.emsg is None and result.globals.get("r") == 3.0, result
+
+
+@pytest.mark.outside_layer  # gunicorn's master adopts and reaps orphans (gunicorn_config.py)
+@pytest.mark.parametrize("code", [
+    "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+    "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass",
+], ids=["fork_bomb", "busy_loop"])
+def test_deny_killed_run_starving_the_next_run_of_its_worker(service, code):
+    """Straight after a run killed for time, the same worker (one keep-alive connection) runs again."""
+    session = requests.Session()
+
+    def post(source):
+        response = session.post(service["url"] + "/api/v0/code-exec", timeout=30,
+                                data={"payload": json.dumps({"code": source, "globals_dict": {}})})
+        return response.json()
+
+    for _ in range(3):
+        killed = post(code)
+        assert killed.get("emsg"), killed
+        after = post("r = 1")
+        assert after == {"globals_dict": {"r": 1}}, after
 
 
 def test_deny_child_outliving_the_run_with_pipes_open(run, aftermath):

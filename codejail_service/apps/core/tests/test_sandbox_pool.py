@@ -197,3 +197,28 @@ def test_a_check_raising_for_one_pool_user_fails(fresh_checks, pool_of_three):
     result = startup_checks.run_startup_checks()["probe"]
     assert not result.passed
     assert result.reason == "as sandbox user sbx-0: check raised OSError('boom')"
+
+
+def test_the_master_becomes_a_child_subreaper(gunicorn_config):
+    """In a forked child (the flag is per process): prctl(PR_GET_CHILD_SUBREAPER) reads 1 after."""
+    import ctypes
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child reports through the pipe
+        gunicorn_config.become_child_subreaper()
+        flag = ctypes.c_int(0)
+        ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+        os.write(write, bytes([flag.value]))
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"\x01"
+    os.waitpid(pid, 0)
+
+
+def test_become_child_subreaper_logs_a_refusal(gunicorn_config, caplog):
+    with mock.patch("ctypes.CDLL") as cdll:
+        cdll.return_value.prctl.return_value = -1
+        gunicorn_config.become_child_subreaper()
+    assert "Could not become a child subreaper" in caplog.text
