@@ -151,7 +151,7 @@ fi
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
 # root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
 # may also be made to kill all its own processes: the master's clean-up after a worker died.
-# Speed (benchmarks/, ADR "Where a run's time goes"): with no PAM session or setcred to close
+# Speed (make bench; docs/decisions/0005-run-cost-and-overload.rst): with no PAM session or setcred to close
 # and no pty (codejail runs sudo with no terminal; Debian's default use_pty would only keep a
 # monitor), sudo execs the sandbox python in place instead of forking and waiting for it:
 # one process less per run, about 1 ms of CPU and half of sudo's wall time.

@@ -6,8 +6,8 @@ output capped and no cleanup process when there is nothing to clean.
 ``run_subprocess`` twice per run: for the sandbox python, then for the cleanup of the run's
 ``tmp/`` (``sudo -u <sandbox> find <run>/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;``).
 ``install()`` (from ``CoreConfig.ready``) points ``codejail.jail_code.run_subprocess`` at
-``run_subprocess`` below, which differs from codejail's in two ways (see the ADR "Where a run's
-time goes", docs/decisions/):
+``run_subprocess`` below, which differs from codejail's in two ways (see
+docs/decisions/0005-run-cost-and-overload.rst):
 
 - **Output cap.** codejail reads stdout and stderr whole into the worker's memory: a run that
   floods them grows the worker by hundreds of MB. Here at most ``CODEJAIL_MAX_OUTPUT_BYTES`` are
