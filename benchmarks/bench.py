@@ -266,8 +266,8 @@ class WorkerMemory:
         return sizes
 
     def cpu_seconds(self):
-        """(workers' own CPU, CPU of their waited-for children: sudo, the sandboxes) in seconds."""
-        own = children = 0
+        """{pid: (own CPU, CPU of waited-for children: sudo, the sandboxes)} of the workers, in s."""
+        times = {}
         tick = os.sysconf("SC_CLK_TCK")
         for pid in self.workers():
             try:
@@ -276,9 +276,8 @@ class WorkerMemory:
             except OSError:
                 continue
             # utime stime cutime cstime are fields 14-17 of stat(5); [0] here is field 3.
-            own += (int(fields[11]) + int(fields[12])) / tick
-            children += (int(fields[13]) + int(fields[14])) / tick
-        return own, children
+            times[pid] = ((int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick)
+        return times
 
     def _run(self):
         while not self._stop.wait(self.interval):
@@ -376,15 +375,18 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
         "ok_p50_ms": _ms(percentile(ok_latencies, 0.50)),
         "max_response_bytes": max((result[2] for result in results), default=0),
         "max_worker_rss_mib": round(memory.max_kib / 1024, 1),
-        # CPU per answered request, less noisy than throughput on a shared host (a worker
-        # recycled during the cell loses its share; 503s count as requests).
-        "app_cpu_ms_per_request": _per(cpu_after[0] - cpu_before[0], len(results)),
-        "sandbox_cpu_ms_per_request": _per(cpu_after[1] - cpu_before[1], len(results)),
+        # CPU per answered request (503s count as requests), less noisy than throughput on a
+        # shared host.
+        "app_cpu_ms_per_request": _cpu_per_request(cpu_before, cpu_after, 0, len(results)),
+        "sandbox_cpu_ms_per_request": _cpu_per_request(cpu_before, cpu_after, 1, len(results)),
     }
 
 
-def _per(seconds, count):
-    return round(seconds * 1000 / count, 1) if count else None
+def _cpu_per_request(before, after, index, count):
+    """CPU ms per request, or None when a worker was recycled during the cell (its share is lost)."""
+    if not count or not before or set(before) != set(after):
+        return None
+    return round(sum(after[pid][index] - before[pid][index] for pid in after) * 1000 / count, 1)
 
 
 def _ms(seconds):
