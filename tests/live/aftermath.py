@@ -47,10 +47,17 @@ def rss_mib(pid):
 
 
 def open_fds(pid):
+    """Open fds of ``pid`` but sockets (client connections come and go): pipes, files, ..."""
+    count = 0
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                count += not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            except FileNotFoundError:
+                pass  # closed meanwhile
     except FileNotFoundError:
-        return 0
+        pass
+    return count
 
 
 def run_dirs():
