@@ -1,5 +1,5 @@
 """
-Make every process of a run end with the run.
+Make every process of a run end with the run, and leave its tmp/ empty.
 
 The sandbox python forks once: the child runs the submitted code, the parent
 stays behind as a tiny reaper. When the child exits, the reaper SIGKILLs every
@@ -35,6 +35,38 @@ def kill_the_rest():
         time.sleep(0.001)  # some are still dying: sweep again
 
 
+def empty_run_tmp(path="tmp"):
+    """
+    Remove what the run left in its ``tmp/`` (all of it the sandbox user's own), first
+    giving back u+rwx to directories the run locked: codejail's clean-up (``rm -rf``) cannot
+    enter a directory made unreadable, and the run directory would then stay behind. Best
+    effort and iterative (no recursion limit); codejail's own clean-up still follows.
+    """
+    pending, found = [path], []
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as scan:
+                entries = list(scan)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.path, 0o700)
+                    pending.append(entry.path)
+                    found.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+    for directory in reversed(found):  # children before their parents
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
 def supervise(child):
     """Run by the reaper: wait for ``child``, clean up, exit as it did. Never returns."""
     status = None
@@ -47,6 +79,7 @@ def supervise(child):
             if pid == child:
                 status = wait_status
         kill_the_rest()
+        empty_run_tmp()
     finally:
         _exit_like(status)
 

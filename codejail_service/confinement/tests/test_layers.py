@@ -246,6 +246,31 @@ def test_confine_applies_every_layer_and_reaps_leftover_processes(run_dir):
         os.kill(data["leftover"], 0)  # killed and reaped before the reaper exited
 
 
+def test_reaper_empties_tmp_even_of_locked_directories(run_dir):
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.chdir(run_dir)
+        confinement.confine(ENFORCE)
+        os.makedirs("tmp/a/b")
+        open("tmp/a/b/f", "w").close()
+        open("tmp/top", "w").close()
+        os.chmod("tmp/a/b", 0)
+        os.chmod("tmp/a", 0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+def test_reaper_leaves_the_run_dir_itself(run_dir):
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.chdir(run_dir)
+        confinement.confine(ENFORCE)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert sorted(os.listdir(run_dir)) == ["jailed_code", "tmp"]
+
+
 def test_confine_relays_death_by_signal(run_dir):
     pid = os.fork()
     if pid == 0:  # pragma: no cover
