@@ -49,6 +49,9 @@ class Service:
         return requests.post(self.url + "/api/v0/code-exec", data={"payload": json.dumps(payload)}, timeout=30)
 
     def stop(self):
+        if self.process.poll() is not None:
+            self.log.close()
+            return
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=20)
@@ -176,8 +179,10 @@ def test_fault_sudo_misconfigured(start):
 
 def test_fault_tmp_full(start):
     """The service's own /tmp (a private mount namespace: the host's /tmp is untouched) is full."""
+    # serve.sh is opened before the mount: the checkout itself may live under /tmp.
     wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount -t tmpfs -o size=4m,mode=1777 codejail-fault-tmp /tmp && exec "$@"', "sh"]
+               'exec 3<"$2" && mount -t tmpfs -o size=4m,mode=1777 codejail-fault-tmp /tmp && exec "$1" /dev/fd/3',
+               "sh"]
     service = start(wrapper)
     service.health(want_ok=True)
     assert service.run("x = x + 1", {"x": 1}).json() == {"globals_dict": {"x": 2}}
