@@ -82,7 +82,7 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
 	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-robustness test-faults test-sabotage test-apparmor ## (root) every test (about 25 min here)
+test: test-unit apparmor-compile docs validate-deploy test-live test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults

@@ -132,7 +132,8 @@ def host_sockets(service):
 class Result:
     """One code-exec answer: HTTP status, globals, emsg."""
 
-    def __init__(self, response):
+    def __init__(self, response, seconds=None):
+        self.seconds = seconds  # of the attempt answered (not of the ones shed with 503 before it)
         self.status = response.status_code
         self.content_type = response.headers.get("Content-Type")
         self.body = response.json()
@@ -157,6 +158,7 @@ def run(service):
             "unsafely": False,
         }
         for _ in range(10):
+            started = time.monotonic()
             response = requests.post(service["url"] + "/api/v0/code-exec", data={"payload": json.dumps(payload)},
                                      files=files, timeout=timeout)
             # Shed because it queued behind a busy run of the same worker (CODEJAIL_ADMISSION):
@@ -164,7 +166,7 @@ def run(service):
             if response.status_code != 503 or "Retry-After" not in response.headers:
                 break
             time.sleep(min(float(response.headers["Retry-After"]), 1.0))
-        return Result(response)
+        return Result(response, time.monotonic() - started)
     return _run
 
 

@@ -24,7 +24,9 @@ from .aftermath import Aftermath, run_dirs
 from .probe import probe
 
 REALTIME = 3  # settings.CODE_JAIL["limits"]["REALTIME"]
-ANSWER_WITHIN = REALTIME + 1.5  # seconds: the limit, codejail's 0.25 s polling, start-up, cleanup
+ADMISSION_WAIT = 1  # settings.CODEJAIL_ADMISSION: the longest a request waits behind its worker's run
+# Seconds: the limit, a wait behind the worker's previous run, codejail's 0.25 s polling, start-up, cleanup.
+ANSWER_WITHIN = REALTIME + ADMISSION_WAIT + 1.5
 LMS_PROLOG = "import os\nos.environ['OPENBLAS_NUM_THREADS'] = '1'\n"
 
 
@@ -53,14 +55,9 @@ def known_gap(run, service):
 
 
 def timed(run, code, **kwargs):
-    """(result, seconds) of the last attempt; an answer shed while a worker is busy is retried."""
-    for _ in range(10):
-        start = time.monotonic()
-        result = run(code, **kwargs)
-        if result.status != 503:
-            break
-        time.sleep(0.5)  # Retry-After
-    return result, time.monotonic() - start
+    """(result, seconds) of the attempt answered; ``run`` retries answers shed while a worker is busy."""
+    result = run(code, **kwargs)
+    return result, result.seconds
 
 
 # --- Processes and threads ------------------------------------------------------------------
