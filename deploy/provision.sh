@@ -117,8 +117,9 @@ fi
 # The project itself, from this checkout (a wheel, not editable: the app user
 # need not read the checkout).
 build_dir="$(mktemp -d)"
-cp -a "$src/." "$build_dir/"
-rm -rf "$build_dir/.venv" "$build_dir/.git"
+# Only the sources: not the dev venv, git objects or tool caches (hundreds of MB).
+tar -C "$src" --exclude=./.venv --exclude=./.git --exclude=./.cache --exclude=./docs/_build -cf - . \
+    | tar -C "$build_dir" -xf -
 "$app_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check --no-deps \
     "${pip_options[@]}" --force-reinstall "$build_dir" >/dev/null
 rm -rf "$build_dir"

@@ -7,7 +7,6 @@ the seccomp filter as libseccomp compiles it (``--seccomp-pfc``).
 """
 import json
 import os
-import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -28,9 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         sandbox_prefix = os.path.dirname(os.path.dirname(settings.CODE_JAIL["python_bin"]))
-        # The sandbox venv is made from the same Debian python3.11 as the app's.
-        stdlib_dir = os.path.join(sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
-        policy = build_policy(sandbox_prefix, RUN_DIR_PLACEHOLDER, stdlib_dir=stdlib_dir)
+        # build_policy's default stdlib is this interpreter's: the sandbox venv is made from the
+        # same Debian python3.11 as the app's.
+        policy = build_policy(sandbox_prefix, RUN_DIR_PLACEHOLDER)
         abi = landlock.abi_version()
         report = {
             "sandbox_prefix": sandbox_prefix,
