@@ -150,21 +150,31 @@ CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 
 # .. setting_name: CODEJAIL_ADMISSION
 # .. setting_default: {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
-# .. setting_description: Overload behaviour of each gunicorn worker, which runs one sandbox at a
-#   time. A request finding its worker busy waits for it, at most ``max_wait_seconds`` and with at
-#   most ``max_waiting`` others; beyond that it is answered at once with 503 and
-#   ``Retry-After: retry_after_seconds`` rather than left to time out in the LMS (3.5 s). Each
-#   worker needs more gunicorn threads than ``max_waiting`` + 1 (CODEJAIL_SERVICE_THREADS).
+# .. setting_description: Overload behaviour. A run needs a free slot of the sandbox user pool
+#   (CODEJAIL_SANDBOX_POOL_SIZE; without a pool, its worker's one turn). A request finding none
+#   waits, at most ``max_wait_seconds`` and with at most ``max_waiting`` others in its worker;
+#   beyond that it is answered at once with 503 and ``Retry-After: retry_after_seconds`` rather
+#   than left to time out in the LMS (3.5 s). Each worker needs more gunicorn threads than
+#   ``max_waiting`` + 1 (CODEJAIL_SERVICE_THREADS).
 CODEJAIL_ADMISSION = {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
 
 # .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
 # .. setting_default: 0
-# .. setting_description: Number of sandbox users in the per-worker pool. When N > 0, the users are
-#   ``<CODE_JAIL["user"]>-0`` .. ``-<N-1>`` (deploy/provision.sh makes them and their sudoers rules),
-#   each gunicorn worker runs code as its own one, and gunicorn runs at most N workers. Runs then
-#   do not share RLIMIT_NPROC (counted per UID, host-wide) and cannot see each other's processes.
-#   When 0, every worker runs code as ``CODE_JAIL["user"]``. The startup checks run for every user.
+# .. setting_description: Number of sandbox users in the pool, and so of concurrent runs. When
+#   N > 0, the users are ``<CODE_JAIL["user"]>-0`` .. ``-<N-1>`` (deploy/provision.sh makes them and
+#   their sudoers rules); each run holds one of them (a slot), whichever gunicorn worker serves it,
+#   so runs do not share RLIMIT_NPROC (counted per UID, host-wide) and cannot see each other's
+#   processes. When 0, every run is as ``CODE_JAIL["user"]``, one at a time per worker. The
+#   startup checks run for every user.
 CODEJAIL_SANDBOX_POOL_SIZE = 0
+
+# .. setting_name: CODEJAIL_SLOT_DIR
+# .. setting_default: None
+# .. setting_description: Directory of the sandbox slots' lock files (apps/core/sandbox_pool.py),
+#   private to the app user (mode 0700; made if missing). Every worker and every service on the
+#   host that shares it shares the pool without two runs as one user at once. None:
+#   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
+CODEJAIL_SLOT_DIR = None
 
 # .. setting_name: CODEJAIL_EGRESS_CHECK
 # .. setting_default: {"host": "127.0.0.1", "port": 9, "timeout": 1.0}

@@ -199,11 +199,6 @@ def test_fault_tmp_full(start):
     assert service.run("x = x + 1", {"x": 1}).json() == {"globals_dict": {"x": 2}}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "lead/perf: a worker killed mid-run never reaches codejail's rmtree, so its run directory "
-    "(jailed_code, tmp/) stays in /tmp; the master's child_exit could remove it if the worker "
-    "noted its current run directory (apps/core/sandbox_runner.py sees it as cwd) in memory shared "
-    "with the master (e.g. an mmap made in pre_fork)"))
 def test_fault_worker_killed_mid_run_leaves_no_run_dir(start):
     service = start()
     service.health(want_ok=True)

@@ -1,14 +1,15 @@
 """
-Admission: one run at a time per worker, a short bounded wait, and 503 beyond that.
+Admission: one run per sandbox slot, a short bounded wait, and 503 beyond that.
 
 The LMS gives up on an answer after 3.5 s, and assignment deadlines send bursts. A request
 queued behind work the service cannot finish in time is a failure that also costs the CPU its
 run takes; an immediate ``503`` with ``Retry-After`` is an honest answer the caller can act on.
 
-Each gunicorn worker (gthread: its threads hold the requests) runs one sandbox at a time, so a
-worker's sandbox user from the pool (``sandbox_pool``) never has two runs at once. Requests for
-a busy worker wait for it, at most ``CODEJAIL_ADMISSION["max_wait_seconds"]`` and at most
-``max_waiting`` of them; any other request is refused at once.
+A run needs a free slot of the sandbox user pool (``sandbox_pool``): the pool's size is the
+service's number of concurrent runs, shared by all gunicorn workers (gthread: their threads hold
+the requests), so a request that lands on a worker busy with another run still starts at once
+while any slot is free. When none is, it waits, at most ``CODEJAIL_ADMISSION["max_wait_seconds"]``
+and at most ``max_waiting`` requests per worker; any other request is refused at once.
 """
 
 import threading
@@ -16,9 +17,14 @@ import time
 
 from django.conf import settings
 
+from codejail_service.apps.core import sandbox_pool
+
+# How often a waiting request looks for a free slot (slots are freed by other processes too).
+POLL_SECONDS = 0.01
+
 
 class Overloaded(Exception):
-    """This worker cannot start the run soon enough: answer 503 with Retry-After."""
+    """No run can start soon enough: answer 503 with Retry-After."""
 
     def __init__(self, reason, retry_after):
         super().__init__(reason)
@@ -27,50 +33,39 @@ class Overloaded(Exception):
 
 
 class ExecutionGate:
-    """One run at a time in this process; a bounded number of requests may wait for their turn."""
+    """Hands out sandbox slots; a bounded number of this worker's requests may wait for one."""
 
     def __init__(self):
-        self._run_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.waiting = 0
 
     def admit(self):
         """
-        Wait for this process's turn to run (a context manager), or raise Overloaded.
+        A held sandbox slot for this thread's run (a context manager), or raise Overloaded.
 
         Usage: ``with GATE.admit(): run_code(...)``.
         """
         config = settings.CODEJAIL_ADMISSION
-        # Free now: no wait, no count (the common case, and always with sync workers).
-        if self._run_lock.acquire(blocking=False):
-            return _Turn(self._run_lock)
+        # A free slot now: no wait, no count (the common case).
+        slot = sandbox_pool.acquire_any()
+        if slot is not None:
+            return slot
         with self._count_lock:
             if self.waiting >= config["max_waiting"]:
                 raise Overloaded("queue_full", config["retry_after_seconds"])
             self.waiting += 1
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            got_it = self._run_lock.acquire(timeout=config["max_wait_seconds"])
+            while slot is None and time.monotonic() - started < config["max_wait_seconds"]:
+                time.sleep(POLL_SECONDS)
+                slot = sandbox_pool.acquire_any()
         finally:
             with self._count_lock:
                 self.waiting -= 1
-        if not got_it:
+        if slot is None:
             raise Overloaded(f"waited {time.monotonic() - started:.2f} s", config["retry_after_seconds"])
-        return _Turn(self._run_lock)
+        return slot
 
 
-class _Turn:
-    """Holds the run lock until the ``with`` block ends."""
-
-    def __init__(self, lock):
-        self._lock = lock
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self._lock.release()
-
-
-# The one gate of this worker process (each gunicorn worker has its own after fork).
+# The gate of this worker process (each gunicorn worker has its own after fork).
 GATE = ExecutionGate()

@@ -1,23 +1,49 @@
 """
-The sandbox user pool: one sandbox user per gunicorn worker, so runs do not share fate.
+The sandbox user pool: each run holds one sandbox user of the pool, so runs do not share fate.
 
 RLIMIT_NPROC counts every process of a UID on the whole host, and processes of one UID can see
 each other. With a single sandbox user, a fork bomb in one request eats the process budget of
 every concurrent request. With ``CODEJAIL_SANDBOX_POOL_SIZE`` = N > 0, deploy/provision.sh makes
-N users named ``<CODE_JAIL["user"]>-<i>``; gunicorn's master gives each worker a slot ``i``
-(codejail_service/gunicorn_config.py), and the worker hands codejail that slot's user. A sync
-worker runs one request at a time, so each user runs at most one sandbox at a time and NPROC
-can stay tight per run. With N = 0, every worker runs code as ``CODE_JAIL["user"]``, as plain
-codejail does.
+N users named ``<CODE_JAIL["user"]>-<i>``: the pool's *slots*. A run first takes a free slot
+(``acquire_any``, from the admission gate), and codejail runs its code as that slot's user
+(``sandbox_command``). No two runs hold one slot, so NPROC can stay tight per run; the number of
+slots is the service's number of concurrent runs.
+
+A slot is held by an exclusive ``flock`` on its lock file, in a directory private to the app
+user (``CODEJAIL_SLOT_DIR``). The kernel drops the lock when its holder dies, so a worker killed
+mid-run frees its slot at once; the lock file still names the run directory of that run, and
+whoever takes the slot next (gunicorn's master, in ``child_exit``, or the next run) first kills
+the slot user's processes and removes that directory (``_recover``). Every worker and every
+service on the host that uses the same directory shares the pool safely.
+
+With N = 0, every run is codejail's plain run as ``CODE_JAIL["user"]``: one run at a time per
+worker process, and nothing to recover.
 """
 
+import fcntl
 import logging
+import os
+import shutil
+import stat
 import subprocess
+import tempfile
+import threading
+import time
 
-from codejail import jail_code
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 log = logging.getLogger(__name__)
+
+# codejail's cleanup of a run's tmp/ after ``sudo -u <user> /usr/bin/find <run>/tmp``; sudoers
+# allows exactly this (deploy/provision.sh).
+CLEANUP_ARGS = ["-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", ";"]
+# codejail's run directories: tempfile.mkdtemp(prefix=...) in the app's temp directory.
+RUN_DIR_PREFIX = "codejail-"
+
+_held = threading.local()
+# Without a pool: one run at a time in this process (as one sync worker would run them).
+_process_turn = threading.Lock()
 
 
 def pool_users():
@@ -27,29 +53,161 @@ def pool_users():
 
 
 def sandbox_users():
-    """Every user a worker may run code as: the pool, or the one configured user."""
+    """Every user a run may run code as: the pool, or the one configured user."""
     return pool_users() or [settings.CODE_JAIL["user"]]
 
 
-def use_sandbox_user(user):
-    """Make this process's later codejail runs (safe_exec) run as ``user``."""
-    jail_code.configure("python", settings.CODE_JAIL["python_bin"], user=user)
+class Slot:
+    """A held slot: its user, and the lock file that says which run directory it uses."""
+
+    def __init__(self, index, user, fd):
+        self.index = index
+        self.user = user
+        self._fd = fd
+
+    def record_run_dir(self, path):
+        """Note the run's directory, for whoever recovers the slot if this process dies."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, os.fsencode(path), 0)
+
+    def release(self):
+        """The run is over (its directory removed): free the slot."""
+        if getattr(_held, "slot", None) is self:
+            _held.slot = None
+        if self._fd is None:
+            _process_turn.release()
+            return
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # drops the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
 
 
-def free_slot(used_slots):
-    """The lowest pool slot not in ``used_slots``; RuntimeError when all are taken."""
-    for slot in range(settings.CODEJAIL_SANDBOX_POOL_SIZE):
-        if slot not in used_slots:
-            return slot
-    raise RuntimeError(
-        f"No free sandbox user: all {settings.CODEJAIL_SANDBOX_POOL_SIZE} users of the pool are taken. "
-        "Run at most CODEJAIL_SANDBOX_POOL_SIZE workers, or provision a bigger pool."
+def slot_dir():
+    """The directory of the slots' lock files: made if missing, refused unless private to us."""
+    path = settings.CODEJAIL_SLOT_DIR or os.path.join(
+        tempfile.gettempdir(), f"codejail_service-slots.{os.geteuid()}"
     )
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ImproperlyConfigured(
+            f"CODEJAIL_SLOT_DIR {path!r} must be a directory owned by the app user with mode 0700"
+        )
+    return path
+
+
+def try_acquire(index):
+    """Take slot ``index`` if it is free (recovering what a dead holder left); else None."""
+    user = pool_users()[index]
+    fd = os.open(os.path.join(slot_dir(), f"{user}.lock"),
+                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        # A new open file description each time: threads of one process exclude each other too.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    slot = Slot(index, user, fd)
+    try:
+        left = os.pread(fd, 4096, 0)
+        if left:
+            _recover(user, os.fsdecode(left))
+            os.ftruncate(fd, 0)
+    except BaseException:
+        slot.release()
+        raise
+    return slot
+
+
+def acquire_any():
+    """Take the lowest free slot for this thread's run (a context manager); None if none is free."""
+    if not settings.CODEJAIL_SANDBOX_POOL_SIZE:
+        if not _process_turn.acquire(blocking=False):
+            return None
+        slot = Slot(None, settings.CODE_JAIL["user"], None)
+    else:
+        slot = next(filter(None, map(try_acquire, range(settings.CODEJAIL_SANDBOX_POOL_SIZE))), None)
+    _held.slot = slot
+    return slot
+
+
+def acquire(index, timeout=10.0):
+    """Take slot ``index`` for this thread, waiting at most ``timeout`` s (startup checks, in the master)."""
+    deadline = time.monotonic() + timeout
+    while (slot := try_acquire(index)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sandbox slot {index} stayed busy for {timeout} s")
+        time.sleep(0.05)
+    _held.slot = slot
+    return slot
+
+
+def held_slot():
+    """The slot this thread holds, or None."""
+    return getattr(_held, "slot", None)
+
+
+def sandbox_command(cmd):
+    """
+    ``cmd`` as codejail built it (``sudo -u <CODE_JAIL user> ...``), run as the held slot's user.
+
+    With a pool, a run that holds no slot is refused: it would run as the shared base user.
+    """
+    if not settings.CODEJAIL_SANDBOX_POOL_SIZE or cmd[:2] != ["sudo", "-u"]:
+        return cmd
+    slot = held_slot()
+    if slot is None:
+        raise RuntimeError("codejail run outside a sandbox slot (admission.GATE or sandbox_pool.acquire)")
+    if cmd[2] != settings.CODE_JAIL["user"]:
+        raise RuntimeError(f"unexpected codejail command line: {cmd[:3]}")
+    return [*cmd[:2], slot.user, *cmd[3:]]
+
+
+def recover_free_slots():
+    """Recover every free slot a dead holder left (gunicorn's master, when a worker is gone)."""
+    for index in range(settings.CODEJAIL_SANDBOX_POOL_SIZE):
+        slot = try_acquire(index)
+        if slot is not None:
+            slot.release()
+
+
+def _recover(user, run_dir):
+    """A holder died mid-run: end what its run left running, then remove its run directory."""
+    log.warning("Sandbox user %s was left mid-run in %s: killing its processes, removing the directory",
+                user, run_dir)
+    kill_processes_of(user)
+    temp_root = os.path.realpath(tempfile.gettempdir())
+    if os.path.dirname(run_dir) != temp_root or not os.path.basename(run_dir).startswith(RUN_DIR_PREFIX):
+        log.error("Not removing %r: not a codejail run directory in %s", run_dir, temp_root)
+        return
+    try:
+        info = os.lstat(run_dir)
+    except FileNotFoundError:
+        return  # the holder died after codejail removed it
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        log.error("Not removing %r: not a directory of the app user", run_dir)
+        return
+    tmp = os.path.join(run_dir, "tmp")
+    if os.path.isdir(tmp) and not os.path.islink(tmp):
+        # What the sandbox user wrote may be removable only by that user: codejail's own cleanup.
+        subprocess.run(["sudo", "-n", "-u", user, "/usr/bin/find", tmp, *CLEANUP_ARGS],
+                       capture_output=True, check=False)
+    shutil.rmtree(run_dir, onerror=lambda *error: log.error("Removing %s: %s", run_dir, error[2][1]))
 
 
 def kill_processes_of(user):
     """
-    SIGKILL every process ``user`` has (left over by a worker that died mid-run).
+    SIGKILL every process ``user`` has (left over by a run whose worker died).
 
     Runs ``kill -9 -1`` as that user (sudoers allows exactly this): it reaches that user's
     processes only, whatever their process group. Returns True when sudo and kill succeeded;

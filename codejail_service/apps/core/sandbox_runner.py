@@ -32,6 +32,8 @@ from codejail import jail_code
 from codejail.subproc import ProcessKillerThread, set_process_limits
 from django.conf import settings
 
+from codejail_service.apps.core import sandbox_pool
+
 log = logging.getLogger(__name__)
 
 # codejail's cleanup command after ``sudo -u <user>``: find <run>/tmp ... -exec rm -rf {} ;
@@ -52,6 +54,11 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     tmp_dir = _cleanup_target(cmd, cwd)
     if tmp_dir is not None and _clean_as_app(tmp_dir):
         return 0, b"", b""
+    # As the sandbox user of this run's slot; the slot notes the run directory, should we die.
+    cmd = sandbox_pool.sandbox_command(cmd)
+    slot = sandbox_pool.held_slot()
+    if tmp_dir is None and cwd is not None and slot is not None:
+        slot.record_run_dir(cwd)
 
     # As codejail does: a new session (so its timeout can kill the whole group) and the rlimits.
     process = subprocess.Popen(  # noqa: S603 -- codejail's own command line

@@ -269,15 +269,11 @@ def _run_check_for_every_sandbox_user(name, check):
     users = sandbox_pool.pool_users()
     if not users or not getattr(check, "uses_sandbox", True):
         return _run_check(name, check)
-    try:
-        for user in users:
-            sandbox_pool.use_sandbox_user(user)
+    for index, user in enumerate(users):
+        with sandbox_pool.acquire(index):
             result = _run_check(name, check)
-            if not result.passed:
-                return CheckResult.fail(f"as sandbox user {user}: {result.reason}", **result.details)
-    finally:
-        # The master itself keeps the configured user; each worker picks its own (gunicorn_config).
-        sandbox_pool.use_sandbox_user(settings.CODE_JAIL["user"])
+        if not result.passed:
+            return CheckResult.fail(f"as sandbox user {user}: {result.reason}", **result.details)
     return CheckResult.ok(**result.details, sandbox_users=users)
 
 

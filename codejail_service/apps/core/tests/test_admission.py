@@ -1,4 +1,4 @@
-"""Tests of the admission gate: one run at a time per worker, a bounded wait, then Overloaded."""
+"""Tests of the admission gate: a sandbox slot per run, a bounded wait, then Overloaded."""
 
 import threading
 
@@ -79,3 +79,17 @@ def test_only_max_waiting_requests_wait_the_next_is_refused(admission):
             gate.admit()
     thread.join(5)
     assert queued == [True]
+
+
+def test_with_a_pool_a_busy_worker_still_starts_a_run_in_another_slot(admission, settings, tmp_path):
+    """The slots are the service's, not the worker's: the limit is the pool, not one run per worker."""
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
+    settings.CODEJAIL_SLOT_DIR = str(tmp_path / "slots")
+    admission["max_waiting"] = 0
+    gate = ExecutionGate()
+    with gate.admit() as first, gate.admit() as second:
+        assert {first.user, second.user} == {f"{settings.CODE_JAIL['user']}-0", f"{settings.CODE_JAIL['user']}-1"}
+        with pytest.raises(Overloaded):  # both slots taken, nobody may wait
+            gate.admit()
+    with gate.admit():
+        pass

@@ -1,13 +1,16 @@
 """The sandbox user pool: slots, the users' names, codejail's configuration, the startup checks per user."""
 
 import importlib
+import os
+import stat
 import subprocess
 import sys
-from types import SimpleNamespace
+import tempfile
 from unittest import mock
 
 import pytest
 from codejail import jail_code
+from django.core.exceptions import ImproperlyConfigured
 
 from codejail_service.apps.core import sandbox_pool, startup_checks
 from codejail_service.apps.core.startup_checks import CheckResult
@@ -23,9 +26,10 @@ def _restore_codejail_configuration():
 
 
 @pytest.fixture
-def pool_of_three(settings):
+def pool_of_three(settings, tmp_path):
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 3
     settings.CODE_JAIL = {**settings.CODE_JAIL, "user": "sbx"}
+    settings.CODEJAIL_SLOT_DIR = str(tmp_path / "slots")
 
 
 @pytest.fixture
@@ -45,20 +49,151 @@ def test_without_a_pool_every_worker_uses_the_configured_user(settings):
     assert sandbox_pool.sandbox_users() == [settings.CODE_JAIL["user"]]
 
 
-def test_free_slot_is_the_lowest_unused(pool_of_three):
-    assert sandbox_pool.free_slot(set()) == 0
-    assert sandbox_pool.free_slot({0, 2, None}) == 1
+def _slot_file(settings, user):
+    return os.path.join(settings.CODEJAIL_SLOT_DIR, f"{user}.lock")
 
 
-def test_free_slot_refuses_when_every_user_is_taken(pool_of_three):
-    with pytest.raises(RuntimeError, match="all 3 users of the pool are taken"):
-        sandbox_pool.free_slot({0, 1, 2})
+def test_slot_dir_is_made_private(pool_of_three, settings):
+    assert sandbox_pool.slot_dir() == settings.CODEJAIL_SLOT_DIR
+    assert stat.S_IMODE(os.stat(settings.CODEJAIL_SLOT_DIR).st_mode) == 0o700
 
 
-def test_use_sandbox_user_configures_codejail(pool_of_three, settings):
-    sandbox_pool.use_sandbox_user("sbx-2")
-    assert jail_code.COMMANDS["python"]["user"] == "sbx-2"
-    assert jail_code.COMMANDS["python"]["cmdline_start"] == [settings.CODE_JAIL["python_bin"], "-E", "-B"]
+def test_default_slot_dir_is_in_the_temp_dir_and_not_named_like_a_run_dir(settings, tmp_path, monkeypatch):
+    settings.CODEJAIL_SLOT_DIR = None
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert sandbox_pool.slot_dir() == str(tmp_path / f"codejail_service-slots.{os.geteuid()}")
+
+
+def test_slot_dir_others_may_write_is_refused(pool_of_three, settings):
+    os.mkdir(settings.CODEJAIL_SLOT_DIR, 0o700)
+    os.chmod(settings.CODEJAIL_SLOT_DIR, 0o770)
+    with pytest.raises(ImproperlyConfigured, match="mode 0700"):
+        sandbox_pool.slot_dir()
+
+
+def test_a_held_slot_is_not_given_twice_and_is_free_again_after_release(pool_of_three):
+    first = sandbox_pool.try_acquire(1)
+    assert (first.index, first.user) == (1, "sbx-1")
+    assert sandbox_pool.try_acquire(1) is None  # also within one process: a new open file each time
+    first.release()
+    again = sandbox_pool.try_acquire(1)
+    assert again is not None
+    again.release()
+
+
+def test_acquire_any_takes_the_lowest_free_slot_then_none(pool_of_three):
+    held = [sandbox_pool.acquire_any() for _ in range(3)]
+    assert [slot.user for slot in held] == ["sbx-0", "sbx-1", "sbx-2"]
+    assert sandbox_pool.acquire_any() is None
+    held[1].release()
+    with sandbox_pool.acquire_any() as slot:
+        assert slot.user == "sbx-1"
+        assert sandbox_pool.held_slot() is slot
+    assert sandbox_pool.held_slot() is None
+    for slot in held[::2]:
+        slot.release()
+
+
+def test_without_a_pool_one_run_at_a_time_per_process(settings):
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
+    with sandbox_pool.acquire_any() as slot:
+        assert slot.user == settings.CODE_JAIL["user"]
+        assert sandbox_pool.acquire_any() is None
+    sandbox_pool.acquire_any().release()
+
+
+def test_acquire_waits_for_a_slot_at_most_the_timeout(pool_of_three):
+    with sandbox_pool.acquire(0):
+        with pytest.raises(TimeoutError, match="slot 0 stayed busy"):
+            sandbox_pool.acquire(0, timeout=0.1)
+
+
+def test_sandbox_command_runs_as_the_held_slots_user(pool_of_three):
+    cmd = ["sudo", "-u", "sbx", "TMPDIR=tmp", "/venv/bin/python", "-E", "-B", "jailed_code"]
+    with sandbox_pool.acquire_any():
+        assert sandbox_pool.sandbox_command(cmd) == ["sudo", "-u", "sbx-0", *cmd[3:]]
+        assert sandbox_pool.sandbox_command(["sudo", "pkill", "-9", "-g", "12"]) == ["sudo", "pkill", "-9", "-g", "12"]
+        with pytest.raises(RuntimeError, match="unexpected codejail command line"):
+            sandbox_pool.sandbox_command(["sudo", "-u", "root", "id"])
+
+
+def test_sandbox_command_without_a_held_slot_is_refused(pool_of_three):
+    with pytest.raises(RuntimeError, match="outside a sandbox slot"):
+        sandbox_pool.sandbox_command(["sudo", "-u", "sbx", "TMPDIR=tmp", "python"])
+
+
+def test_sandbox_command_without_a_pool_is_codejails(settings):
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
+    cmd = ["sudo", "-u", settings.CODE_JAIL["user"], "python"]
+    assert sandbox_pool.sandbox_command(cmd) == cmd
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    root = tmp_path / "temp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def _run_dir(temp_root):
+    run_dir = temp_root / "codejail-abc123"
+    (run_dir / "tmp").mkdir(parents=True)
+    (run_dir / "tmp" / "left.txt").write_text("x")
+    (run_dir / "jailed_code").write_text("x = 1")
+    return run_dir
+
+
+def test_a_slot_left_mid_run_is_recovered_by_its_next_holder(pool_of_three, settings, temp_root):
+    """A real flock: a forked holder records its run dir and dies; the kernel frees the slot."""
+    run_dir = _run_dir(temp_root)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the dying holder
+        sandbox_pool.try_acquire(2).record_run_dir(str(run_dir))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with mock.patch.object(sandbox_pool, "kill_processes_of") as kill, \
+            mock.patch("subprocess.run") as run:
+        slot = sandbox_pool.try_acquire(2)
+    kill.assert_called_once_with("sbx-2")
+    assert run.call_args.args[0] == ["sudo", "-n", "-u", "sbx-2", "/usr/bin/find", str(run_dir / "tmp"),
+                                     *sandbox_pool.CLEANUP_ARGS]
+    assert not run_dir.exists()
+    assert open(_slot_file(settings, "sbx-2"), "rb").read() == b""  # nothing left to recover
+    slot.release()
+
+
+def test_a_slot_released_normally_has_nothing_to_recover(pool_of_three, temp_root):
+    run_dir = _run_dir(temp_root)
+    with sandbox_pool.acquire_any() as slot:
+        slot.record_run_dir(str(run_dir))
+    with mock.patch.object(sandbox_pool, "kill_processes_of") as kill:
+        sandbox_pool.recover_free_slots()
+    kill.assert_not_called()
+    assert run_dir.exists()
+
+
+@pytest.mark.parametrize("where", ["outside", "not_ours", "gone"])
+def test_recovery_removes_only_a_codejail_run_dir(pool_of_three, settings, temp_root, tmp_path, where):
+    run_dir = _run_dir(temp_root)
+    if where == "outside":
+        target = tmp_path / "codejail-elsewhere"
+        target.mkdir()
+    elif where == "not_ours":
+        target = run_dir
+        os.chown(run_dir, 12345, 12345)
+    else:
+        target = temp_root / "codejail-gone"
+    sandbox_pool.slot_dir()
+    with open(_slot_file(settings, "sbx-0"), "w") as lock_file:  # as a holder that died would leave it
+        lock_file.write(str(target))
+    with mock.patch.object(sandbox_pool, "kill_processes_of") as kill, mock.patch("subprocess.run") as run:
+        sandbox_pool.recover_free_slots()
+    kill.assert_called_once_with("sbx-0")  # whatever the directory, the user's processes go
+    run.assert_not_called()
+    assert run_dir.exists()
+    if where == "outside":
+        assert target.exists()
 
 
 @pytest.mark.parametrize(("returncode", "stderr", "killed"), [
@@ -76,68 +211,10 @@ def test_kill_processes_of_runs_kill_as_the_user(returncode, stderr, killed):
 # --- gunicorn hooks -------------------------------------------------------------------------
 
 
-def _server(num_workers, *slots):
-    workers = {1000 + i: SimpleNamespace(sandbox_slot=slot) for i, slot in enumerate(slots)}
-    return SimpleNamespace(num_workers=num_workers, WORKERS=workers, log=mock.Mock())
-
-
-def test_on_starting_clamps_the_default_worker_count_to_the_pool(gunicorn_config, pool_of_three, monkeypatch):
-    monkeypatch.delenv("CODEJAIL_SERVICE_WORKERS", raising=False)
-    server = _server(8)
-    gunicorn_config.on_starting(server)
-    assert server.num_workers == 3
-
-
-def test_on_starting_refuses_more_workers_than_users(gunicorn_config, pool_of_three, monkeypatch):
-    monkeypatch.setenv("CODEJAIL_SERVICE_WORKERS", "4")
-    with pytest.raises(SystemExit, match="CODEJAIL_SERVICE_WORKERS=4 exceeds the sandbox user pool"):
-        gunicorn_config.on_starting(_server(4))
-
-
-@pytest.mark.parametrize("pool_size", [0, 3])
-def test_on_starting_keeps_a_worker_count_that_fits(gunicorn_config, settings, pool_size, monkeypatch):
-    monkeypatch.setenv("CODEJAIL_SERVICE_WORKERS", "3")
-    settings.CODEJAIL_SANDBOX_POOL_SIZE = pool_size
-    server = _server(3)
-    gunicorn_config.on_starting(server)
-    assert server.num_workers == 3
-
-
-def test_pre_fork_gives_each_worker_a_free_slot(gunicorn_config, pool_of_three):
-    worker = SimpleNamespace()
-    gunicorn_config.pre_fork(_server(3, 0, 2), worker)
-    assert worker.sandbox_slot == 1
-
-
-def test_pre_fork_without_a_pool_gives_no_slot(gunicorn_config, settings):
-    settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
-    worker = SimpleNamespace()
-    gunicorn_config.pre_fork(_server(3, None), worker)
-    assert worker.sandbox_slot is None
-
-
-def test_post_fork_runs_code_as_the_slots_user(gunicorn_config, pool_of_three):
-    gunicorn_config.post_fork(_server(3), SimpleNamespace(sandbox_slot=2, pid=1234))
-    assert jail_code.COMMANDS["python"]["user"] == "sbx-2"
-
-
-def test_post_fork_without_a_slot_keeps_the_configured_user(gunicorn_config, settings):
-    sandbox_pool.use_sandbox_user(settings.CODE_JAIL["user"])
-    gunicorn_config.post_fork(_server(3), SimpleNamespace(sandbox_slot=None, pid=1234))
-    assert jail_code.COMMANDS["python"]["user"] == settings.CODE_JAIL["user"]
-
-
-def test_child_exit_kills_what_the_workers_user_left(gunicorn_config, pool_of_three):
-    with mock.patch.object(sandbox_pool, "kill_processes_of") as kill:
-        gunicorn_config.child_exit(_server(3), SimpleNamespace(sandbox_slot=1))
-    kill.assert_called_once_with("sbx-1")
-
-
-def test_child_exit_without_a_slot_kills_nothing(gunicorn_config):
-    """Without a pool the user is shared: killing its processes would end other workers' runs."""
-    with mock.patch.object(sandbox_pool, "kill_processes_of") as kill:
-        gunicorn_config.child_exit(_server(3), SimpleNamespace(sandbox_slot=None))
-    kill.assert_not_called()
+def test_child_exit_recovers_the_free_slots(gunicorn_config):
+    with mock.patch.object(sandbox_pool, "recover_free_slots") as recover:
+        gunicorn_config.child_exit(mock.Mock(), mock.Mock())
+    recover.assert_called_once_with()
 
 
 # --- startup checks, once per pool user ---------------------------------------------------------
@@ -160,25 +237,24 @@ def test_sandbox_checks_run_once_per_pool_user(fresh_checks, pool_of_three, sett
     seen = {"sandbox": [], "webapp": []}
 
     def sandbox_check():
-        seen["sandbox"].append(jail_code.COMMANDS["python"]["user"])
+        seen["sandbox"].append(sandbox_pool.held_slot().user)
         return CheckResult.ok(detail=1)
 
     def webapp_check():
-        seen["webapp"].append(jail_code.COMMANDS["python"]["user"])
+        seen["webapp"].append(sandbox_pool.held_slot())
         return CheckResult.ok()
 
     _register(fresh_checks, probe=(sandbox_check, True), egress=(webapp_check, False))
     results = startup_checks.run_startup_checks()
-    assert seen == {"sandbox": ["sbx-0", "sbx-1", "sbx-2"], "webapp": ["sbx"]}
+    assert seen == {"sandbox": ["sbx-0", "sbx-1", "sbx-2"], "webapp": [None]}
     assert results["probe"] == CheckResult.ok(detail=1, sandbox_users=["sbx-0", "sbx-1", "sbx-2"])
     assert results["egress"] == CheckResult.ok()
-    # The master goes back to the configured user; workers pick their own after fork.
-    assert jail_code.COMMANDS["python"]["user"] == "sbx"
+    assert sandbox_pool.held_slot() is None  # every slot given back
 
 
 def test_a_check_failing_for_one_pool_user_fails_and_names_the_user(fresh_checks, pool_of_three):
     def sandbox_check():
-        if jail_code.COMMANDS["python"]["user"] == "sbx-1":
+        if sandbox_pool.held_slot().user == "sbx-1":
             return CheckResult.fail("sudo: unknown user sbx-1", stderr="x")
         return CheckResult.ok()
 
@@ -186,7 +262,7 @@ def test_a_check_failing_for_one_pool_user_fails_and_names_the_user(fresh_checks
     result = startup_checks.run_startup_checks()["probe"]
     assert result == CheckResult.fail("as sandbox user sbx-1: sudo: unknown user sbx-1", stderr="x")
     assert not startup_checks.startup_checks_passed()
-    assert jail_code.COMMANDS["python"]["user"] == "sbx"
+    assert sandbox_pool.held_slot() is None
 
 
 def test_a_check_raising_for_one_pool_user_fails(fresh_checks, pool_of_three):
