@@ -49,10 +49,12 @@ ARG CODEJAIL_PIP_OPTIONS=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The checkout is bind-mounted for this one step, so no source tree, build
-# directory or pip cache ends up in a layer.
+# directory or pip cache ends up in a layer. No tmpfs per pool slot for the run
+# directories (CODEJAIL_RUN_DIR_MIB=0): a build cannot mount, so in the image runs
+# write to the container's /tmp with no total cap per run (RLIMIT_FSIZE per file).
 RUN --mount=type=bind,target=/src \
     CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" \
-    CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" \
+    CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" CODEJAIL_RUN_DIR_MIB=0 \
     CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*
 

@@ -31,6 +31,9 @@ sandbox_uid="${CODEJAIL_SANDBOX_UID:-180100}"
 default_pool_size=$(( 2 * $(nproc) )); [ "$default_pool_size" -ge 4 ] || default_pool_size=4
 pool_size="${CODEJAIL_SANDBOX_POOL_SIZE:-$default_pool_size}"
 confinement="${CODEJAIL_CONFINEMENT:-enforce}"
+# A size-limited tmpfs per pool slot for its runs' directories (MiB; 0: none, runs write to /tmp).
+run_dir_mib="${CODEJAIL_RUN_DIR_MIB:-64}"
+run_root="${CODEJAIL_RUN_DIR_ROOT:-/var/lib/codejail-service/runs}"
 allow_degraded="${CODEJAIL_ALLOW_DEGRADED:-false}"
 read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
 python=/usr/bin/python3.11
@@ -42,6 +45,8 @@ log() { echo "provision: $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
 case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enforce or off"; exit 1;; esac
 [[ "$pool_size" =~ ^[0-9]+$ ]] || { log "CODEJAIL_SANDBOX_POOL_SIZE must be a number"; exit 1; }
+[[ "$run_dir_mib" =~ ^[0-9]+$ ]] || { log "CODEJAIL_RUN_DIR_MIB must be a number"; exit 1; }
+[ "$run_dir_mib" = 0 ] || [ "$pool_size" -gt 0 ] || { log "CODEJAIL_RUN_DIR_MIB needs a sandbox pool"; exit 1; }
 
 # --- System packages -------------------------------------------------------
 packages=(sudo python3.11 python3.11-venv libseccomp2 procps findutils ca-certificates)
@@ -77,6 +82,30 @@ for ((i = 0; i < pool_size; i++)); do
     ensure_user "$sandbox_user-$i" "$((sandbox_uid + 1 + i))"
     sandbox_users+=("$sandbox_user-$i")
 done
+
+# --- Run directories ---------------------------------------------------------
+# RLIMIT_FSIZE caps one file; what a run may write in total is capped by giving each pool
+# slot a tmpfs of its own (codejail_service/apps/core/sandbox_pool.py, run_dir_parent), which
+# also caps its inodes (kernel memory the size does not count). Mounted here, so again after
+# a reboot by `make run`/provisioning; the run_dir_cap startup check refuses to run without.
+# Containers cannot mount: give the pod one emptyDir (medium Memory, sizeLimit) per slot.
+run_dir_parents='"/tmp"'
+if [ "$run_dir_mib" != 0 ]; then
+    install -d -m 0755 -o root -g root "$run_root"
+    run_dir_parents=""
+    for ((i = 0; i < pool_size; i++)); do
+        dir="$run_root/$i"
+        install -d -m 0755 "$dir"
+        if mountpoint -q "$dir"; then
+            mount -o "remount,size=${run_dir_mib}m,nr_inodes=16384" "$dir"
+        else
+            mount -t tmpfs -o "size=${run_dir_mib}m,nr_inodes=16384,nosuid,nodev,noexec" "codejail-run-$i" "$dir"
+        fi
+        chown "$app_user:$app_user" "$dir"
+        chmod 0755 "$dir"
+        run_dir_parents+="${run_dir_parents:+, }\"$dir\""
+    done
+fi
 
 # --- Sandbox venv ------------------------------------------------------------
 # --copies: a real binary, so an AppArmor profile can attach to its path.
@@ -129,7 +158,8 @@ chmod -R go-w "$app_venv"
 # --- Configuration -------------------------------------------------------------
 install -d -m 0755 "$etc"
 tmp_json="$(mktemp)"
-printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": "/tmp"}\n' "$confinement" "$allow_degraded" > "$tmp_json"
+printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": [%s]}\n' "$confinement" "$allow_degraded" \
+    "$run_dir_parents" > "$tmp_json"
 install -m 0644 -o root -g root "$tmp_json" "$etc/confinement.json"
 rm -f "$tmp_json"
 if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$etc/config.yml"; then
@@ -139,6 +169,10 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
         echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
         echo "CODEJAIL_ENABLED: true"
         echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
+        if [ "$run_dir_mib" != 0 ]; then
+            echo "CODEJAIL_RUN_DIR_ROOT: $run_root"
+            echo "CODEJAIL_RUN_DIR_MAX_BYTES: $((run_dir_mib * 1024 * 1024))"
+        fi
         if [ -n "${CODEJAIL_EGRESS_CHECK_TARGET:-}" ]; then
             echo "CODEJAIL_EGRESS_CHECK: {host: \"${CODEJAIL_EGRESS_CHECK_TARGET%:*}\", port: ${CODEJAIL_EGRESS_CHECK_TARGET##*:}, timeout: 1.0}"
         fi
@@ -163,7 +197,8 @@ cat > "$sudoers" <<SUDOERS
 Runas_Alias CODEJAIL_SANDBOX_USERS = $runas_users
 Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
-Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
+Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;, \\
+    /usr/bin/find $run_root/*/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
 Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_CLEANUP !pam_session, !pam_setcred, !use_pty

@@ -24,7 +24,8 @@ DEFAULTS = {
     # Run anyway, reporting the layer as degraded, when the kernel lacks part of
     # what the policy needs (e.g. Landlock ABI < 6). Off: fail closed.
     "allow_degraded": False,
-    # Where codejail's run directories are made (the app's tempfile.gettempdir()).
+    # Where codejail's run directories are made (the app's tempfile.gettempdir()):
+    # one path, or a list (one size-limited directory per sandbox slot).
     "run_dir_parent": "/tmp",
 }
 # Landlock features the policy needs, and the ABI that brought each.
@@ -61,7 +62,9 @@ def find_run_dir(config):
     cwd = os.getcwd()
     info = os.lstat(cwd)
     parent, name = os.path.split(cwd)
-    if (parent != os.path.realpath(config["run_dir_parent"]) or not name.startswith(RUN_DIR_PREFIX)
+    parents = config["run_dir_parent"]
+    parents = [parents] if isinstance(parents, str) else parents
+    if (parent not in [os.path.realpath(path) for path in parents] or not name.startswith(RUN_DIR_PREFIX)
             or not stat.S_ISDIR(info.st_mode)
             # codejail's web app user made it; a directory we made ourselves is not a run dir.
             or info.st_uid in (0, os.geteuid()) or info.st_mode & stat.S_IWOTH):

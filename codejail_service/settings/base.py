@@ -176,6 +176,23 @@ CODEJAIL_SANDBOX_POOL_SIZE = 0
 #   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
 CODEJAIL_SLOT_DIR = None
 
+# .. setting_name: CODEJAIL_RUN_DIR_ROOT
+# .. setting_default: None
+# .. setting_description: With a sandbox user pool, where the slots' run directories go: slot i
+#   makes its runs' directories in ``<root>/<i>``, each its own size-limited filesystem (a tmpfs
+#   that deploy/provision.sh mounts with CODEJAIL_RUN_DIR_SIZE, or a Kubernetes emptyDir with
+#   medium Memory and a sizeLimit), which caps the total one run may write (RLIMIT_FSIZE caps a
+#   single file only). The confinement layer's ``run_dir_parent`` must list the same
+#   directories. The ``run_dir_cap`` startup check proves each is a filesystem of its own of at
+#   most CODEJAIL_RUN_DIR_MAX_BYTES. None: run directories in the temp directory, uncapped.
+CODEJAIL_RUN_DIR_ROOT = None
+
+# .. setting_name: CODEJAIL_RUN_DIR_MAX_BYTES
+# .. setting_default: 64 MiB
+# .. setting_description: Largest size the ``run_dir_cap`` startup check accepts for each slot's
+#   run directory filesystem (see CODEJAIL_RUN_DIR_ROOT).
+CODEJAIL_RUN_DIR_MAX_BYTES = 64 * MIB
+
 # .. setting_name: CODEJAIL_EGRESS_CHECK
 # .. setting_default: {"host": "127.0.0.1", "port": 9, "timeout": 1.0}
 # .. setting_description: Target of the `webapp_egress` startup check: a TCP connect from the

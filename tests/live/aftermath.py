@@ -60,8 +60,13 @@ def open_fds(pid):
     return count
 
 
+# Where codejail's run directories are made: the temp directory, or each pool slot's own tmpfs
+# (CODEJAIL_RUN_DIR_ROOT, deploy/provision.sh).
+RUN_DIR_GLOBS = ("/tmp/codejail-*", "/var/lib/codejail-service/runs/*/codejail-*")
+
+
 def run_dirs():
-    return set(glob.glob("/tmp/codejail-*"))
+    return {path for pattern in RUN_DIR_GLOBS for path in glob.glob(pattern)}
 
 
 class Aftermath:

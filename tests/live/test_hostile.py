@@ -9,6 +9,7 @@ of the fix: they run every time, and start failing (XPASS) the day the gap is cl
 marker gets removed.
 """
 import concurrent.futures
+import errno
 import io
 import json
 import shutil
@@ -196,18 +197,20 @@ def test_deny_thousands_of_files_holding_the_worker(run, aftermath):
     assert elapsed < ANSWER_WITHIN, f"answered after {elapsed:.1f} s"
 
 
-GAP_TOTAL_WRITE = ("provisioning (robust, issue 7) + lead: no cap yet on the total a run writes; FSIZE caps one "
-                   "file (1 MiB). A size-limited tmpfs per worker needs the confinement layer to accept "
-                   "per-worker run-dir parents (confinement.json run_dir_parent is one path)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GAP_TOTAL_WRITE)
-def test_deny_filling_tmp_beyond_a_total_cap(run, known_gap):
+@pytest.mark.outside_layer  # each pool slot's own size-limited tmpfs (deploy/provision.sh)
+def test_deny_filling_tmp_beyond_a_total_cap(run, aftermath):
+    """RLIMIT_FSIZE caps one file (1 MiB); the slot's tmpfs (64 MiB here) caps the run's total."""
     result = run("import os\nwritten = 0\ntry:\n    for i in range(256):\n"
                  "        with open('tmp/f%d' % i, 'wb') as f:\n            f.write(b'x' * (1024 * 1024 - 1))\n"
                  "        written += 1\nexcept OSError as e:\n    err = e.errno")
     assert result.globals.get("written", 256) < 256, result  # 256 MiB in 256 files under FSIZE
-    known_gap.check()
+    assert result.globals.get("err") == errno.ENOSPC, result
+
+
+def test_allow_writing_files_within_the_total_cap(run):
+    result = run("n = 0\nfor i in range(16):\n    with open('tmp/f%d' % i, 'wb') as f:\n"
+                 "        n += f.write(b'x' * (1024 * 1024 - 1))")
+    assert result.globals.get("n") == 16 * (1024 * 1024 - 1), result
 
 
 def test_deny_locked_directory_defeating_cleanup(run, known_gap):

@@ -106,6 +106,17 @@ def slot_dir():
     return path
 
 
+def run_dir_parent(slot):
+    """
+    Where ``slot``'s runs make their directories: ``<CODEJAIL_RUN_DIR_ROOT>/<index>`` (a
+    size-limited filesystem per slot, which caps what one run may write), or the temp directory.
+    """
+    root = settings.CODEJAIL_RUN_DIR_ROOT
+    if root and slot is not None and slot.index is not None:
+        return os.path.join(root, str(slot.index))
+    return tempfile.gettempdir()
+
+
 def try_acquire(index):
     """Take slot ``index`` if it is free (recovering what a dead holder left); else None."""
     user = pool_users()[index]
@@ -121,7 +132,7 @@ def try_acquire(index):
     try:
         left = os.pread(fd, 4096, 0)
         if left:
-            _recover(user, os.fsdecode(left))
+            _recover(slot, os.fsdecode(left))
             os.ftruncate(fd, 0)
     except BaseException:
         slot.release()
@@ -181,14 +192,15 @@ def recover_free_slots():
             slot.release()
 
 
-def _recover(user, run_dir):
+def _recover(slot, run_dir):
     """A holder died mid-run: end what its run left running, then remove its run directory."""
+    user = slot.user
     log.warning("Sandbox user %s was left mid-run in %s: killing its processes, removing the directory",
                 user, run_dir)
     kill_processes_of(user)
-    temp_root = os.path.realpath(tempfile.gettempdir())
-    if os.path.dirname(run_dir) != temp_root or not os.path.basename(run_dir).startswith(RUN_DIR_PREFIX):
-        log.error("Not removing %r: not a codejail run directory in %s", run_dir, temp_root)
+    parent = os.path.realpath(run_dir_parent(slot))
+    if os.path.dirname(run_dir) != parent or not os.path.basename(run_dir).startswith(RUN_DIR_PREFIX):
+        log.error("Not removing %r: not a codejail run directory in %s", run_dir, parent)
         return
     try:
         info = os.lstat(run_dir)

@@ -20,13 +20,16 @@ docs/decisions/0005-run-cost-and-overload.rst):
   made (whose contents the app may not remove) still need codejail's cleanup as the sandbox user.
 """
 
+import contextlib
 import functools
 import logging
 import os
 import select
 import selectors
+import shutil
 import stat
 import subprocess
+import tempfile
 
 from codejail import jail_code
 from codejail.subproc import ProcessKillerThread, set_process_limits
@@ -42,8 +45,23 @@ READ_SIZE = 64 * 1024
 
 
 def install():
-    """Make codejail run its subprocesses through ``run_subprocess`` (idempotent)."""
+    """Make codejail run its subprocesses through ``run_subprocess``, in ``temp_directory`` (idempotent)."""
     jail_code.run_subprocess = run_subprocess
+    jail_code.temp_directory = temp_directory
+
+
+@contextlib.contextmanager
+def temp_directory():
+    """
+    codejail's ``temp_directory``, in this run's slot directory (``sandbox_pool.run_dir_parent``):
+    with ``CODEJAIL_RUN_DIR_ROOT``, a size-limited filesystem of its own caps what a run writes.
+    """
+    parent = sandbox_pool.run_dir_parent(sandbox_pool.held_slot())
+    path = tempfile.mkdtemp(prefix=sandbox_pool.RUN_DIR_PREFIX, dir=parent)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=None, slug=None):

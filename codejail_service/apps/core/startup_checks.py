@@ -18,7 +18,9 @@ are shown in /health/ next to ``passed`` and ``reason``.
 
 import errno
 import logging
+import os
 import socket
+import stat
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -131,6 +133,7 @@ except Exception as exc:
 
 NETWORK_SOCKET_PROBE = """
 import socket
+import stat
 try:
     socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
     outcome = 'allowed'
@@ -200,6 +203,41 @@ def check_confinement_layers():
         return CheckResult.ok(**details, note="switched off by the operator (confinement.json)")
     return CheckResult.fail(f"the confinement layer did not run in the sandbox (mode {outcome.get('mode')!r})",
                             **details)
+
+
+@startup_check("run_dir_cap", uses_sandbox=False)
+def check_run_dir_cap():
+    """
+    Each sandbox slot's run directories live on a size-limited filesystem of their own.
+
+    With ``CODEJAIL_RUN_DIR_ROOT``, ``<root>/<i>`` must, for every slot i, be a directory private
+    to the app (others may only traverse it), on a filesystem of its own (a mount: else the cap
+    is the host's disk) of at most ``CODEJAIL_RUN_DIR_MAX_BYTES``. Without it, runs write to the
+    temp directory with no total cap; the check says so and passes.
+    """
+    root = settings.CODEJAIL_RUN_DIR_ROOT
+    if not root:
+        return CheckResult.ok(capped=False)
+    limit = settings.CODEJAIL_RUN_DIR_MAX_BYTES
+    if not sandbox_pool.pool_users():
+        return CheckResult.fail("CODEJAIL_RUN_DIR_ROOT needs a sandbox user pool (CODEJAIL_SANDBOX_POOL_SIZE > 0)")
+    sizes = []
+    for index in range(len(sandbox_pool.pool_users())):
+        path = os.path.join(root, str(index))
+        try:
+            info, above = os.lstat(path), os.stat(root)
+            fs = os.statvfs(path)
+        except OSError as exc:
+            return CheckResult.fail(f"{path}: {exc.strerror}")
+        size = fs.f_blocks * fs.f_frsize
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            return CheckResult.fail(f"{path} must be a directory of the app user that others cannot write")
+        if info.st_dev == above.st_dev:
+            return CheckResult.fail(f"{path} is not a filesystem of its own (mount a size-limited tmpfs there)")
+        if size > limit:
+            return CheckResult.fail(f"{path} holds {size} bytes, more than CODEJAIL_RUN_DIR_MAX_BYTES ({limit})")
+        sizes.append(size)
+    return CheckResult.ok(capped=True, bytes_per_run=max(sizes))
 
 
 # connect() errors that mean "nothing came back": the packet was dropped or refused locally.

@@ -288,6 +288,20 @@ def test_confine_refuses_a_working_directory_that_is_not_a_run_dir(tmp_path):
     assert value["raised"] == "ConfinementRefused"
 
 
+@pytest.mark.parametrize("parents", [["/nonexistent", "/tmp"], "/tmp"])
+def test_find_run_dir_accepts_a_run_dir_in_any_configured_parent(run_dir, parents):
+    config = {**ENFORCE, "run_dir_parent": parents}
+    value, _ = in_child(lambda: (os.chdir(run_dir), confinement.find_run_dir(config))[1])
+    assert value == run_dir
+
+
+@pytest.mark.parametrize("parents", [["/nonexistent", "/var/tmp"], "/var/tmp", []])
+def test_find_run_dir_refuses_a_run_dir_in_no_configured_parent(run_dir, parents):
+    config = {**ENFORCE, "run_dir_parent": parents}
+    value, _ = in_child(lambda: (os.chdir(run_dir), confinement.find_run_dir(config))[1])
+    assert value["raised"] == "ConfinementRefused"
+
+
 def test_confine_refuses_a_run_dir_made_by_the_sandbox_user_itself(run_dir):
     os.chown(run_dir, 0, 0)  # owned by us (root) now
     value, _ = in_child(lambda: (os.chdir(run_dir), confinement.confine(ENFORCE)))

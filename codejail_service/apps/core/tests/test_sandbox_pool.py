@@ -298,3 +298,16 @@ def test_become_child_subreaper_logs_a_refusal(gunicorn_config, caplog):
         cdll.return_value.prctl.return_value = -1
         gunicorn_config.become_child_subreaper()
     assert "Could not become a child subreaper" in caplog.text
+
+
+def test_recovery_removes_a_run_dir_in_the_slots_own_directory(pool_of_three, settings, tmp_path):
+    settings.CODEJAIL_RUN_DIR_ROOT = str(tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "1" / "codejail-xyz"
+    (run_dir / "tmp").mkdir(parents=True)
+    sandbox_pool.slot_dir()
+    with open(_slot_file(settings, "sbx-1"), "w") as lock_file:
+        lock_file.write(str(run_dir))
+    with mock.patch.object(sandbox_pool, "kill_processes_of"), mock.patch("subprocess.run") as run:
+        sandbox_pool.recover_free_slots()
+    assert run.call_args.args[0][:5] == ["sudo", "-n", "-u", "sbx-1", "/usr/bin/find"]
+    assert not run_dir.exists()

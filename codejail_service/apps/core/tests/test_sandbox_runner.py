@@ -6,12 +6,13 @@ These start real (unprivileged, unsandboxed) python processes: the pipes are the
 
 import os
 import sys
+import tempfile
 from unittest import mock
 
 import pytest
 from codejail import jail_code
 
-from codejail_service.apps.core import sandbox_runner
+from codejail_service.apps.core import sandbox_pool, sandbox_runner
 from codejail_service.apps.core.sandbox_runner import run_subprocess
 
 PYTHON = [sys.executable, "-S", "-c"]
@@ -24,9 +25,46 @@ def cap(settings):
 
 
 def test_install_points_codejail_at_the_runner():
-    with mock.patch.object(jail_code, "run_subprocess", "codejail's own"):
+    with mock.patch.object(jail_code, "run_subprocess", "codejail's own"), \
+            mock.patch.object(jail_code, "temp_directory", "codejail's own"):
         sandbox_runner.install()
         assert jail_code.run_subprocess is run_subprocess
+        assert jail_code.temp_directory is sandbox_runner.temp_directory
+
+
+@pytest.fixture
+def slot_run_dirs(settings, tmp_path):
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
+    settings.CODEJAIL_SLOT_DIR = str(tmp_path / "slots")
+    settings.CODEJAIL_RUN_DIR_ROOT = str(tmp_path / "runs")
+    for index in range(2):
+        os.makedirs(tmp_path / "runs" / str(index))
+    return tmp_path / "runs"
+
+
+def test_a_run_dir_is_made_in_its_slots_directory_and_removed_after(slot_run_dirs):
+    with sandbox_pool.acquire(1), sandbox_runner.temp_directory() as path:
+        assert os.path.dirname(path) == str(slot_run_dirs / "1")
+        assert os.path.basename(path).startswith("codejail-")
+        open(os.path.join(path, "jailed_code"), "w").close()
+    assert os.listdir(slot_run_dirs / "1") == []
+
+
+def test_without_a_run_dir_root_run_dirs_go_to_the_temp_dir(slot_run_dirs, settings, tmp_path, monkeypatch):
+    settings.CODEJAIL_RUN_DIR_ROOT = None
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with sandbox_pool.acquire(1), sandbox_runner.temp_directory() as path:
+        assert os.path.dirname(path) == str(tmp_path)
+
+
+def test_the_run_dir_is_noted_in_the_slot_while_the_sandbox_runs(slot_run_dirs, cap, tmp_path):
+    cmd = ["sudo", "-u", "who", *PYTHON, "print(open(__import__('sys').argv[1]).read())"]
+    lock_file = tmp_path / "slots" / f"{sandbox_pool.pool_users()[0]}.lock"
+    with sandbox_pool.acquire(0), sandbox_runner.temp_directory() as path, \
+            mock.patch.object(sandbox_pool, "sandbox_command", side_effect=lambda cmd: cmd[3:] + [str(lock_file)]):
+        status, stdout, _ = run_subprocess(cmd, cwd=path)
+    assert (status, stdout.strip()) == (0, path.encode())
+    assert lock_file.read_bytes() == b""  # released: nothing to recover
 
 
 # --- output cap ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tests of the startup safety checks: their pass/fail logic, the probes, the cache."""
 
 import errno
+import os
 import socket
 import subprocess
 from unittest import mock
@@ -273,10 +274,10 @@ def test_confinement_layers_probe_reports_not_installed_outside_the_sandbox():
 # --- the registry and the cache -----------------------------------------------------------------
 
 
-def test_the_six_checks_are_registered_in_order():
+def test_the_seven_checks_are_registered_in_order():
     assert list(startup_checks.STARTUP_CHECKS) == [
         "basic_execution", "disk_escape", "process_exec", "network_socket", "confinement_layers",
-        "webapp_egress",
+        "run_dir_cap", "webapp_egress",
     ]
 
 
@@ -345,3 +346,70 @@ def test_failures_are_logged(fake_checks, caplog):
 
 def test_check_result_as_json_merges_details():
     assert CheckResult.fail("why", seen="x").as_json() == {"seen": "x", "passed": False, "reason": "why"}
+
+
+# --- run_dir_cap (real tmpfs mounts: the unit tests run as root) ------------------------------
+
+
+@pytest.fixture
+def run_dir_root(settings, tmp_path):
+    """CODEJAIL_RUN_DIR_ROOT with a 2-slot pool; slot dirs made (not mounted) and owned by us."""
+    root = tmp_path / "runs"
+    for index in range(2):
+        (root / str(index)).mkdir(parents=True, mode=0o755)
+    settings.CODEJAIL_RUN_DIR_ROOT = str(root)
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
+    settings.CODEJAIL_RUN_DIR_MAX_BYTES = 4 * 1024 * 1024
+    mounted = []
+
+    def mount(index, size):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "cj-test", str(root / str(index))],
+                       check=True)
+        mounted.append(root / str(index))
+
+    yield root, mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_run_dir_cap_without_a_root_passes_and_says_uncapped(settings):
+    settings.CODEJAIL_RUN_DIR_ROOT = None
+    assert startup_checks.check_run_dir_cap() == CheckResult.ok(capped=False)
+
+
+def test_run_dir_cap_passes_when_every_slot_is_a_small_filesystem(run_dir_root):
+    root, mount = run_dir_root
+    mount(0, "1m")
+    mount(1, "2m")
+    assert startup_checks.check_run_dir_cap() == CheckResult.ok(capped=True, bytes_per_run=2 * 1024 * 1024)
+
+
+def test_run_dir_cap_fails_when_a_slot_dir_is_not_a_mount(run_dir_root):
+    root, mount = run_dir_root
+    mount(0, "1m")
+    result = startup_checks.check_run_dir_cap()
+    assert not result.passed
+    assert result.reason == f"{root}/1 is not a filesystem of its own (mount a size-limited tmpfs there)"
+
+
+def test_run_dir_cap_fails_when_a_slot_holds_more_than_the_limit(run_dir_root):
+    root, mount = run_dir_root
+    mount(0, "1m")
+    mount(1, "8m")
+    result = startup_checks.check_run_dir_cap()
+    assert not result.passed and "more than CODEJAIL_RUN_DIR_MAX_BYTES" in result.reason
+
+
+@pytest.mark.parametrize("problem", ["missing", "writable_by_others", "no_pool"])
+def test_run_dir_cap_fails_on_a_misconfigured_slot(run_dir_root, settings, problem):
+    root, mount = run_dir_root
+    mount(0, "1m")
+    mount(1, "1m")
+    if problem == "missing":
+        settings.CODEJAIL_SANDBOX_POOL_SIZE = 3
+    elif problem == "writable_by_others":
+        os.chmod(root / "1", 0o777)
+    else:
+        settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
+    result = startup_checks.check_run_dir_cap()
+    assert not result.passed, result
