@@ -226,15 +226,16 @@ def test_default_uids_match_provision_script_and_deployment(dockerfile_text):
     assert pod["securityContext"]["runAsUser"] == int(args["APP_UID"])
 
 
-def test_kubernetes_config_and_workers_fit_the_image_sandbox_pool(dockerfile_text):
-    # The pool's users exist only in the image: the mounted config must name the same
-    # pool size, and gunicorn refuses to start more workers than the pool has users.
+def test_kubernetes_config_names_the_image_sandbox_pool_and_a_worker_count(dockerfile_text):
+    # The pool's users exist only in the image: the mounted config must name the same pool
+    # size. Runs share the pool's slots whichever worker serves them, so the worker count
+    # need only be a positive number, not at most the pool.
     pool = int(stage_args(parse(dockerfile_text)[-1])["SANDBOX_POOL_SIZE"])
     config = yaml.safe_load(KUBE_CONFIG.read_text())
     assert config["CODEJAIL_SANDBOX_POOL_SIZE"] == pool
     (container,) = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["containers"]
-    workers = int({e["name"]: e["value"] for e in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
-    assert 1 <= workers <= pool
+    workers = {e["name"]: e["value"] for e in container["env"]}["CODEJAIL_SERVICE_WORKERS"]
+    assert workers.isdigit() and int(workers) >= 1
 
 
 def test_apparmor_loader_stage_ships_the_repository_profile(dockerfile_text):
