@@ -150,13 +150,15 @@ def test_config_map_is_mounted_as_the_service_config(rendered, deployment, conta
     assert set(config["CODE_JAIL"]["limits"]) == {"CPU", "REALTIME", "VMEM", "FSIZE", "NPROC", "PROXY"}
 
 
-def test_memory_limit_covers_every_worker_at_its_vmem_limit(rendered, container):
+def test_memory_limit_covers_every_run_at_its_vmem_limit_and_every_worker(rendered, container):
     (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
-    vmem = yaml.safe_load(config_map["data"]["config.yml"])["CODE_JAIL"]["limits"]["VMEM"]
+    config = yaml.safe_load(config_map["data"]["config.yml"])
+    vmem, slots = config["CODE_JAIL"]["limits"]["VMEM"], config["CODEJAIL_SANDBOX_POOL_SIZE"]
     workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
-    assert int(limit[:-2]) * 2**20 >= workers * (vmem + 100 * 2**20)
+    # At most one run per pool slot at once, each up to VMEM; each worker ~100 MiB.
+    assert int(limit[:-2]) * 2**20 >= slots * vmem + workers * 100 * 2**20
 
 
 def test_liveness_accepts_503_but_readiness_does_not(container):
