@@ -26,6 +26,13 @@ PREFIX = os.environ.get("CODEJAIL_PREFIX", "/opt/codejail-service")
 SANDBOX_VENV = f"{PREFIX}/sandbox-venv"
 TWIN_VENV = f"{PREFIX}/bench-twin-venv"
 SANDBOX_USER = os.environ.get("CODEJAIL_SANDBOX_USER", "codejail-sandbox")
+# With a tmpfs per pool slot (deploy/provision.sh), the layer accepts run dirs only there: slot 0's,
+# as its user. Else the temp directory, as the base sandbox user.
+RUN_DIR_PARENT = "/var/lib/codejail-service/runs/0"
+if os.path.ismount(RUN_DIR_PARENT):
+    SANDBOX_USER += "-0"
+else:
+    RUN_DIR_PARENT = None
 APP_USER = os.environ.get("CODEJAIL_APP_USER", "codejail-app")
 SITE = "lib/python3.11/site-packages"
 
@@ -60,7 +67,7 @@ def make_twin():
 def make_run_dir():
     """A directory shaped like codejail's (made by the app user, tmp/ world-writable)."""
     app = pwd.getpwnam(APP_USER)
-    path = tempfile.mkdtemp(prefix="codejail-")
+    path = tempfile.mkdtemp(prefix="codejail-", dir=RUN_DIR_PARENT)
     os.mkdir(f"{path}/tmp")
     with open(f"{path}/jailed_code", "w", encoding="utf-8") as jailed:
         jailed.write(WRAPPER)

@@ -25,13 +25,20 @@ DEPLOYMENT = ROOT / "deploy" / "kubernetes" / "deployment.yaml"
 APP_PYTHON = "/opt/codejail-service/venv/bin/python"
 SANDBOX_PYTHON = "/opt/codejail-service/sandbox-venv/bin/python"
 
+# Where this host's provisioning has the runs make their directories: with a tmpfs per pool
+# slot (CODEJAIL_RUN_DIR_ROOT), slot 0's, as its user; else the temp directory (as in the image).
+_ROOT = yaml.safe_load(Path("/etc/codejail-service/config.yml").read_text()).get("CODEJAIL_RUN_DIR_ROOT") \
+    if Path("/etc/codejail-service/config.yml").exists() else None
+RUN_DIR_PARENT, SANDBOX_USER = (f"{_ROOT}/0", "codejail-sandbox-0") if _ROOT else (None, "codejail-sandbox")
+
 # One ordinary run, then one that outlives REALTIME and must be killed by
 # codejail's `sudo pkill -9 -g <pgid>` within about REALTIME seconds.
 PROBE = textwrap.dedent(f"""
-    import json, time
+    import json, tempfile, time
     from codejail import jail_code
     from codejail.safe_exec import safe_exec, SafeExecException
-    jail_code.configure("python", {SANDBOX_PYTHON!r}, user="codejail-sandbox")
+    tempfile.tempdir = {RUN_DIR_PARENT!r}
+    jail_code.configure("python", {SANDBOX_PYTHON!r}, user={SANDBOX_USER!r})
     for name, value in {{"REALTIME": 2, "CPU": 5, "NPROC": 15, "VMEM": 512 * 2**20}}.items():
         jail_code.set_limit(name, value)
     result = {{}}
