@@ -58,7 +58,7 @@ clean: ## remove caches and reports (keeps .venv)
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # --- The real service on this host (as root): provisioning, serving, the live suite ---------
-.PHONY: provision test-live test-sabotage bench-confinement
+.PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
 PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
@@ -74,6 +74,9 @@ run: provision ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_
 test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host
 	$(LIVE_PYTEST)
 
+test-live-warm: provision $(VENV_STAMP) ## (root) the live API suite with runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX; ADR 7)
+	CODEJAIL_LIVE_WARM=1 $(LIVE_PYTEST)
+
 test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confinement layer off: its deny tests must fail
 	$(PROVISION_ENV) CODEJAIL_CONFINEMENT=off bash deploy/provision.sh
 	CODEJAIL_LIVE_SABOTAGE=1 $(LIVE_PYTEST); status=$$?; \
@@ -82,7 +85,10 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
 	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+bench-zygote: provision ## (root) what a pre-forked, pre-imported sandbox interpreter would save per run (not built; ADR 5)
+	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
+
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults

@@ -86,3 +86,12 @@ def child_exit(server, worker):
     from codejail_service.apps.core import sandbox_pool  # noqa: PLC0415
 
     sandbox_pool.recover_free_slots()
+
+
+def on_exit(server):
+    """In the master, as the service stops: the slots' zygotes (CODEJAIL_WARM_SANDBOX) go with it."""
+    from codejail_service.apps.core import sandbox_pool, warm_sandbox  # noqa: PLC0415
+
+    if warm_sandbox.enabled():
+        for user in sandbox_pool.pool_users():
+            sandbox_pool.kill_processes_of(user)

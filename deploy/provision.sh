@@ -75,7 +75,7 @@ ensure_user() {  # name uid
 }
 ensure_user "$app_user" "$app_uid"
 ensure_user "$sandbox_user" "$sandbox_uid"
-# The pool: each gunicorn worker runs code as its own user (codejail_service/apps/core/
+# The pool: each run holds one of these users, a slot (codejail_service/apps/core/
 # sandbox_pool.py), so concurrent runs never share a process budget or see each other.
 sandbox_users=("$sandbox_user")
 for ((i = 0; i < pool_size; i++)); do
@@ -169,6 +169,10 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
         echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
         echo "CODEJAIL_ENABLED: true"
         echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
+        echo "CODEJAIL_ZYGOTE_SCRIPT: $site_packages/codejail_confinement/zygote.py"
+        if [ "${CODEJAIL_WARM_SANDBOX:-0}" = 1 ]; then
+            echo "CODEJAIL_WARM_SANDBOX: true"
+        fi
         if [ "$run_dir_mib" != 0 ]; then
             echo "CODEJAIL_RUN_DIR_ROOT: $run_root"
             echo "CODEJAIL_RUN_DIR_MAX_BYTES: $((run_dir_mib * 1024 * 1024))"
@@ -185,7 +189,9 @@ fi
 # The app may run exactly codejail's command lines as the sandbox user (pinned
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
 # root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
-# may also be made to kill all its own processes: the master's clean-up after a worker died.
+# may also be made to kill all its own processes (the clean-up of a slot whose run's worker
+# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, off unless set: docs/decisions/
+# 0007-warm-sandbox.rst), which confines each run it forks with the same layer.
 # Speed (make bench; docs/decisions/0005-run-cost-and-overload.rst): with no PAM session or setcred to close
 # and no pty (codejail runs sudo with no terminal; Debian's default use_pty would only keep a
 # monitor), sudo execs the sandbox python in place instead of forking and waiting for it:
@@ -199,11 +205,13 @@ Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
 Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;, \\
     /usr/bin/find $run_root/*/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
+Cmnd_Alias CODEJAIL_ZYGOTE = $sandbox_venv/bin/python -E -B -S $site_packages/codejail_confinement/zygote.py
 Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_CLEANUP !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_KILL_OWN !pam_session, !pam_setcred, !use_pty
-$app_user ALL=(CODEJAIL_SANDBOX_USERS) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP, CODEJAIL_KILL_OWN
+Defaults!CODEJAIL_ZYGOTE !pam_session, !pam_setcred, !use_pty
+$app_user ALL=(CODEJAIL_SANDBOX_USERS) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP, CODEJAIL_KILL_OWN, CODEJAIL_ZYGOTE
 $app_user ALL=(root) NOPASSWD: CODEJAIL_KILL
 SUDOERS
 visudo -c -q -f "$sudoers"

@@ -176,6 +176,21 @@ CODEJAIL_SANDBOX_POOL_SIZE = 0
 #   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
 CODEJAIL_SLOT_DIR = None
 
+# .. setting_name: CODEJAIL_WARM_SANDBOX
+# .. setting_default: False
+# .. setting_description: Run code in children forked by a pre-imported sandbox interpreter per
+#   pool slot (a zygote, codejail_service/confinement/zygote.py) instead of a fresh interpreter per
+#   run: about a third of the CPU per trivial run, and numpy already imported. It changes the
+#   security model (docs/decisions/0007-warm-sandbox.rst): off by default. Needs a sandbox user
+#   pool and CODEJAIL_ZYGOTE_SCRIPT; not with the AppArmor profile yet.
+CODEJAIL_WARM_SANDBOX = False
+
+# .. setting_name: CODEJAIL_ZYGOTE_SCRIPT
+# .. setting_default: None
+# .. setting_description: Path of the zygote script in the sandbox virtualenv, exactly as the
+#   sudoers rule names it (deploy/provision.sh writes both).
+CODEJAIL_ZYGOTE_SCRIPT = None
+
 # .. setting_name: CODEJAIL_RUN_DIR_ROOT
 # .. setting_default: None
 # .. setting_description: With a sandbox user pool, where the slots' run directories go: slot i

@@ -32,6 +32,8 @@ import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SABOTAGE = os.environ.get("CODEJAIL_LIVE_SABOTAGE") == "1"
+# The whole suite again with runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst).
+WARM = os.environ.get("CODEJAIL_LIVE_WARM") == "1"
 REMOTE_URL = os.environ.get("CODEJAIL_LIVE_URL")
 # A variable in the web app's environment that no sandboxed run may see
 # (the Dockerfile sets it too, for runs against a deployment).
@@ -79,15 +81,18 @@ def service():
     env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{port}",
            CANARY_NAME: "canary-" + secrets.token_hex(8), "CODEJAIL_SERVICE_WORKERS": "4"}
     config_dir = None
-    if SABOTAGE:
-        # Execute although the startup checks fail: that is the point of this run.
+    if SABOTAGE or WARM:
         config_dir = tempfile.mkdtemp(prefix="cjlive-cfg.")
         os.chmod(config_dir, 0o755)
         with open("/etc/codejail-service/config.yml", encoding="utf-8") as base:
             config = base.read()
+        if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
+            config += "\nCODEJAIL_ENFORCE_STARTUP_CHECKS: false\n"
+        if WARM:
+            config += "\nCODEJAIL_WARM_SANDBOX: true\n"
         path = os.path.join(config_dir, "config.yml")
         with open(path, "w", encoding="utf-8") as out:
-            out.write(config + "\nCODEJAIL_ENFORCE_STARTUP_CHECKS: false\n")
+            out.write(config)
         os.chmod(path, 0o644)
         env["CODEJAIL_SERVICE_CFG"] = path
     log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")  # noqa: SIM115
@@ -208,7 +213,22 @@ def sandbox_users():
 
 
 def sandbox_processes():
-    """PIDs of processes running as any sandbox user (the pool included) on this host."""
+    """
+    PIDs of processes running as any sandbox user (the pool included) on this host: what runs
+    left. The slots' zygotes (CODEJAIL_WARM_SANDBOX) live as long as the service and are not
+    counted; the runs they fork are (a zygote is the app's child, a run is a zygote's).
+    """
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
-    return [int(pid) for pid in result.stdout.split()]
+    return [pid for pid in map(int, result.stdout.split()) if not _is_zygote(pid)]
+
+
+def _is_zygote(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/stat", "rb") as stat:
+            if not cmdline.read().endswith(b"codejail_confinement/zygote.py\0"):
+                return False
+            parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        return os.stat(f"/proc/{parent}").st_uid not in {pwd.getpwnam(user).pw_uid for user in sandbox_users()}
+    except (FileNotFoundError, ProcessLookupError, KeyError):
+        return False

@@ -55,6 +55,13 @@ def test_support_numpy(run):
     assert result.globals.get("r") == 0.25, result
 
 
+def test_support_unseeded_random_differs_between_runs(run):
+    # Each run seeds from os.urandom, fresh interpreter or forked by a zygote (ADR 7).
+    code = "import random\nimport numpy\nr = [random.random(), float(numpy.random.random())]"
+    first, second = run(code).globals.get("r"), run(code).globals.get("r")
+    assert first and second and first[0] != second[0] and first[1] != second[1], (first, second)
+
+
 def test_support_scipy_and_sympy(run):
     result = run(LMS_PROLOG + "import scipy.optimize, sympy\n"
                  "root = round(float(scipy.optimize.brentq(lambda v: v * v - 2, 0, 2)), 6)\n"

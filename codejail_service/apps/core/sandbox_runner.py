@@ -35,7 +35,7 @@ from codejail import jail_code
 from codejail.subproc import ProcessKillerThread, set_process_limits
 from django.conf import settings
 
-from codejail_service.apps.core import sandbox_pool
+from codejail_service.apps.core import sandbox_pool, warm_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,16 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     if tmp_dir is None and cwd is not None and slot is not None:
         slot.record_run_dir(cwd)
 
-    # As codejail does: a new session (so its timeout can kill the whole group) and the rlimits.
-    process = subprocess.Popen(  # noqa: S603 -- codejail's own command line
-        cmd, cwd=cwd, env=env,
-        preexec_fn=functools.partial(set_process_limits, rlimits or ()),  # noqa: PLW1509
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
+    if slot is not None and warm_sandbox.enabled() and warm_sandbox.is_sandbox_run(cmd):
+        # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
+        process = warm_sandbox.run(slot, cwd, rlimits or ())
+    else:
+        # As codejail does: a new session (so its timeout can kill the whole group) and the rlimits.
+        process = subprocess.Popen(  # noqa: S603 -- codejail's own command line
+            cmd, cwd=cwd, env=env,
+            preexec_fn=functools.partial(set_process_limits, rlimits or ()),  # noqa: PLW1509
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
     if slug:
         log.info("Executed jailed code %s in %s, with PID %s", slug, cwd, process.pid)
     if realtime:
