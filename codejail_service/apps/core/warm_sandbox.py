@@ -39,6 +39,10 @@ class ZygoteError(Exception):
     """The zygote could not be started or did not fork the run."""
 
 
+class ZygoteGone(ZygoteError):
+    """The zygote closed the connection."""
+
+
 def enabled():
     """True when runs go through the slots' zygotes."""
     return bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
@@ -94,6 +98,16 @@ def _connect(user):
 
 def run(slot, cwd, rlimits):
     """Have ``slot``'s zygote fork the run in ``cwd``; a ``WarmRun`` with its pipes."""
+    try:
+        return _run(slot, cwd, rlimits)
+    except ZygoteGone:
+        # It exited (idle) as we connected, or was killed with its slot's processes: once more,
+        # with a new one. Nothing of the run had started.
+        start_zygote(slot.user)
+        return _run(slot, cwd, rlimits)
+
+
+def _run(slot, cwd, rlimits):
     conn = _connect(slot.user)
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
@@ -150,7 +164,7 @@ class WarmRun:
             except BlockingIOError:
                 return None
             if not message:
-                raise ZygoteError("the zygote closed the connection (killed with its slot's processes?)")
+                raise ZygoteGone("the zygote closed the connection (killed with its slot's processes?)")
             reply = json.loads(message)
             if "status" in reply:
                 self.returncode = reply["status"]

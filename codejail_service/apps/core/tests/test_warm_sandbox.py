@@ -107,13 +107,48 @@ def test_only_codejails_sandbox_run_goes_to_the_zygote(warm):
     assert not warm_sandbox.is_sandbox_run(["sudo", "-u", "sbx-1", "/other/python", "-E", "-B", "jailed_code"])
 
 
-@pytest.mark.parametrize("replies", [[b'{"error": "expected 3 descriptors"}'], []])
-def test_a_zygote_that_does_not_fork_the_run_is_an_error(warm, replies):
-    zygote = FakeZygote(warm.user, replies=replies)
+def test_a_zygote_that_does_not_fork_the_run_is_an_error(warm):
+    zygote = FakeZygote(warm.user, replies=[b'{"error": "expected 3 descriptors"}'])
     zygote.start()
-    with pytest.raises(warm_sandbox.ZygoteError):
+    with pytest.raises(warm_sandbox.ZygoteError, match="did not fork the run"):
         warm_sandbox.run(warm, "/tmp/codejail-z", [])
     zygote.stop()
+
+
+def test_a_zygote_gone_before_the_fork_is_replaced_once(warm):
+    """E.g. it exited idle just as the run connected: the run goes to a new zygote."""
+    gone = FakeZygote(warm.user, replies=[])
+    gone.start()
+    replacements = []
+
+    def start(user):
+        gone.stop()
+        os.unlink(warm_sandbox.socket_path(user))
+        replacements.append(FakeZygote(user, status=0))
+        replacements[-1].start()
+
+    with mock.patch.object(warm_sandbox, "start_zygote", side_effect=start):
+        process = warm_sandbox.run(warm, "/tmp/codejail-z", [])
+        process.stdin.close()
+        assert process.wait() == 0
+    replacements[0].stop()
+    assert len(replacements) == 1
+
+
+def test_a_zygote_gone_twice_is_an_error(warm):
+    zygotes = [FakeZygote(warm.user, replies=[])]
+    zygotes[0].start()
+
+    def start(user):
+        zygotes[-1].stop()
+        os.unlink(warm_sandbox.socket_path(user))
+        zygotes.append(FakeZygote(user, replies=[]))
+        zygotes[-1].start()
+
+    with mock.patch.object(warm_sandbox, "start_zygote", side_effect=start), \
+            pytest.raises(warm_sandbox.ZygoteGone):
+        warm_sandbox.run(warm, "/tmp/codejail-z", [])
+    zygotes[-1].stop()
 
 
 def test_a_silent_zygote_times_out(warm, monkeypatch):
@@ -163,7 +198,7 @@ def test_the_master_stops_the_zygotes_with_the_service(warm, settings):
     sys.modules.pop("codejail_service.gunicorn_config", None)
     gunicorn_config = importlib.import_module("codejail_service.gunicorn_config")
     with mock.patch.object(sandbox_pool, "kill_processes_of") as kill:
-        gunicorn_config.on_exit(mock.Mock())
+        gunicorn_config.on_exit(mock.Mock())  # slot 1 is held (the fixture): not its processes
         settings.CODEJAIL_WARM_SANDBOX = False
         gunicorn_config.on_exit(mock.Mock())
-    assert [call.args for call in kill.call_args_list] == [("sbx-0",), ("sbx-1",)]
+    assert [call.args for call in kill.call_args_list] == [("sbx-0",)]
