@@ -114,7 +114,7 @@ def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- t
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
         try:
-            layer.STATUS.update(layer.confine(config))
+            layer.STATUS.update(layer.confine(config), forked_by="zygote")
         except BaseException as exc:  # noqa: BLE001 -- as the .pth hook: refuse, run nothing
             os.write(2, f"codejail confinement refused to run: {exc}\n".encode())
             status = layer.EXIT_REFUSED

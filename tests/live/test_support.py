@@ -159,9 +159,11 @@ def test_support_no_sandbox_process_left_after_runs(run, service):
 def test_support_health_reports_the_confinement_layers(service):
     import requests
 
-    from .conftest import SABOTAGE
+    from .conftest import SABOTAGE, WARM
     health = requests.get(service["url"] + "/health/", timeout=10)
     layers = health.json()["checks"]["confinement_layers"]
+    # The probe run was forked by its slot's zygote exactly in the warm-sandbox run.
+    assert layers["warm_sandbox"] is WARM, layers
     if SABOTAGE:
         assert layers["mode"] == "off" and health.status_code == 503, health.text
     else:

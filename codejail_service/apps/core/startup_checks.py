@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from edx_django_utils.monitoring import set_custom_attribute
 
-from codejail_service.apps.core import sandbox_pool
+from codejail_service.apps.core import sandbox_pool, warm_sandbox
 from codejail_service.apps.core.execution import run_code
 
 log = logging.getLogger(__name__)
@@ -193,10 +193,17 @@ def check_confinement_layers():
     skipped): that would fail open. ``mode: off`` is an operator's explicit choice for hosts
     where AppArmor confines (the deny checks above must then pass through AppArmor alone).
     """
+    if settings.CODEJAIL_WARM_SANDBOX and not warm_sandbox.enabled():
+        return CheckResult.fail("CODEJAIL_WARM_SANDBOX needs a sandbox user pool (CODEJAIL_SANDBOX_POOL_SIZE > 0)")
     outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
     if failure is not None:
         return failure
     details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi")}
+    # Forked by its slot's zygote (ADR 7) exactly when the warm sandbox is on.
+    details["warm_sandbox"] = outcome.get("forked_by") == "zygote"
+    if details["warm_sandbox"] != warm_sandbox.enabled():
+        return CheckResult.fail(f"warm sandbox {'on' if warm_sandbox.enabled() else 'off'}, but the probe "
+                                f"was forked by {outcome.get('forked_by', 'a fresh interpreter')}", **details)
     if outcome.get("mode") == "enforce":
         return CheckResult.ok(**details)
     if outcome.get("mode") == "off":

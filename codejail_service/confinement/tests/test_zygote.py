@@ -49,13 +49,14 @@ def test_a_run_is_forked_confined_and_reported(run_dir):
     # Its own session, led by the reaper (the code's parent); the layer's status; a denial.
     write_code(run_dir, "import sys, os, codejail_service.confinement as c\n"
                         "print(sys.stdin.read(), os.getcwd(), os.environ['TMPDIR'], os.getsid(0) == os.getppid())\n"
-                        "print(c.STATUS['mode'], sorted(c.STATUS['layers']))\n"
+                        "print(c.STATUS['mode'], sorted(c.STATUS['layers']), c.STATUS['forked_by'])\n"
                         "try:\n    os.listdir('/')\nexcept PermissionError:\n    print('denied')\n")
     messages, out, err = serve_one(run_dir, b"hello")
     assert messages[0]["pid"] > 0 and messages[1] == {"status": 0}, (messages, err)
     lines = out.decode().splitlines()
     assert lines[0] == f"hello {run_dir} tmp True"
     assert lines[1].startswith("enforce [") and "'reaper'" in lines[1] and "'seccomp'" in lines[1]
+    assert lines[1].endswith("] zygote")
     assert lines[2] == "denied"
 
 

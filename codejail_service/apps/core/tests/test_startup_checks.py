@@ -242,7 +242,33 @@ LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
 def test_confinement_layers_passes_and_reports_when_enforced():
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
         result = check_confinement_layers()
-    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7)
+    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, warm_sandbox=False)
+
+
+@pytest.fixture
+def warm_sandbox_on(settings, tmp_path):
+    settings.CODEJAIL_WARM_SANDBOX = True
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
+
+
+def test_confinement_layers_reports_runs_forked_by_the_zygote(warm_sandbox_on):
+    outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote"}
+    with sandbox_reports(outcome=outcome):
+        result = check_confinement_layers()
+    assert result.passed and result.details["warm_sandbox"] is True
+
+
+def test_confinement_layers_fails_when_the_warm_sandbox_is_on_but_runs_are_fresh(warm_sandbox_on):
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+        result = check_confinement_layers()
+    assert not result.passed and "forked by a fresh interpreter" in result.reason
+
+
+def test_confinement_layers_fails_when_the_warm_sandbox_has_no_pool(settings):
+    settings.CODEJAIL_WARM_SANDBOX = True
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
+    result = check_confinement_layers()
+    assert not result.passed and "needs a sandbox user pool" in result.reason
 
 
 def test_confinement_layers_passes_and_says_so_when_switched_off():
