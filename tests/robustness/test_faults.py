@@ -18,7 +18,6 @@ import time
 
 import pytest
 import requests
-
 from live.aftermath import run_dirs, service_pids
 from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes
 
@@ -32,10 +31,19 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or os.environ.get("CODEJAIL_LI
 class Service:
     """gunicorn via deploy/serve.sh on a free port, optionally wrapped (e.g. in a mount namespace)."""
 
-    def __init__(self, wrapper=()):
+    def __init__(self, wrapper=(), warm=False):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{self.port}", "CODEJAIL_SERVICE_WORKERS": "4"}
+        self.config_dir = None
+        if warm:  # runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst)
+            self.config_dir = tempfile.mkdtemp(prefix="cjfault-cfg.")
+            os.chmod(self.config_dir, 0o755)
+            with open("/etc/codejail-service/config.yml", encoding="utf-8") as base, \
+                    open(os.path.join(self.config_dir, "config.yml"), "w", encoding="utf-8") as config:
+                config.write(base.read() + "\nCODEJAIL_WARM_SANDBOX: true\n")
+            os.chmod(os.path.join(self.config_dir, "config.yml"), 0o644)
+            env["CODEJAIL_SERVICE_CFG"] = os.path.join(self.config_dir, "config.yml")
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -49,6 +57,8 @@ class Service:
         return requests.post(self.url + "/api/v0/code-exec", data={"payload": json.dumps(payload)}, timeout=30)
 
     def stop(self):
+        if self.config_dir:
+            shutil.rmtree(self.config_dir, ignore_errors=True)
         if self.process.poll() is not None:
             self.log.close()
             return
@@ -67,8 +77,8 @@ def start():
     dirs_before = run_dirs()
     started = []
 
-    def _start(wrapper=()):
-        service = Service(wrapper)
+    def _start(wrapper=(), warm=False):
+        service = Service(wrapper, warm)
         started.append(service)
         return service
 
@@ -80,16 +90,13 @@ def start():
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _ancestors(pid):
-    chain = []
+def _holds_a_slot(pid):
+    """The worker holds a sandbox slot (its lock file is open only during a run: sandbox_pool.py)."""
     try:
-        while pid > 1:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            chain.append(pid)
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
     except FileNotFoundError:
-        pass  # it ended meanwhile
-    return chain
+        return False  # a descriptor closed meanwhile: look again
+    return any("slots" in target and target.endswith(".lock") for target in targets)
 
 
 def _kill_a_worker_mid_run(service):
@@ -103,9 +110,9 @@ def _kill_a_worker_mid_run(service):
     deadline = time.monotonic() + 5
     victim = None
     while victim is None and time.monotonic() < deadline:
-        for pid in set(sandbox_processes()) - before:
-            owners = [w for w in workers if w in _ancestors(pid)]
-            victim = owners[0] if owners else None
+        if set(sandbox_processes()) - before:  # the run is running: its worker holds its slot
+            holders = [w for w in workers if _holds_a_slot(w)]
+            victim = holders[0] if holders else None
         time.sleep(0.05)
     assert victim, "the run's sandbox process did not appear"
     os.kill(victim, signal.SIGKILL)
@@ -113,11 +120,13 @@ def _kill_a_worker_mid_run(service):
     return victim, before, dirs_before
 
 
-def test_fault_worker_killed_mid_run(start):
-    service = start()
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm-sandbox"])
+def test_fault_worker_killed_mid_run(start, warm):
+    service = start(warm=warm)
     service.health(want_ok=True)
     victim, before, _ = _kill_a_worker_mid_run(service)
-    # The master's child_exit killed what the dead worker's sandbox user still ran.
+    # The master's child_exit recovered the dead worker's slot: killed what its user still ran
+    # (with the warm sandbox, the slot's zygote too).
     deadline = time.monotonic() + 3
     while set(sandbox_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -199,8 +208,9 @@ def test_fault_tmp_full(start):
     assert service.run("x = x + 1", {"x": 1}).json() == {"globals_dict": {"x": 2}}
 
 
-def test_fault_worker_killed_mid_run_leaves_no_run_dir(start):
-    service = start()
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "warm-sandbox"])
+def test_fault_worker_killed_mid_run_leaves_no_run_dir(start, warm):
+    service = start(warm=warm)
     service.health(want_ok=True)
     _, _, dirs_before = _kill_a_worker_mid_run(service)
     deadline = time.monotonic() + 5
