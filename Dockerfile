@@ -58,7 +58,9 @@ RUN --mount=type=bind,target=/src \
     CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*
 
+# MALLOC_ARENA_MAX: see deploy/serve.sh (worker memory drift under load).
 ENV DJANGO_SETTINGS_MODULE=codejail_service.settings.production \
+    MALLOC_ARENA_MAX=2 \
     CODEJAIL_SERVICE_CFG=/etc/codejail-service/config.yml \
     CODEJAIL_SERVICE_BIND=0.0.0.0:8550 \
     PATH=/opt/codejail-service/venv/bin:${PATH}

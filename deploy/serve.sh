@@ -8,6 +8,10 @@ prefix="${CODEJAIL_PREFIX:-/opt/codejail-service}"
 app_user="${CODEJAIL_APP_USER:-codejail-app}"
 export CODEJAIL_SERVICE_CFG="${CODEJAIL_SERVICE_CFG:-/etc/codejail-service/config.yml}"
 export DJANGO_SETTINGS_MODULE=codejail_service.settings.production
+# glibc gives each thread that allocates an arena of its own (up to 8 per core): gthread's
+# threads each reading a run's output (up to 1 MiB) left workers ~5-10 MiB larger per 1,000
+# requests in the soak; with two arenas, 0-3 MiB (tests/robustness/test_soak.py, 2,000 runs).
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 cd /  # nothing of the checkout on the app's path
 command=("$prefix/venv/bin/gunicorn" -c python:codejail_service.gunicorn_config codejail_service.wsgi "$@")
 if [ "$(id -u)" = 0 ]; then
@@ -17,6 +21,7 @@ if [ "$(id -u)" = 0 ]; then
         case "$var" in CODEJAIL_*=*|DJANGO_SETTINGS_MODULE=*) keep+=("$var") ;; esac
     done < <(env -0)
     exec setpriv --reuid="$app_user" --regid="$app_user" --init-groups \
-        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=/nonexistent "${keep[@]}" "${command[@]}"
+        env -i PATH=/usr/bin:/bin LANG=C.UTF-8 HOME=/nonexistent MALLOC_ARENA_MAX="$MALLOC_ARENA_MAX" \
+        "${keep[@]}" "${command[@]}"
 fi
 exec "${command[@]}"

@@ -147,7 +147,11 @@ as_container() {
     chroot "$mnt" /usr/bin/setpriv --reuid="${user%:*}" --regid="${user#*:}" --clear-groups \
         --bounding-set="-all,$caps" --inh-caps=-all /usr/bin/env -i "${env[@]}" "$@"
 }
+# A process group of its own (job control): the TERM below must reach gunicorn itself, not
+# only the subshell that runs chroot (which left the service running, re-parented to init).
+set -m
 as_container "${cmd[@]}" >"$work/service.log" 2>&1 &
+set +m
 server=$!
 status=1
 for _ in $(seq 1 120); do
@@ -170,7 +174,12 @@ if [ "$status" = 0 ]; then
         -p no:cacheprovider -o addopts="" -q -rs $IMAGE_PYTEST_ARGS) || status=1
 fi
 [ "$status" = 0 ] || tail -30 "$work/service.log" >&2
-kill -TERM "$server" 2>/dev/null || true
+kill -TERM -- "-$server" 2>/dev/null || true
+for _ in $(seq 1 40); do
+    kill -0 -- "-$server" 2>/dev/null || break
+    sleep 0.5
+done
+kill -KILL -- "-$server" 2>/dev/null || true
 wait "$server" || true
 exit "$status"
 NS
