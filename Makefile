@@ -32,7 +32,7 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/deploy.txt requirements/deploy.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report

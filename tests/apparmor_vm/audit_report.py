@@ -72,7 +72,7 @@ def main(timeline_path, log_path):
 
     profiles = collections.Counter()
     foreign = collections.Counter()
-    for _ts, fields, body in records:
+    for _ts, fields, _body in records:
         profiles[(fields.get("apparmor"), fields.get("profile"))] += 1
         if fields.get("apparmor") == "DENIED" and fields.get("profile") != SANDBOX:
             foreign[short(fields)] += 1
