@@ -74,8 +74,10 @@ run: provision ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_
 test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host
 	$(LIVE_PYTEST)
 
-test-live-warm: provision $(VENV_STAMP) ## (root) the live API suite with runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX; ADR 7)
+test-live-warm: provision $(VENV_STAMP) ## (root) the live API suite and a 300-run soak with runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX; ADR 7)
 	CODEJAIL_LIVE_WARM=1 $(LIVE_PYTEST)
+	CODEJAIL_LIVE_WARM=1 $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= \
+		-W ignore::pytest.PytestConfigWarning -s tests/robustness/test_soak.py
 
 test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confinement layer off: its deny tests must fail
 	$(PROVISION_ENV) CODEJAIL_CONFINEMENT=off bash deploy/provision.sh

@@ -46,18 +46,33 @@ def rss_mib(pid):
     return 0.0
 
 
-def open_fds(pid):
-    """Open fds of ``pid`` but sockets (client connections come and go): pipes, files, ..."""
-    count = 0
+def _fd_targets(pid):
+    targets = []
     try:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
-                count += not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+                targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
             except FileNotFoundError:
                 pass  # closed meanwhile
     except FileNotFoundError:
         pass
-    return count
+    return targets
+
+
+def holds_a_slot(pid):
+    """The worker holds a sandbox slot: its lock file is open only during a run (sandbox_pool.py)."""
+    return any("slots" in target and target.endswith(".lock") for target in _fd_targets(pid))
+
+
+def fds_between_runs(pid):
+    """
+    The worker's open fds but sockets (client connections come and go): pipes, files, ...; or
+    None while it is in a run (it holds its slot's lock file and the run's pipes then).
+    """
+    targets = _fd_targets(pid)
+    if any("slots" in target and target.endswith(".lock") for target in targets):
+        return None
+    return sum(not target.startswith("socket:") for target in targets)
 
 
 # Where codejail's run directories are made: the temp directory, or each pool slot's own tmpfs

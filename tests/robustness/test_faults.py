@@ -18,7 +18,7 @@ import time
 
 import pytest
 import requests
-from live.aftermath import run_dirs, service_pids
+from live.aftermath import holds_a_slot, run_dirs, service_pids
 from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes
 
 SANDBOX_VENV = "/opt/codejail-service/sandbox-venv"
@@ -90,15 +90,6 @@ def start():
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _holds_a_slot(pid):
-    """The worker holds a sandbox slot (its lock file is open only during a run: sandbox_pool.py)."""
-    try:
-        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    except FileNotFoundError:
-        return False  # a descriptor closed meanwhile: look again
-    return any("slots" in target and target.endswith(".lock") for target in targets)
-
-
 def _kill_a_worker_mid_run(service):
     """Start a long run and SIGKILL its worker: (worker PID, sandbox PIDs and run dirs before)."""
     _, workers = service_pids(service.url)
@@ -111,7 +102,7 @@ def _kill_a_worker_mid_run(service):
     victim = None
     while victim is None and time.monotonic() < deadline:
         if set(sandbox_processes()) - before:  # the run is running: its worker holds its slot
-            holders = [w for w in workers if _holds_a_slot(w)]
+            holders = [w for w in workers if holds_a_slot(w)]
             victim = holders[0] if holders else None
         time.sleep(0.05)
     assert victim, "the run's sandbox process did not appear"
