@@ -33,13 +33,14 @@ import time
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+# codejail's run directories are tempfile.mkdtemp(prefix=RUN_DIR_PREFIX): the layer checks it too.
+from codejail_service.confinement.policy import RUN_DIR_PREFIX
+
 log = logging.getLogger(__name__)
 
 # codejail's cleanup of a run's tmp/ after ``sudo -u <user> /usr/bin/find <run>/tmp``; sudoers
 # allows exactly this (deploy/provision.sh).
 CLEANUP_ARGS = ["-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", ";"]
-# codejail's run directories: tempfile.mkdtemp(prefix=...) in the app's temp directory.
-RUN_DIR_PREFIX = "codejail-"
 
 _held = threading.local()
 # Without a pool: one run at a time in this process (as one sync worker would run them).

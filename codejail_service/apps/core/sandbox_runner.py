@@ -39,8 +39,6 @@ from codejail_service.apps.core import sandbox_pool, warm_sandbox
 
 log = logging.getLogger(__name__)
 
-# codejail's cleanup command after ``sudo -u <user>``: find <run>/tmp ... -exec rm -rf {} ;
-CLEANUP_ARGS = ["-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", ";"]
 READ_SIZE = 64 * 1024
 
 
@@ -55,9 +53,12 @@ def temp_directory():
     """
     codejail's ``temp_directory``, in this run's slot directory (``sandbox_pool.run_dir_parent``):
     with ``CODEJAIL_RUN_DIR_ROOT``, a size-limited filesystem of its own caps what a run writes.
+    The slot notes the directory from the moment it exists.
     """
-    parent = sandbox_pool.run_dir_parent(sandbox_pool.held_slot())
-    path = tempfile.mkdtemp(prefix=sandbox_pool.RUN_DIR_PREFIX, dir=parent)
+    slot = sandbox_pool.held_slot()
+    path = tempfile.mkdtemp(prefix=sandbox_pool.RUN_DIR_PREFIX, dir=sandbox_pool.run_dir_parent(slot))
+    if slot is not None:
+        slot.record_run_dir(path)  # for whoever recovers the slot, should this process die
     try:
         yield path
     finally:
@@ -72,12 +73,8 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     tmp_dir = _cleanup_target(cmd, cwd)
     if tmp_dir is not None and _clean_as_app(tmp_dir):
         return 0, b"", b""
-    # As the sandbox user of this run's slot; the slot notes the run directory, should we die.
-    cmd = sandbox_pool.sandbox_command(cmd)
+    cmd = sandbox_pool.sandbox_command(cmd)  # as the sandbox user of this run's slot
     slot = sandbox_pool.held_slot()
-    if tmp_dir is None and cwd is not None and slot is not None:
-        slot.record_run_dir(cwd)
-
     if slot is not None and warm_sandbox.enabled() and warm_sandbox.is_sandbox_run(cmd):
         # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
         process = warm_sandbox.run(slot, cwd, rlimits or ())
@@ -160,7 +157,7 @@ def _cleanup_target(cmd, cwd):
         find = cmd.index("/usr/bin/find")
     except ValueError:
         return None
-    if cwd is None or cmd[find + 2:] != CLEANUP_ARGS or cmd[find + 1] != os.path.join(cwd, "tmp"):
+    if cwd is None or cmd[find + 2:] != sandbox_pool.CLEANUP_ARGS or cmd[find + 1] != os.path.join(cwd, "tmp"):
         return None
     return cmd[find + 1]
 
