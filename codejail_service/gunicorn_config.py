@@ -93,9 +93,6 @@ def on_exit(server):
     from codejail_service.apps.core import sandbox_pool, warm_sandbox  # noqa: PLC0415
 
     if warm_sandbox.enabled():
-        for index, user in enumerate(sandbox_pool.pool_users()):
-            # Only a free slot: a busy one belongs to another service sharing the pool.
-            slot = sandbox_pool.try_acquire(index)
-            if slot is not None:
-                with slot:
-                    sandbox_pool.kill_processes_of(user)
+        # Only free slots: a busy one belongs to another service sharing the pool.
+        for slot in sandbox_pool.free_slots():
+            sandbox_pool.kill_processes_of(slot.user)

@@ -91,7 +91,10 @@ class Slot:
 
 
 def slot_dir():
-    """The directory of the slots' lock files: made if missing, refused unless private to us."""
+    """
+    The directory of the slots' lock files: made if missing, refused unless private to us.
+    Checked at every use (two system calls): a temp-directory cleaner may remove it meanwhile.
+    """
     path = settings.CODEJAIL_SLOT_DIR or os.path.join(
         tempfile.gettempdir(), f"codejail_service-slots.{os.geteuid()}"
     )
@@ -185,12 +188,19 @@ def sandbox_command(cmd):
     return [*cmd[:2], slot.user, *cmd[3:]]
 
 
-def recover_free_slots():
-    """Recover every free slot a dead holder left (gunicorn's master, when a worker is gone)."""
+def free_slots():
+    """Each slot free now, held (and so recovered, if a dead holder left it) until the next one."""
     for index in range(settings.CODEJAIL_SANDBOX_POOL_SIZE):
         slot = try_acquire(index)
         if slot is not None:
-            slot.release()
+            with slot:
+                yield slot
+
+
+def recover_free_slots():
+    """Recover every free slot a dead holder left (gunicorn's master, when a worker is gone)."""
+    for _ in free_slots():
+        pass
 
 
 def _recover(slot, run_dir):
