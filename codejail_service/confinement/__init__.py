@@ -108,8 +108,16 @@ def confine_from_site():
         return  # root runs pip in the sandbox venv while provisioning; never a sandbox run
     if STATUS["mode"] != "not-run":
         return  # site met the .pth twice (Debian's venv lists site-packages twice)
+    confine_or_exit()
+
+
+def confine_or_exit(config=None, **status):
+    """
+    Confine this process (with ``config``, else the operator's), recording ``status`` too; or
+    end it, saying why, with EXIT_REFUSED, before any submitted code runs.
+    """
     try:
-        STATUS.update(confine(load_config()))
+        STATUS.update(confine(load_config() if config is None else config), **status)
     except BaseException as exc:  # pylint: disable=broad-except
         os.write(2, f"codejail confinement refused to run: {exc}\n".encode())
         os._exit(EXIT_REFUSED)

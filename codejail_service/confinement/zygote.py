@@ -88,7 +88,7 @@ def serve(conn, listener, layer, config, run_env):
         conn.send(json.dumps({"error": str(exc)}).encode())
         return
     pid = os.fork()
-    if pid == 0:  # pragma: no cover -- the run (tested live)
+    if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
         run(request, fds, (conn, listener), layer, config, run_env)
     for fd in fds:
         os.close(fd)
@@ -97,14 +97,13 @@ def serve(conn, listener, layer, config, run_env):
     conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}).encode())
 
 
-def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- tested live
+def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
     try:
         for sock in sockets:
             sock.close()
-        os.close(0)
-        for target, fd in enumerate(fds):
+        for target, fd in enumerate(fds):  # over the zygote's stdin (its listener) and stdio
             os.dup2(fd, target)
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
@@ -113,12 +112,7 @@ def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- t
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
-        try:
-            layer.STATUS.update(layer.confine(config), forked_by="zygote")
-        except BaseException as exc:  # noqa: BLE001 -- as the .pth hook: refuse, run nothing
-            os.write(2, f"codejail confinement refused to run: {exc}\n".encode())
-            status = layer.EXIT_REFUSED
-            return
+        layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
     except BaseException:  # noqa: BLE001 -- the zygote's own failure: say it where the app looks
         os.write(2, f"codejail zygote: the run could not start:\n{traceback.format_exc()}".encode())
@@ -126,7 +120,7 @@ def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- t
         os._exit(status)
 
 
-def run_jailed_code():  # pragma: no cover -- tested live
+def run_jailed_code():  # pragma: no cover -- in the forked child
     """As ``python jailed_code`` would: fresh stdio, fresh seeds, exit status and traceback."""
     import random  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
