@@ -223,12 +223,24 @@ def sandbox_processes():
     return [pid for pid in map(int, result.stdout.split()) if not _is_zygote(pid)]
 
 
+def _stat_fields(pid):
+    """(ppid, session) of ``pid``, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return int(fields[1]), int(fields[3])
+
+
 def _is_zygote(pid):
+    """
+    A slot's zygote: started by the app (sudo execs it in place), so it stays in the service's
+    session. Every run it forks takes a session of its own (setsid), so a run's process left
+    behind, even re-parented to gunicorn's master, is never taken for a zygote.
+    """
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline, open(f"/proc/{pid}/stat", "rb") as stat:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             if not cmdline.read().endswith(b"codejail_confinement/zygote.py\0"):
                 return False
-            parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
-        return os.stat(f"/proc/{parent}").st_uid not in {pwd.getpwnam(user).pw_uid for user in sandbox_users()}
-    except (FileNotFoundError, ProcessLookupError, KeyError):
+        parent, session = _stat_fields(pid)
+        return session == _stat_fields(parent)[1]
+    except (FileNotFoundError, ProcessLookupError):
         return False
