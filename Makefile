@@ -87,7 +87,7 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
 	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}
 
-bench-zygote: provision ## (root) what a pre-forked, pre-imported sandbox interpreter would save per run (not built; ADR 5)
+bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's zygote vs fresh interpreters (ADR 7)
 	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
 
 test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)

@@ -1,15 +1,16 @@
 """
-What a pre-forked, pre-imported sandbox interpreter (a "zygote") would save per run, measured,
-not built into the service (docs/decisions/0005-run-cost-and-overload.rst weighs it).
+What the warm sandbox saves per run (docs/decisions/0007-warm-sandbox.rst): the shipped zygote
+(codejail_service/confinement/zygote.py, as provisioned in the sandbox venv) against fresh
+interpreters, outside the service.
 
 Today every run is a fresh interpreter: ``sudo -u <slot user> <python> -E -B jailed_code``,
-whose .pth hook applies our confinement layer before the code runs. The zygote variant: one
-long-lived interpreter per slot, started as the slot's user with the layer's modules, ``json``,
-``six`` and numpy already imported, forks a child per run; the child moves into the run
-directory and applies the very same layer (``codejail_confinement.confine``: Landlock, seccomp,
-the reaper) before it executes the same ``jailed_code``. Both variants run the same jailed code
-in the same kind of run directory, interleaved; CPU is user + system of the whole run (for the
-zygote, of the forked child and everything it waited for).
+whose .pth hook applies our confinement layer before the code runs. With the warm sandbox, the
+slot's zygote (numpy, json, six already imported) forks a child per run, which applies the very
+same layer before it reads ``jailed_code``. Both variants run the same jailed code in the same
+kind of run directory, interleaved, as the same slot user. Wall time is the median per run. CPU
+is the mean per run (user + system): of sudo and everything under it for a fresh run; for the
+zygote, what it and the runs it reaped used over all its runs (/proc counts in clock ticks, too
+coarse for one run).
 
 Usage (root, after deploy/provision.sh): python benchmarks/zygote_cost.py [--runs 200]
 """
@@ -17,68 +18,57 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from confinement_cost import CASES, SANDBOX_USER, SANDBOX_VENV, SITE, make_run_dir, one_run
 
-# The zygote: pre-imports, then for each run directory named on stdin forks a child that
-# confines itself with our layer and runs jailed_code; answers [status, cpu s, stdout] per run.
-ZYGOTE = r"""
-import io, json, os, resource, sys
-sys.path.append(sys.argv[1])
-import codejail_confinement as layer
-import six, numpy  # what the runs would no longer import themselves
-config = layer.load_config()
-for line in sys.stdin:
-    run_dir = line.strip()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            os.chdir(run_dir)
-            os.dup2(os.open("input.json", os.O_RDONLY), 0)
-            os.dup2(write_end, 1)
-            layer.STATUS.update(layer.confine(config))  # forks the reaper; this is the code's process
-            import random
-            random.seed()  # a fresh seed per run, not the zygote's
-            sys.stdin = open(0, closefd=False)
-            sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
-            with open("jailed_code") as jailed:
-                exec(compile(jailed.read(), "jailed_code", "exec"), {"__name__": "__main__"})
-            sys.__stdout__.flush()
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end) as out:
-        output = out.read()
-    _, wait_status, usage = os.wait4(pid, 0)
-    print(json.dumps([os.waitstatus_to_exitcode(wait_status), usage.ru_utime + usage.ru_stime, output]), flush=True)
-"""
+ZYGOTE_SCRIPT = f"{SANDBOX_VENV}/{SITE}/codejail_confinement/zygote.py"
+
 FLOOR = ["/usr/bin/python3.11", "-E", "-B", "-c", "import json, sys"]
 
 
-def start_zygote(user):
-    return subprocess.Popen(
-        ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-         f"{SANDBOX_VENV}/bin/python", "-E", "-B", "-S", "-c", ZYGOTE, f"{SANDBOX_VENV}/{SITE}"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={"OPENBLAS_NUM_THREADS": "1"}, cwd="/")
+def start_zygote(user, socket_dir):
+    """The provisioned zygote as ``user``, its listening socket as stdin (as the service starts it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
+        listener.bind(os.path.join(socket_dir, "zygote.sock"))
+        listener.listen(1)
+        return subprocess.Popen(
+            ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+             f"{SANDBOX_VENV}/bin/python", "-E", "-B", "-S", ZYGOTE_SCRIPT],
+            stdin=listener, stdout=subprocess.DEVNULL, env={}, cwd="/")
 
 
-def zygote_run(zygote, run_dir):
+def zygote_cpu(zygote):
+    """CPU seconds the zygote and the runs it reaped have used so far."""
+    with open(f"/proc/{zygote.pid}/stat", "rb") as stat:
+        utime, stime, cutime, cstime = map(int, stat.read().rsplit(b")", 1)[1].split()[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
+def zygote_run(socket_dir, run_dir, stdin):
+    """One run forked by the zygote, spoken to as apps/core/warm_sandbox.py does: its wall time."""
     start = time.perf_counter()
-    zygote.stdin.write(run_dir + "\n")
-    zygote.stdin.flush()
-    status, cpu, output = json.loads(zygote.stdout.readline())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.connect(os.path.join(socket_dir, "zygote.sock"))
+        (in_r, in_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
+        socket.send_fds(conn, [json.dumps({"cwd": run_dir, "rlimits": []}).encode()], [in_r, out_w, err_w])
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        assert "pid" in json.loads(conn.recv(4096))
+        with os.fdopen(in_w, "wb") as run_in, os.fdopen(out_r, "rb") as run_out, os.fdopen(err_r, "rb") as run_err:
+            run_in.write(stdin)
+            run_in.close()
+            output, errors = run_out.read(), run_err.read()
+        status = json.loads(conn.recv(4096))["status"]
     elapsed = time.perf_counter() - start
     if status != 0 or json.loads(output).get("x") != 17:
-        raise RuntimeError(f"zygote run: status {status}, output {output[-500:]!r}")
-    return elapsed, cpu
+        raise RuntimeError(f"zygote run: status {status}, stderr {errors[-500:]!r}")
+    return elapsed
 
 
 def floor_cpu(runs):
@@ -97,36 +87,35 @@ def main():
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     run_dir = make_run_dir()
-    zygote = start_zygote(SANDBOX_USER)
+    socket_dir = tempfile.mkdtemp(prefix="zygote-bench.")
+    zygote = start_zygote(SANDBOX_USER, socket_dir)
     try:
         rows = []
         for case, (code, globals_dict) in CASES.items():
-            stdin = json.dumps([code, globals_dict])
-            with open(f"{run_dir}/input.json", "w", encoding="utf-8") as data:
-                data.write(stdin)
-            variants = {"fresh": lambda s=stdin: one_run(f"{SANDBOX_VENV}/bin/python", run_dir, s.encode()),
-                        "zygote": lambda: zygote_run(zygote, run_dir)}
-            times = {name: [] for name in variants}
-            for run in variants.values():  # warm up
-                run()
+            stdin = json.dumps([code, globals_dict]).encode()
+            fresh, forked = [], []
+            one_run(f"{SANDBOX_VENV}/bin/python", run_dir, stdin)  # warm up (and the zygote's imports)
+            zygote_run(socket_dir, run_dir, stdin)
+            cpu_before = zygote_cpu(zygote)
             for _ in range(args.runs):  # interleaved, so drift hits both alike
-                for name, run in variants.items():
-                    times[name].append(run())
-            for index, measure in ((0, "wall"), (1, "cpu")):
-                fresh = statistics.median(t[index] for t in times["fresh"]) * 1000
-                forked = statistics.median(t[index] for t in times["zygote"]) * 1000
-                rows.append((case, measure, fresh, forked, fresh / forked))
+                fresh.append(one_run(f"{SANDBOX_VENV}/bin/python", run_dir, stdin))
+                forked.append(zygote_run(socket_dir, run_dir, stdin))
+            forked_cpu = (zygote_cpu(zygote) - cpu_before) / args.runs * 1000
+            rows.append((case, "wall", statistics.median(t[0] for t in fresh) * 1000,
+                         statistics.median(forked) * 1000))
+            rows.append((case, "cpu", statistics.mean(t[1] for t in fresh) * 1000, forked_cpu))
         floor = floor_cpu(min(args.runs, 50)) * 1000
-        print(f"sandbox run cost: medians of {args.runs} interleaved runs, as {SANDBOX_USER}, confinement layer on "
-              "in both (cpu = user + system of the whole run)")
+        print(f"sandbox run cost: {args.runs} interleaved runs each, as {SANDBOX_USER}, confinement layer on in "
+              "both (wall: median; cpu: mean, user + system of the whole run)")
         print(f"{'case':<9} {'measure':<8} {'fresh ms':>9} {'zygote ms':>10} {'fresh/zygote':>13}")
-        for case, measure, fresh, forked, ratio in rows:
-            print(f"{case:<9} {measure:<8} {fresh:9.1f} {forked:10.1f} {ratio:13.2f}")
+        for case, measure, fresh_ms, forked_ms in rows:
+            print(f"{case:<9} {measure:<8} {fresh_ms:9.1f} {forked_ms:10.1f} {fresh_ms / forked_ms:13.2f}")
         print(f"floor interpreter ({' '.join(FLOOR[:3])} -c ...): {floor:.1f} ms CPU")
     finally:
-        zygote.stdin.close()
+        zygote.kill()
         zygote.wait(10)
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
