@@ -46,6 +46,22 @@ def pytest_configure(config):
                             "itself cover, not our confinement layer (must pass in sabotage mode too)")
 
 
+def service_config_with(lines):
+    """
+    ``(directory, path)`` of a copy of the host's service config (/etc/codejail-service/config.yml)
+    with ``lines`` added (a YAML key given again replaces the first); the app user can read it.
+    The caller removes the directory.
+    """
+    directory = tempfile.mkdtemp(prefix="cjlive-cfg.")
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "config.yml")
+    with open("/etc/codejail-service/config.yml", encoding="utf-8") as base, \
+            open(path, "w", encoding="utf-8") as config:
+        config.write(base.read() + "\n" + "\n".join(lines) + "\n")
+    os.chmod(path, 0o644)
+    return directory, path
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -80,21 +96,14 @@ def service():
     port = _free_port()
     env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{port}",
            CANARY_NAME: "canary-" + secrets.token_hex(8), "CODEJAIL_SERVICE_WORKERS": "4"}
+    extra = []
+    if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
+        extra.append("CODEJAIL_ENFORCE_STARTUP_CHECKS: false")
+    if WARM:
+        extra.append("CODEJAIL_WARM_SANDBOX: true")
     config_dir = None
-    if SABOTAGE or WARM:
-        config_dir = tempfile.mkdtemp(prefix="cjlive-cfg.")
-        os.chmod(config_dir, 0o755)
-        with open("/etc/codejail-service/config.yml", encoding="utf-8") as base:
-            config = base.read()
-        if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
-            config += "\nCODEJAIL_ENFORCE_STARTUP_CHECKS: false\n"
-        if WARM:
-            config += "\nCODEJAIL_WARM_SANDBOX: true\n"
-        path = os.path.join(config_dir, "config.yml")
-        with open(path, "w", encoding="utf-8") as out:
-            out.write(config)
-        os.chmod(path, 0o644)
-        env["CODEJAIL_SERVICE_CFG"] = path
+    if extra:
+        config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
     log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")  # noqa: SIM115
     process = subprocess.Popen(["bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 from live.aftermath import holds_a_slot, run_dirs, service_pids
-from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes
+from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes, service_config_with
 
 SANDBOX_VENV = "/opt/codejail-service/sandbox-venv"
 SUDOERS = "/etc/sudoers.d/codejail-service"
@@ -37,13 +37,7 @@ class Service:
         env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{self.port}", "CODEJAIL_SERVICE_WORKERS": "4"}
         self.config_dir = None
         if warm:  # runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst)
-            self.config_dir = tempfile.mkdtemp(prefix="cjfault-cfg.")
-            os.chmod(self.config_dir, 0o755)
-            with open("/etc/codejail-service/config.yml", encoding="utf-8") as base, \
-                    open(os.path.join(self.config_dir, "config.yml"), "w", encoding="utf-8") as config:
-                config.write(base.read() + "\nCODEJAIL_WARM_SANDBOX: true\n")
-            os.chmod(os.path.join(self.config_dir, "config.yml"), 0o644)
-            env["CODEJAIL_SERVICE_CFG"] = os.path.join(self.config_dir, "config.yml")
+            self.config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(["CODEJAIL_WARM_SANDBOX: true"])
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
