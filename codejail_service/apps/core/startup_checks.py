@@ -217,9 +217,9 @@ def check_run_dir_cap():
     """
     Each sandbox slot's run directories live on a size-limited filesystem of their own.
 
-    With ``CODEJAIL_RUN_DIR_ROOT``, ``<root>/<i>`` must, for every slot i, be a directory private
-    to the app (others may only traverse it), on a filesystem of its own (a mount: else the cap
-    is the host's disk) of at most ``CODEJAIL_RUN_DIR_MAX_BYTES``. Without it, runs write to the
+    With ``CODEJAIL_RUN_DIR_ROOT``, ``<root>/<i>`` must, for every slot i, be a directory of the
+    app user that no one else may write to, on a filesystem of its own (a mount: else the cap is
+    the host's disk) of at most ``CODEJAIL_RUN_DIR_MAX_BYTES``. Without it, runs write to the
     temp directory with no total cap; the check says so and passes.
     """
     root = settings.CODEJAIL_RUN_DIR_ROOT
