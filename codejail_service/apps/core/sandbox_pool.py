@@ -53,11 +53,6 @@ def pool_users():
     return [f"{base}-{slot}" for slot in range(settings.CODEJAIL_SANDBOX_POOL_SIZE)]
 
 
-def sandbox_users():
-    """Every user a run may run code as: the pool, or the one configured user."""
-    return pool_users() or [settings.CODE_JAIL["user"]]
-
-
 class Slot:
     """A held slot: its user, and the lock file that says which run directory it uses."""
 

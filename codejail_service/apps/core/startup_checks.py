@@ -64,8 +64,8 @@ def startup_check(name, uses_sandbox=True):
     """
     Register the decorated function as the startup check called ``name``.
 
-    A check that ``uses_sandbox`` runs once for every sandbox user a worker may run code as
-    (sandbox_pool.sandbox_users()), since each is a separately provisioned user and sudoers rule.
+    A check that ``uses_sandbox`` runs once for every user of the sandbox pool, holding that
+    user's slot (sandbox_pool.acquire), since each is a separately provisioned user and sudoers rule.
     """
 
     def register(check):

@@ -40,13 +40,11 @@ def gunicorn_config(monkeypatch):
 
 def test_pool_users_are_named_after_the_configured_user(pool_of_three):
     assert sandbox_pool.pool_users() == ["sbx-0", "sbx-1", "sbx-2"]
-    assert sandbox_pool.sandbox_users() == ["sbx-0", "sbx-1", "sbx-2"]
 
 
-def test_without_a_pool_every_worker_uses_the_configured_user(settings):
+def test_without_a_pool_there_are_no_pool_users(settings):
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
     assert sandbox_pool.pool_users() == []
-    assert sandbox_pool.sandbox_users() == [settings.CODE_JAIL["user"]]
 
 
 def _slot_file(settings, user):
