@@ -241,15 +241,23 @@ def _stat_fields(pid):
 
 def _is_zygote(pid):
     """
-    A slot's zygote: started by the app (sudo execs it in place), so it stays in the service's
-    session. Every run it forks takes a session of its own (setsid), so a run's process left
+    A slot's zygote: the app started it (sudo execs it in place), so its parent is a gunicorn
+    process and it stays in the service's session. A run's processes (same command line: forked)
+    descend from a zygote and take a session of their own (setsid), so a run's process left
     behind, even re-parented to gunicorn's master, is never taken for a zygote.
     """
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if not cmdline.read().endswith(b"codejail_confinement/zygote.py\0"):
-                return False
+        if not _cmdline(pid).endswith(ZYGOTE_CMDLINE_END):
+            return False
         parent, session = _stat_fields(pid)
-        return session == _stat_fields(parent)[1]
+        return not _cmdline(parent).endswith(ZYGOTE_CMDLINE_END) and session == _stat_fields(parent)[1]
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+ZYGOTE_CMDLINE_END = b"codejail_confinement/zygote.py\0"
+
+
+def _cmdline(pid):
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read()
