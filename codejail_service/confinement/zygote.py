@@ -14,13 +14,18 @@ Started by the web app as a pool slot's sandbox user, through a pinned sudoers r
 the app's private slot directory: only the app can connect, and a run cannot (seccomp refuses
 ``connect``). Per connection, one run:
 
-- app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...]}`` with the run's
-  stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
-- zygote -> app: ``{"pid": <pid>}`` at once (its process group, for codejail's time limit),
-  then ``{"status": <returncode as subprocess reports it>}`` when the run has ended.
+- app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...], "max_runs": N,
+  "max_seconds": T}`` with the run's stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
+- zygote -> app: ``{"pid": <pid>}`` at once (its process group, for codejail's time limit), with
+  ``"retire": true`` once it has served N runs or T seconds (``Lifetime``), then
+  ``{"status": <returncode as subprocess reports it>}`` when the run has ended.
 
-It exits after ``IDLE_SECONDS`` without a connection, and whenever its slot is recovered
-(``kill -9 -1`` as the slot's user).
+Or, from the app once a successor listens in this zygote's place: ``{"retire": true}`` (no
+descriptors); it serves the runs already queued, then exits.
+
+It writes ``ready`` to its stdout once it has preloaded. It exits after ``IDLE_SECONDS`` without
+a connection, when retired, and whenever its slot is recovered (``kill -9 -1`` as the slot's
+user).
 """
 import json
 import os
@@ -28,13 +33,34 @@ import resource
 import runpy
 import socket
 import sys
+import time
 import traceback
 
-# Imported once here, instead of by every run. ``json`` and ``six`` are codejail's wrapper's.
-PRELOAD = ("json", "six", "random", "numpy")
+# Imported once here, instead of by every run that needs them, in this order; chosen by what
+# importing each costs a fresh run (``make bench-imports``, benchmarks/import_cost.py; CPU ms on the
+# reference host, docs/decisions/0007-warm-sandbox.rst): what codejail's wrapper and the LMS
+# prolog import (json, six, random2), the modules the LMS's lazy imports name (numpy 83, scipy,
+# calc 153, chem.chemcalc 1238 (it imports nltk), chem.miller 93, eia, verifiers.draganddrop) and
+# what course graders import most (scipy.optimize 430 and .stats 842, sympy 341,
+# matplotlib.pyplot 791, networkx 180, lxml.etree 27). A module that fails to import is skipped
+# (said on stderr); nothing else in the sandbox venv is imported until a run asks for it.
+PRELOAD = (
+    "json", "six", "random", "random2",
+    "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
+    "scipy.linalg", "scipy.special", "scipy.sparse",
+    "sympy",
+    "matplotlib", "matplotlib.pyplot",
+    "calc", "chem.chemcalc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
+    "networkx", "lxml.etree",
+)
 # Set before the preload, as the LMS prolog does before it imports numpy (TNL-6456): OpenBLAS
-# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC.
-PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC. Agg:
+# matplotlib's non-interactive backend, the only one a run can use (no display, no GUI toolkit).
+PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "MPLBACKEND": "Agg"}
+# matplotlib's font list, built at provisioning (deploy/provision.sh) into this read-only
+# directory of the sandbox venv (sys.prefix); see preload_matplotlib.
+MATPLOTLIB_CACHE = os.path.join(sys.prefix, "share", "codejail-matplotlib")
 IDLE_SECONDS = 600
 MAX_MESSAGE = 64 * 1024
 
@@ -54,47 +80,136 @@ def main():
     site.main()  # what a fresh run's start does: the venv's prefix (the layer's rules), site-packages
     config = layer.load_config()
     run_env = dict(os.environ)
+    preload()
+    serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
+
+
+def preload(names=PRELOAD):
+    """Import ``names`` (``PRELOAD``), then say so on stdout: the app waits for that line."""
     os.environ.update(PRELOAD_ENV)
-    for name in PRELOAD:
+    for name in names:
         try:
-            __import__(name)
-        except ImportError as exc:
-            print(f"codejail zygote: not preloading {name}: {exc}", file=sys.stderr)
-    listener = socket.socket(fileno=os.dup(0))
+            if name == "matplotlib":
+                preload_matplotlib()
+            else:
+                __import__(name)
+        except Exception as exc:  # noqa: BLE001 -- ImportError, or whatever a broken package raises
+            print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
+    # A successor (Zygote.recycle) is put in its predecessor's place only once it can serve.
+    os.write(1, b"ready\n")
+
+
+def preload_matplotlib():
+    """
+    matplotlib, with the font list that provisioning built into ``MATPLOTLIB_CACHE``.
+
+    matplotlib keeps its font list in its cache directory, which it wants writable: else it makes
+    a temporary directory (left behind) and rebuilds the list there (~0.2 s). A zygote may write
+    nowhere. So, while matplotlib is imported, its config file is named outright (MATPLOTLIBRC:
+    its own defaults, and MPLBACKEND says Agg) and its config and cache directories are pinned to
+    that read-only one; then its own lookups are put back: a run that asks for them finds its own
+    (MPLCONFIGDIR, which the LMS prolog points at the run's tmp/), with the font list already in
+    memory.
+    """
+    import importlib.util  # noqa: PLC0415
+
+    package_dir = importlib.util.find_spec("matplotlib").submodule_search_locations[0]
+    os.environ["MATPLOTLIBRC"] = os.path.join(package_dir, "mpl-data", "matplotlibrc")
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        lookups = matplotlib.get_configdir, matplotlib.get_cachedir
+        matplotlib.get_configdir = matplotlib.get_cachedir = lambda: MATPLOTLIB_CACHE
+        try:
+            import matplotlib.font_manager  # noqa: F401, PLC0415 -- reads the font list
+        finally:
+            matplotlib.get_configdir, matplotlib.get_cachedir = lookups
+    finally:
+        del os.environ["MATPLOTLIBRC"]
+
+
+class Lifetime:
+    """
+    How long this zygote serves (``CODEJAIL_ZYGOTE_MAX_RUNS`` and ``_MAX_SECONDS``, sent by the
+    app with every run): once either is reached, it asks the app for a successor with each run's
+    pid (``"retire": true``) and keeps serving until the app has put one in its place and told
+    it to go (``{"retire": true}``: it serves what is already queued, then exits). If no
+    successor comes, it stops taking runs at twice either bound (the next run then starts a new
+    zygote, as when none is there).
+    """
+
+    def __init__(self):
+        self.runs = 0
+        self.born = time.monotonic()
+
+    def served(self, request):
+        """Count one run; True if this zygote should be replaced."""
+        self.runs += 1
+        return self._past(request, 1)
+
+    def over(self, request):
+        """True once this zygote may take no more runs, successor or not."""
+        return self._past(request, 2)
+
+    def _past(self, request, factor):
+        max_runs, max_seconds = request.get("max_runs"), request.get("max_seconds")
+        return bool((max_runs and self.runs >= factor * max_runs)
+                    or (max_seconds and time.monotonic() - self.born >= factor * max_seconds))
+
+
+def serve_forever(listener, layer, config, run_env):
+    """One run per connection, until idle, retired or past its lifetime."""
     listener.settimeout(IDLE_SECONDS)
+    lifetime = Lifetime()
+    retiring = False
     while True:
         try:
             conn, _ = listener.accept()
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # idle; or retiring, and nothing left queued
             return
         with conn:
             conn.settimeout(None)
             try:
-                serve(conn, listener, layer, config, run_env)
+                outcome = serve(conn, listener, layer, config, run_env, lifetime)
             except OSError as exc:  # the app went away mid-run: the next connection is another run
                 print(f"codejail zygote: {exc!r}", file=sys.stderr)
+                continue
+        if outcome == "retire" and not retiring:  # a successor listens in our place now
+            retiring = True
+            listener.setblocking(False)  # serve what was queued before, then go
+        elif outcome == "over":
+            return
 
 
-def serve(conn, listener, layer, config, run_env):
-    """One run: fork it, tell the app its pid, wait for it, tell the app its status."""
+def serve(conn, listener, layer, config, run_env, lifetime):
+    """
+    One run: fork it, tell the app its pid, wait for it, tell the app its status. "retire" if
+    the app said this zygote's successor is in place, "over" if it may take no more runs.
+    """
     message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
     try:
         request = json.loads(message)
+        if request.get("retire") is True and not fds:
+            return "retire"
         if len(fds) != 3:
             raise ValueError(f"expected 3 descriptors, got {len(fds)}")
-    except ValueError as exc:
+    except (ValueError, AttributeError) as exc:
         for fd in fds:
             os.close(fd)
         conn.send(json.dumps({"error": str(exc)}).encode())
-        return
+        return None
     pid = os.fork()
     if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
         run(request, fds, (conn, listener), layer, config, run_env)
     for fd in fds:
         os.close(fd)
-    conn.send(json.dumps({"pid": pid}).encode())
+    reply = {"pid": pid}
+    if lifetime.served(request):
+        reply["retire"] = True
+    conn.send(json.dumps(reply).encode())
     _, wait_status = os.waitpid(pid, 0)
     conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}).encode())
+    return "over" if lifetime.over(request) else None
 
 
 def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- in the forked child
