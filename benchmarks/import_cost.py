@@ -64,6 +64,10 @@ def measure(run_dir, name):
     return json.loads(result.stdout)
 
 
+def fmt(value, scale):
+    return f"{value * scale:9.1f}" if value is not None else f"{'-':>9}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -89,7 +93,6 @@ def main():
         row = {key: statistics.median(s[key] for s in good) if good else None for key in ("cpu", "wall", "rss")}
         row["error"] = error
         rows[name] = row
-        fmt = (lambda v, scale: f"{v * scale:9.1f}" if v is not None else f"{'-':>9}")
         print(f"{name:<24}{fmt(row['cpu'], 1000)}{fmt(row['wall'], 1000)}{fmt(row['rss'], 1 / 2**20)}  {error}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:

@@ -11,6 +11,8 @@
 #   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code (without a pool)
 #   CODEJAIL_SANDBOX_POOL_SIZE [2 x CPU cores, at least 4]  sandbox users <USER>-0 .. -<N-1>
 #                                       (UIDs UID+1 ..), one per gunicorn worker; 0: no pool
+#   CODEJAIL_WARM_SANDBOX    [1]        0: a fresh sandbox interpreter per run instead of children
+#                                       forked by a pre-imported one per slot (ADR 7)
 #   CODEJAIL_CONFINEMENT     [enforce]  "off" turns our Landlock+seccomp layer off
 #                                       (AppArmor-only hosts; the sabotage test run)
 #   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
@@ -129,6 +131,15 @@ install -m 0644 "$src/codejail_service/confinement/codejail-confinement.pth" "$s
 # setuptools' distutils-precedence.pth imports _distutils_hack at every interpreter start
 # (about 3.5 M instructions, 5 % of a trivial run); the sandbox never builds packages.
 rm -f "$site_packages/distutils-precedence.pth"
+# matplotlib's font list, built once here into a read-only directory of the venv: the warm
+# sandbox's zygote reads it as it preloads matplotlib (confinement/zygote.py, MATPLOTLIB_CACHE),
+# instead of building it (~0.2 s per zygote) where it may not write.
+mpl_cache="$sandbox_venv/share/codejail-matplotlib"
+rm -rf "$mpl_cache"
+install -d -m 0755 "$mpl_cache"
+MPLCONFIGDIR="$mpl_cache" MPLBACKEND=Agg "$sandbox_venv/bin/python" -S -c \
+    "import sys; sys.path.append('$site_packages'); import matplotlib.font_manager" \
+    || log "could not build matplotlib's font list (is matplotlib in the sandbox requirements?)"
 # Byte-compile as root, so runs (python -B) import from cached bytecode they cannot alter.
 "$sandbox_venv/bin/python" -m compileall -q "$site_packages/codejail_confinement" "$site_packages" >/dev/null || true
 chown -R root:root "$sandbox_venv"
@@ -170,8 +181,10 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
         echo "CODEJAIL_ENABLED: true"
         echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
         echo "CODEJAIL_ZYGOTE_SCRIPT: $site_packages/codejail_confinement/zygote.py"
-        if [ "${CODEJAIL_WARM_SANDBOX:-0}" = 1 ]; then
+        if [ "${CODEJAIL_WARM_SANDBOX:-1}" = 1 ]; then
             echo "CODEJAIL_WARM_SANDBOX: true"
+        else
+            echo "CODEJAIL_WARM_SANDBOX: false"
         fi
         if [ "$run_dir_mib" != 0 ]; then
             echo "CODEJAIL_RUN_DIR_ROOT: $run_root"
@@ -190,7 +203,7 @@ fi
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
 # root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
 # may also be made to kill all its own processes (the clean-up of a slot whose run's worker
-# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, off unless set: docs/decisions/
+# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, on by default: docs/decisions/
 # 0007-warm-sandbox.rst), which confines each run it forks with the same layer.
 # Speed (make bench; docs/decisions/0005-run-cost-and-overload.rst): with no PAM session or setcred to close
 # and no pty (codejail runs sudo with no terminal; Debian's default use_pty would only keep a

@@ -177,13 +177,31 @@ CODEJAIL_SANDBOX_POOL_SIZE = 0
 CODEJAIL_SLOT_DIR = None
 
 # .. setting_name: CODEJAIL_WARM_SANDBOX
-# .. setting_default: False
+# .. setting_default: True
 # .. setting_description: Run code in children forked by a pre-imported sandbox interpreter per
-#   pool slot (a zygote, codejail_service/confinement/zygote.py) instead of a fresh interpreter per
-#   run: about a third of the CPU per trivial run, and numpy already imported. It changes the
-#   security model (docs/decisions/0007-warm-sandbox.rst): off by default. Needs a sandbox user
-#   pool and CODEJAIL_ZYGOTE_SCRIPT; not with the AppArmor profile yet.
-CODEJAIL_WARM_SANDBOX = False
+#   pool slot (a zygote, codejail_service/confinement/zygote.py: numpy, scipy, sympy, matplotlib,
+#   calc, chem, networkx, lxml already imported) instead of a fresh interpreter per run: about a
+#   third of the CPU per trivial run, and course code that imports those starts at once
+#   (docs/decisions/0007-warm-sandbox.rst). Takes effect only with a sandbox user pool
+#   (CODEJAIL_SANDBOX_POOL_SIZE) and CODEJAIL_ZYGOTE_SCRIPT; without a pool, every run is a fresh
+#   interpreter. False: a fresh interpreter per run (the opt-out; slower, nothing shared
+#   between runs).
+CODEJAIL_WARM_SANDBOX = True
+
+# .. setting_name: CODEJAIL_ZYGOTE_MAX_RUNS
+# .. setting_default: 1000
+# .. setting_description: With CODEJAIL_WARM_SANDBOX, a slot's zygote is replaced after this many
+#   runs (0: never), so that its address-space layout and string-hash seed are shared by a
+#   bounded number of runs. The successor is started in the background and preloads while the
+#   zygote keeps serving (about 2.5 s of CPU per replacement); if none comes, the zygote stops
+#   taking runs at twice this.
+CODEJAIL_ZYGOTE_MAX_RUNS = 1000
+
+# .. setting_name: CODEJAIL_ZYGOTE_MAX_SECONDS
+# .. setting_default: 600
+# .. setting_description: With CODEJAIL_WARM_SANDBOX, a slot's zygote is replaced once it is this
+#   many seconds old (0: never), as for CODEJAIL_ZYGOTE_MAX_RUNS (whichever comes first).
+CODEJAIL_ZYGOTE_MAX_SECONDS = 600
 
 # .. setting_name: CODEJAIL_ZYGOTE_SCRIPT
 # .. setting_default: None

@@ -33,7 +33,9 @@ import requests
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SABOTAGE = os.environ.get("CODEJAIL_LIVE_SABOTAGE") == "1"
 # The whole suite again with runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst).
-WARM = os.environ.get("CODEJAIL_LIVE_WARM") == "1"
+# Runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX, the default) unless CODEJAIL_LIVE_WARM=0:
+# fresh interpreters, the opt-out (make test-live-fresh).
+WARM = os.environ.get("CODEJAIL_LIVE_WARM", "1") != "0"
 REMOTE_URL = os.environ.get("CODEJAIL_LIVE_URL")
 # A variable in the web app's environment that no sandboxed run may see
 # (the Dockerfile sets it too, for runs against a deployment).
@@ -99,8 +101,7 @@ def service():
     extra = []
     if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
         extra.append("CODEJAIL_ENFORCE_STARTUP_CHECKS: false")
-    if WARM:
-        extra.append("CODEJAIL_WARM_SANDBOX: true")
+    extra.append(f"CODEJAIL_WARM_SANDBOX: {'true' if WARM else 'false'}")
     config_dir = None
     if extra:
         config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
