@@ -187,6 +187,8 @@ def serve(conn, listener, layer, config, run_env, lifetime):
     the app said this zygote's successor is in place, "over" if it may take no more runs.
     """
     message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
+    if not message and not fds:  # the app only looked whether a zygote is there (start_all)
+        return None
     try:
         request = json.loads(message)
         if request.get("retire") is True and not fds:

@@ -283,6 +283,11 @@ def run_startup_checks():
     if _results is not None:
         return _results
     results = {}
+    if warm_sandbox.enabled():
+        try:
+            warm_sandbox.start_all()
+        except Exception:  # noqa: BLE001 -- the checks start any zygote still missing, and say why not
+            log.exception("Could not start the warm sandbox zygotes ahead of the checks")
     for name, check in STARTUP_CHECKS.items():
         result = _run_check_for_every_sandbox_user(name, check)
         results[name] = result

@@ -96,6 +96,21 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
     return process
 
 
+def start_all():
+    """
+    Start the zygote of every free slot that has none, all at once: they preload in parallel
+    (the startup checks, which come next, would otherwise start them one after another).
+    """
+    for slot in sandbox_pool.free_slots():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(socket_path(slot.user))  # one there already (another service's): keep it
+        except (FileNotFoundError, ConnectionRefusedError):
+            start_zygote(slot.user)
+        finally:
+            probe.close()
+
+
 def replace(user):
     """
     Start ``user``'s zygote's successor in a background thread (a no-op if this process is at it

@@ -169,3 +169,10 @@ def test_preload_skips_what_cannot_be_imported_and_then_says_ready(capfd, monkey
     assert out == "ready\n"
     assert "not preloading codejail_no_such_module: ModuleNotFoundError" in err
     assert zygote.os.environ["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_a_connection_that_sends_nothing_is_no_run(run_dir):
+    app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    app.close()
+    assert zygote.serve(ours, None, confinement, ENFORCE, {}, zygote.Lifetime()) is None
+    ours.close()

@@ -45,6 +45,9 @@ class FakeZygote(threading.Thread):
         conn, _ = self.listener.accept()
         with conn:
             message, fds, _, _ = socket.recv_fds(conn, 4096, 3)
+            if not message:  # a probe (start_all)
+                self.requests.append(None)
+                return
             self.requests.append(json.loads(message))
             if self.replies is not None:
                 for reply in self.replies:
@@ -324,3 +327,19 @@ def test_a_run_queued_on_a_zygote_that_exits_goes_to_its_successor(warm):
     process.stdin.close()
     assert process.wait() == 0
     successor[0].stop()
+
+
+def test_start_all_starts_a_zygote_for_each_free_slot_without_one(warm, settings):
+    # Slot 1 is held (the fixture); slot 0 has a zygote already (it is not replaced).
+    there = FakeZygote(sandbox_pool.pool_users()[0])
+    there.start()
+    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote:
+        warm_sandbox.start_all()
+    start_zygote.assert_not_called()
+    there.join(5)
+    assert there.requests == [None]
+    there.listener.close()
+    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote:
+        warm_sandbox.start_all()
+    start_zygote.assert_called_once_with(sandbox_pool.pool_users()[0])
+    there.join(5)
