@@ -200,9 +200,10 @@ def serve(conn, listener, layer, config, run_env, lifetime):
             os.close(fd)
         conn.send(json.dumps({"error": str(exc)}).encode())
         return None
+    mapped = address_space()
     pid = os.fork()
     if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
-        run(request, fds, (conn, listener), layer, config, run_env)
+        run(request, fds, (conn, listener), layer, config, run_env, mapped)
     for fd in fds:
         os.close(fd)
     reply = {"pid": pid}
@@ -214,7 +215,37 @@ def serve(conn, listener, layer, config, run_env, lifetime):
     return "over" if lifetime.over(request) else None
 
 
-def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- in the forked child
+def address_space():
+    """
+    Bytes of address space this process maps now (/proc/self/statm, opened once), or 0 if that
+    cannot be read.
+    """
+    global _statm  # noqa: PLW0603 -- opened once, read at every run
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"codejail zygote: cannot read its address space: {exc!r}", file=sys.stderr)
+        return 0
+
+
+_statm = None
+
+
+def run_rlimits(rlimits, mapped):
+    """
+    The run's rlimits: as codejail asks, but RLIMIT_AS (codejail's VMEM) counts from what the
+    zygote has mapped (``mapped`` bytes, the preloaded modules), so that a run may allocate as
+    much as a fresh interpreter's could, not that much less what it did not import.
+    """
+    for name, soft, hard in rlimits:
+        if name == resource.RLIMIT_AS:
+            soft, hard = (limit if limit == resource.RLIM_INFINITY else limit + mapped for limit in (soft, hard))
+        yield name, soft, hard
+
+
+def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
     try:
@@ -225,7 +256,7 @@ def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- i
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
         os.chdir(request["cwd"])
-        for name, soft, hard in request["rlimits"]:
+        for name, soft, hard in run_rlimits(request["rlimits"], mapped):
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)

@@ -176,3 +176,20 @@ def test_a_connection_that_sends_nothing_is_no_run(run_dir):
     app.close()
     assert zygote.serve(ours, None, confinement, ENFORCE, {}, zygote.Lifetime()) is None
     ours.close()
+
+
+def test_a_runs_address_space_limit_counts_from_what_the_zygote_has_mapped(run_dir):
+    """codejail's VMEM is what a run may allocate, preloaded modules or not (an allow twin: 64 MiB)."""
+    mapped = zygote.address_space()
+    assert mapped > 10 * 2**20
+    limits = list(zygote.run_rlimits([(resource.RLIMIT_AS, 2**26, 2**26), (resource.RLIMIT_NPROC, 15, 15),
+                                      (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)], mapped))
+    assert limits == [(resource.RLIMIT_AS, 2**26 + mapped, 2**26 + mapped), (resource.RLIMIT_NPROC, 15, 15),
+                      (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)]
+    write_code(run_dir, "b = bytearray(48 * 1024 * 1024)\nprint(len(b) // 2**20)\n")
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
+    assert messages[1] == {"status": 0}, err
+    assert out == b"48\n"
+    write_code(run_dir, "try:\n    b = bytearray(80 * 1024 * 1024)\nexcept MemoryError:\n    print('denied')\n")
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
+    assert out == b"denied\n", err
