@@ -165,7 +165,9 @@ def test_deny_endless_loop_ignoring_signals(run, aftermath, code):
 def test_deny_memory_bomb_touching_pages(run, aftermath):
     result, elapsed = timed(run, "b = []\ntry:\n    while True:\n        b.append(bytearray(32 * 1024 * 1024))\n"
                                  "except MemoryError:\n    n = len(b)")
-    assert 5 < result.globals.get("n", 0) < 16, result  # stopped near VMEM (512 MiB)
+    # Stopped near VMEM (512 MiB). Forked by a zygote, the run's limit counts from what the zygote
+    # had mapped, whose free heap the run may reuse: then all 16 may fit, never a 17th.
+    assert 5 < result.globals.get("n", 0) <= 16, result
     assert elapsed < ANSWER_WITHIN
 
 
