@@ -258,7 +258,7 @@ class WorkerMemory:
                     pids += [int(pid) for pid in children.read().split()]
         except OSError:
             pass
-        return pids
+        return [pid for pid in pids if not _is_zygote(pid)]  # the master starts the zygotes too
 
     def rss_kib(self):
         """{pid: RSS in KiB} of the workers now."""
@@ -353,6 +353,14 @@ class Zygotes:
                 continue
             sizes[pid] = (round(fields["Rss"] / 1024, 1), round(fields["Pss"] / 1024, 1))
         return sizes
+
+
+def _is_zygote(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().endswith(ZYGOTE_CMDLINE_END)
+    except OSError:
+        return False
 
 
 def _ppid(pid):

@@ -49,7 +49,7 @@ PRELOAD = (
     "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
     "scipy.linalg", "scipy.special", "scipy.sparse",
     "sympy",
-    "matplotlib", "matplotlib.pyplot",
+    "matplotlib",  # and matplotlib.pyplot, on Agg: preload_matplotlib
     "calc", "chem.chemcalc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
     "networkx", "lxml.etree",
 )
@@ -59,8 +59,8 @@ PRELOAD = (
 PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "MPLBACKEND": "Agg"}
 # matplotlib's font list, built at provisioning (deploy/provision.sh) into this read-only
-# directory of the sandbox venv (sys.prefix); see preload_matplotlib.
-MATPLOTLIB_CACHE = os.path.join(sys.prefix, "share", "codejail-matplotlib")
+# directory of the sandbox venv (relative to its prefix, which site sets); see preload_matplotlib.
+MATPLOTLIB_CACHE = ("share", "codejail-matplotlib")
 IDLE_SECONDS = 600
 MAX_MESSAGE = 64 * 1024
 
@@ -101,27 +101,28 @@ def preload(names=PRELOAD):
 
 def preload_matplotlib():
     """
-    matplotlib, with the font list that provisioning built into ``MATPLOTLIB_CACHE``.
+    matplotlib and pyplot, with the font list that provisioning built into ``MATPLOTLIB_CACHE``.
 
-    matplotlib keeps its font list in its cache directory, which it wants writable: else it makes
-    a temporary directory (left behind) and rebuilds the list there (~0.2 s). A zygote may write
-    nowhere. So, while matplotlib is imported, its config file is named outright (MATPLOTLIBRC:
-    its own defaults, and MPLBACKEND says Agg) and its config and cache directories are pinned to
-    that read-only one; then its own lookups are put back: a run that asks for them finds its own
-    (MPLCONFIGDIR, which the LMS prolog points at the run's tmp/), with the font list already in
-    memory.
+    matplotlib keeps its font list in its cache directory, and looks for style files in its config
+    directory, which it wants writable: else it makes a temporary directory (left behind, as a
+    zygote ends killed) and rebuilds the list there (~0.2 s). A zygote may write nowhere. So,
+    while matplotlib is imported, its config file is named outright (MATPLOTLIBRC: its own
+    defaults; MPLBACKEND says Agg) and its config and cache directories are pinned to that
+    read-only one; then its own lookups are put back: a run that asks for them finds its own
+    (MPLCONFIGDIR, which the LMS prolog points at the run's tmp/), with the font list in memory.
     """
     import importlib.util  # noqa: PLC0415
 
+    cache_dir = os.path.join(sys.prefix, *MATPLOTLIB_CACHE)
     package_dir = importlib.util.find_spec("matplotlib").submodule_search_locations[0]
     os.environ["MATPLOTLIBRC"] = os.path.join(package_dir, "mpl-data", "matplotlibrc")
     try:
         import matplotlib  # noqa: PLC0415
 
         lookups = matplotlib.get_configdir, matplotlib.get_cachedir
-        matplotlib.get_configdir = matplotlib.get_cachedir = lambda: MATPLOTLIB_CACHE
+        matplotlib.get_configdir = matplotlib.get_cachedir = lambda: cache_dir
         try:
-            import matplotlib.font_manager  # noqa: F401, PLC0415 -- reads the font list
+            import matplotlib.pyplot  # noqa: F401, PLC0415 -- reads the font list, finds no styles
         finally:
             matplotlib.get_configdir, matplotlib.get_cachedir = lookups
     finally:
