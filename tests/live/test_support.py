@@ -184,18 +184,31 @@ LMS_PROLOG = ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n'
     ("import io\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
      "fig, ax = plt.subplots()\nax.plot([1, 2], [2, 1])\nbuf = io.BytesIO()\nfig.savefig(buf, format='png')\n"
      "r = buf.getvalue()[:4] == b'\\x89PNG'", True),
-    ("from scipy import optimize, stats\nr = round(float(optimize.brentq(lambda t: t * t - 2, 0, 2)), 6), "
-     "round(float(stats.norm.cdf(0)), 3)", [1.414214, 0.5]),
+    ("from scipy import optimize\nr = round(float(optimize.brentq(lambda t: t * t - 2, 0, 2)), 6)", 1.414214),
     ("import sympy\nx = sympy.symbols('x')\nr = str(sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2))", "1"),
-    ("import chem.chemcalc\nr = chem.chemcalc.chemical_equations_equal('H2 + O2 -> H2O2', '2H2 + 2O2 -> 2H2O2')", True),
     ("import calc\nr = calc.evaluator({'x': 2}, {}, 'x^2 + 1')", 5.0),
     ("import networkx, lxml.etree\nr = networkx.number_of_nodes(networkx.path_graph(4)), "
      "lxml.etree.fromstring('<a><b/></a>')[0].tag", [4, "b"]),
-], ids=["matplotlib", "scipy", "sympy", "chem", "calc", "networkx-lxml"])
+], ids=["matplotlib", "scipy", "sympy", "calc", "networkx-lxml"])
 def test_allow_course_packages_under_the_lms_prolog(run, code, want):
     """What course graders import works under the LMS's prolog, within the limits."""
     result = run(LMS_PROLOG + code)
     assert result.globals.get("r") == want, result
+
+
+def test_allow_chemcalc_with_the_warm_sandbox(run):
+    """
+    chem.chemcalc, the LMS's lazy ``chemcalc``: preloaded by the zygotes. A fresh interpreter
+    spends more than the 1 s CPU limit importing it (nltk): there, the run is killed.
+    """
+    from .conftest import WARM
+
+    result = run(LMS_PROLOG + "import chem.chemcalc\n"
+                 "r = chem.chemcalc.chemical_equations_equal('H2 + O2 -> H2O2', '2H2 + 2O2 -> 2H2O2')")
+    if WARM:
+        assert result.globals.get("r") is True, result
+    else:
+        assert result.emsg and "with status code: -" in result.emsg, result
 
 
 def test_support_matplotlib_leaves_no_temporary_directory(run, service):
