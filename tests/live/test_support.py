@@ -199,7 +199,7 @@ def test_allow_course_packages_under_the_lms_prolog(run, code, want):
 def test_allow_chemcalc_with_the_warm_sandbox(run):
     """
     chem.chemcalc, the LMS's lazy ``chemcalc``: preloaded by the zygotes. A fresh interpreter
-    spends more than the 1 s CPU limit importing it (nltk): there, the run is killed.
+    spends about the 1 s CPU limit importing it (nltk; 1.24 s here): there, the run is killed.
     """
     from .conftest import WARM
 
@@ -207,8 +207,9 @@ def test_allow_chemcalc_with_the_warm_sandbox(run):
                  "r = chem.chemcalc.chemical_equations_equal('H2 + O2 -> H2O2', '2H2 + 2O2 -> 2H2O2')")
     if WARM:
         assert result.globals.get("r") is True, result
-    else:
-        assert result.emsg and "with status code: -" in result.emsg, result
+    else:  # killed on CPU (-9, -24) here; a faster machine may just make it
+        assert result.globals.get("r") is True or (
+            result.emsg and result.emsg.endswith(("with status code: -9", "with status code: -24"))), result
 
 
 def test_support_matplotlib_leaves_no_temporary_directory(run, service):
