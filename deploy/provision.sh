@@ -137,9 +137,19 @@ rm -f "$site_packages/distutils-precedence.pth"
 mpl_cache="$sandbox_venv/share/codejail-matplotlib"
 rm -rf "$mpl_cache"
 install -d -m 0755 "$mpl_cache"
-MPLCONFIGDIR="$mpl_cache" MPLBACKEND=Agg "$sandbox_venv/bin/python" -S -c \
-    "import sys; sys.path.append('$site_packages'); import matplotlib.font_manager" \
+# Only matplotlib's own fonts: the sandbox may not read the system's (/usr/share/fonts).
+MPLCONFIGDIR="$mpl_cache" MPLBACKEND=Agg "$sandbox_venv/bin/python" -S - "$site_packages" "$mpl_cache" <<'PY' \
     || log "could not build matplotlib's font list (is matplotlib in the sandbox requirements?)"
+import os, sys
+sys.path.append(sys.argv[1])
+import matplotlib
+from matplotlib import font_manager
+manager = font_manager.fontManager
+own = os.path.join(matplotlib.get_data_path(), "")
+manager.ttflist = [font for font in manager.ttflist if font.fname.startswith(own)]
+manager.afmlist = [font for font in manager.afmlist if font.fname.startswith(own)]
+font_manager.json_dump(manager, os.path.join(sys.argv[2], f"fontlist-v{font_manager.FontManager.__version__}.json"))
+PY
 # Byte-compile as root, so runs (python -B) import from cached bytecode they cannot alter.
 "$sandbox_venv/bin/python" -m compileall -q "$site_packages/codejail_confinement" "$site_packages" >/dev/null || true
 chown -R root:root "$sandbox_venv"

@@ -50,14 +50,16 @@ def pytest_configure(config):
 
 def service_config_with(lines):
     """
-    ``(directory, path)`` of a copy of the host's service config (/etc/codejail-service/config.yml)
-    with ``lines`` added (a YAML key given again replaces the first); the app user can read it.
+    ``(directory, path)`` of a copy of the host's service config (``CODEJAIL_SERVICE_CFG``, else
+    /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the first); the app user can read it.
     The caller removes the directory.
     """
     directory = tempfile.mkdtemp(prefix="cjlive-cfg.")
     os.chmod(directory, 0o755)
     path = os.path.join(directory, "config.yml")
-    with open("/etc/codejail-service/config.yml", encoding="utf-8") as base, \
+    # The config the service would otherwise read (the AppArmor VM names its own).
+    base_path = os.environ.get("CODEJAIL_SERVICE_CFG", "/etc/codejail-service/config.yml")
+    with open(base_path, encoding="utf-8") as base, \
             open(path, "w", encoding="utf-8") as config:
         config.write(base.read() + "\n" + "\n".join(lines) + "\n")
     os.chmod(path, 0o644)
