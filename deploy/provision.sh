@@ -123,6 +123,9 @@ if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-
     stamp "$sandbox_reqs" > "$sandbox_venv/.requirements-stamp"
 fi
 site_packages="$("$sandbox_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# The warm sandbox's zygotes start as this one (the same binary, by another path): AppArmor gives
+# them their own profile (apparmor/, codejail_zygote), since its exec rules match paths only.
+ln -f "$sandbox_venv/bin/python" "$sandbox_venv/bin/python-zygote"
 # Our confinement layer, run by the .pth file before any submitted code.
 rm -rf "$site_packages/codejail_confinement"
 install -d -m 0755 "$site_packages/codejail_confinement"
@@ -190,6 +193,7 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
         echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
         echo "CODEJAIL_ENABLED: true"
         echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
+        echo "CODEJAIL_ZYGOTE_PYTHON: $sandbox_venv/bin/python-zygote"
         echo "CODEJAIL_ZYGOTE_SCRIPT: $site_packages/codejail_confinement/zygote.py"
         if [ "${CODEJAIL_WARM_SANDBOX:-1}" = 1 ]; then
             echo "CODEJAIL_WARM_SANDBOX: true"
@@ -228,7 +232,7 @@ Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
 Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;, \\
     /usr/bin/find $run_root/*/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
-Cmnd_Alias CODEJAIL_ZYGOTE = $sandbox_venv/bin/python -E -B -S $site_packages/codejail_confinement/zygote.py
+Cmnd_Alias CODEJAIL_ZYGOTE = $sandbox_venv/bin/python-zygote -E -B -S $site_packages/codejail_confinement/zygote.py
 Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_CLEANUP !pam_session, !pam_setcred, !use_pty

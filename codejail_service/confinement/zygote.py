@@ -9,9 +9,9 @@ submitted code, then runs ``jailed_code`` as ``__main__``. What differs from a f
 interpreter, and why that is acceptable, is the ADR's subject.
 
 Started by the web app as a pool slot's sandbox user, through a pinned sudoers rule:
-``<sandbox venv>/bin/python -E -B -S <this file>``, with a listening ``AF_UNIX``
-``SOCK_SEQPACKET`` socket as its stdin (sudo closes every other descriptor). The socket lives in
-the app's private slot directory: only the app can connect, and a run cannot (seccomp refuses
+``<sandbox venv>/bin/python-zygote -E -B -S <this file>`` (a hard link to the venv's python, so
+that AppArmor can tell it apart), with a listening ``AF_UNIX`` ``SOCK_SEQPACKET`` socket as its
+stdin (sudo closes every other descriptor). The socket lives in the app's private slot directory: only the app can connect, and a run cannot (seccomp refuses
 ``connect``). Per connection, one run:
 
 - app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...], "max_runs": N,
@@ -27,6 +27,7 @@ It writes ``ready`` to its stdout once it has preloaded. It exits after ``IDLE_S
 a connection, when retired, and whenever its slot is recovered (``kill -9 -1`` as the slot's
 user).
 """
+import errno
 import json
 import os
 import resource
@@ -246,6 +247,34 @@ def run_rlimits(rlimits, mapped):
         yield name, soft, hard
 
 
+APPARMOR_ZYGOTE, APPARMOR_SANDBOX = "//codejail_zygote", "//codejail_sandbox"
+APPARMOR_ATTRS = ("/proc/self/attr/apparmor/current", "/proc/self/attr/current")
+
+
+def apparmor_enter_sandbox(attrs=APPARMOR_ATTRS):
+    """
+    If AppArmor confines this process as a zygote (apparmor/: ``<service>//codejail_zygote``,
+    which may use its socket), move it to the sandbox profile beside it (``//codejail_sandbox``,
+    a fresh run's: no socket at all). Else nothing. Raises if AppArmor cannot tell or refuses: the
+    run must not start in the zygote's profile.
+    """
+    for attr in attrs:
+        try:
+            with open(attr, encoding="utf-8") as current:
+                label = current.read().strip().split(" (")[0]
+            break
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL):  # no such interface, no LSM behind it
+                continue
+            raise
+    else:
+        return
+    if not label.endswith(APPARMOR_ZYGOTE):
+        return  # unconfined (no AppArmor policy for us) or another LSM's label
+    with open(attr, "w", encoding="utf-8") as current:
+        current.write(f"changeprofile {label[: -len(APPARMOR_ZYGOTE)]}{APPARMOR_SANDBOX}")
+
+
 def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
@@ -261,6 +290,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
+        apparmor_enter_sandbox()  # where AppArmor confines: the profile a fresh run would get
         layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
     except BaseException:  # noqa: BLE001 -- the zygote's own failure: say it where the app looks

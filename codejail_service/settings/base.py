@@ -203,6 +203,14 @@ CODEJAIL_ZYGOTE_MAX_RUNS = 1000
 #   many seconds old (0: never), as for CODEJAIL_ZYGOTE_MAX_RUNS (whichever comes first).
 CODEJAIL_ZYGOTE_MAX_SECONDS = 600
 
+# .. setting_name: CODEJAIL_ZYGOTE_PYTHON
+# .. setting_default: None
+# .. setting_description: The sandbox python that starts the zygotes, exactly as the sudoers rule
+#   names it. deploy/provision.sh makes ``<sandbox venv>/bin/python-zygote``, a hard link to the
+#   venv's python, so that AppArmor can give the zygote a profile of its own (apparmor/: exec rules
+#   tell programs apart by path). None: ``CODE_JAIL["python_bin"]``.
+CODEJAIL_ZYGOTE_PYTHON = None
+
 # .. setting_name: CODEJAIL_ZYGOTE_SCRIPT
 # .. setting_default: None
 # .. setting_description: Path of the zygote script in the sandbox virtualenv, exactly as the

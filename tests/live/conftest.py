@@ -51,8 +51,8 @@ def pytest_configure(config):
 def service_config_with(lines):
     """
     ``(directory, path)`` of a copy of the host's service config (``CODEJAIL_SERVICE_CFG``, else
-    /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the first); the app user can read it.
-    The caller removes the directory.
+    /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the
+    first); the app user can read it. The caller removes the directory.
     """
     directory = tempfile.mkdtemp(prefix="cjlive-cfg.")
     os.chmod(directory, 0o755)

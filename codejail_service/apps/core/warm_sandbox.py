@@ -87,8 +87,8 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
         listener.listen(8)
         # sudo closes every descriptor but 0-2: the listening socket goes in as stdin.
         process = subprocess.Popen(  # noqa: S603 -- a pinned sudoers rule
-            ["sudo", "-n", "-u", user, settings.CODE_JAIL["python_bin"], "-E", "-B", "-S",
-             settings.CODEJAIL_ZYGOTE_SCRIPT],
+            ["sudo", "-n", "-u", user, settings.CODEJAIL_ZYGOTE_PYTHON or settings.CODE_JAIL["python_bin"],
+             "-E", "-B", "-S", settings.CODEJAIL_ZYGOTE_SCRIPT],
             stdin=listener, stdout=stdout,
         )
     _started[process.pid] = process

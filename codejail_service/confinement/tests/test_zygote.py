@@ -193,3 +193,31 @@ def test_a_runs_address_space_limit_counts_from_what_the_zygote_has_mapped(run_d
     write_code(run_dir, "try:\n    b = bytearray(80 * 1024 * 1024)\nexcept MemoryError:\n    print('denied')\n")
     messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
     assert out == b"denied\n", err
+
+
+def test_apparmor_moves_a_run_from_the_zygote_profile_to_the_sandbox_profile(tmp_path):
+    attr = tmp_path / "current"
+    attr.write_text("openedx_codejail_service//codejail_zygote (enforce)\n")
+    zygote.apparmor_enter_sandbox([str(tmp_path / "missing"), str(attr)])
+    assert attr.read_text() == "changeprofile openedx_codejail_service//codejail_sandbox"
+
+
+@pytest.mark.parametrize("label", ["unconfined\n", "openedx_codejail_service//codejail_sandbox (enforce)\n",
+                                   "system_u:system_r:unconfined_t:s0\n"])
+def test_apparmor_leaves_a_run_alone_unless_it_is_in_the_zygote_profile(tmp_path, label):
+    attr = tmp_path / "current"
+    attr.write_text(label)
+    zygote.apparmor_enter_sandbox([str(attr)])
+    assert attr.read_text() == label
+    zygote.apparmor_enter_sandbox([str(tmp_path / "missing")])  # no AppArmor at all
+
+
+def test_apparmor_that_cannot_be_read_stops_the_run(tmp_path):
+    attr = tmp_path / "current"
+    attr.mkdir()  # reading it fails with something else than "not there"
+    with pytest.raises(OSError):
+        zygote.apparmor_enter_sandbox([str(attr)])
+
+
+def test_this_host_runs_are_left_in_their_profile():
+    zygote.apparmor_enter_sandbox()  # the unit tests run unconfined (or in a profile of another name)
