@@ -11,8 +11,9 @@ interpreter, and why that is acceptable, is the ADR's subject.
 Started by the web app as a pool slot's sandbox user, through a pinned sudoers rule:
 ``<sandbox venv>/bin/python-zygote -E -B -S <this file>`` (a hard link to the venv's python, so
 that AppArmor can tell it apart), with a listening ``AF_UNIX`` ``SOCK_SEQPACKET`` socket as its
-stdin (sudo closes every other descriptor). The socket lives in the app's private slot directory: only the app can connect, and a run cannot (seccomp refuses
-``connect``). Per connection, one run:
+stdin (sudo closes every other descriptor). The socket lives in the app's private slot
+directory: only the app can connect, and a run cannot (seccomp refuses ``connect``). Per
+connection, one run:
 
 - app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...], "max_runs": N,
   "max_seconds": T}`` with the run's stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
