@@ -204,18 +204,21 @@ CODEJAIL_ZYGOTE_MAX_RUNS = 1000
 CODEJAIL_ZYGOTE_MAX_SECONDS = 600
 
 # .. setting_name: CODEJAIL_ZYGOTE_PYTHON
-# .. setting_default: None
+# .. setting_default: "/opt/codejail-service/sandbox-venv/bin/python-zygote"
 # .. setting_description: The sandbox python that starts the zygotes, exactly as the sudoers rule
 #   names it. deploy/provision.sh makes ``<sandbox venv>/bin/python-zygote``, a hard link to the
 #   venv's python, so that AppArmor can give the zygote a profile of its own (apparmor/: exec rules
 #   tell programs apart by path). None: ``CODE_JAIL["python_bin"]``.
-CODEJAIL_ZYGOTE_PYTHON = None
+CODEJAIL_ZYGOTE_PYTHON = "/opt/codejail-service/sandbox-venv/bin/python-zygote"
 
 # .. setting_name: CODEJAIL_ZYGOTE_SCRIPT
-# .. setting_default: None
+# .. setting_default: "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
 # .. setting_description: Path of the zygote script in the sandbox virtualenv, exactly as the
-#   sudoers rule names it (deploy/provision.sh writes both).
-CODEJAIL_ZYGOTE_SCRIPT = None
+#   sudoers rule names it (deploy/provision.sh writes both; this default is its layout, as
+#   CODE_JAIL's is). None: no zygotes, a fresh interpreter per run.
+CODEJAIL_ZYGOTE_SCRIPT = (
+    "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
+)
 
 # .. setting_name: CODEJAIL_RUN_DIR_ROOT
 # .. setting_default: None

@@ -203,7 +203,8 @@ def check_confinement_layers():
         return CheckResult.fail(f"warm sandbox {'on' if warm_sandbox.enabled() else 'off'}, but the probe "
                                 f"was forked by {outcome.get('forked_by', 'a fresh interpreter')}", **details)
     if settings.CODEJAIL_WARM_SANDBOX and not warm_sandbox.enabled():  # the default, on a host without a pool
-        details["warm_sandbox_note"] = "CODEJAIL_WARM_SANDBOX needs a sandbox user pool: fresh interpreters"
+        details["warm_sandbox_note"] = ("CODEJAIL_WARM_SANDBOX needs a sandbox user pool and "
+                                        "CODEJAIL_ZYGOTE_SCRIPT: fresh interpreters")
     if outcome.get("mode") == "enforce":
         return CheckResult.ok(**details)
     if outcome.get("mode") == "off":

@@ -62,7 +62,8 @@ class ZygoteGone(ZygoteError):
 
 def enabled():
     """True when runs go through the slots' zygotes."""
-    return bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
+    return (bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
+            and bool(settings.CODEJAIL_ZYGOTE_SCRIPT))
 
 
 def is_sandbox_run(cmd):

@@ -183,6 +183,7 @@ def test_no_zygote_yet_starts_one_then_runs(warm):
 
 
 def test_start_zygote_runs_the_pinned_command_with_its_socket_as_stdin(warm, settings):
+    settings.CODEJAIL_ZYGOTE_PYTHON = None  # then CODE_JAIL's python_bin
     with mock.patch("subprocess.Popen") as popen:
         popen.return_value.pid = 99
         popen.return_value.poll.return_value = None
@@ -343,3 +344,17 @@ def test_start_all_starts_a_zygote_for_each_free_slot_without_one(warm, settings
         warm_sandbox.start_all()
     start_zygote.assert_called_once_with(sandbox_pool.pool_users()[0])
     there.join(5)
+
+
+def test_the_zygote_starts_as_its_own_python_where_one_is_named(warm, settings):
+    settings.CODEJAIL_ZYGOTE_PYTHON = "/venv/bin/python-zygote"
+    with mock.patch("subprocess.Popen") as popen:
+        popen.return_value.pid = 98
+        warm_sandbox.start_zygote(warm.user)
+    assert popen.call_args[0][0][4] == "/venv/bin/python-zygote"
+    warm_sandbox._started.pop(98)
+
+
+def test_without_a_zygote_script_runs_stay_fresh_interpreters(warm, settings):
+    settings.CODEJAIL_ZYGOTE_SCRIPT = None
+    assert not warm_sandbox.enabled()
