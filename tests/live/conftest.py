@@ -36,6 +36,8 @@ SABOTAGE = os.environ.get("CODEJAIL_LIVE_SABOTAGE") == "1"
 # Runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX, the default) unless CODEJAIL_LIVE_WARM=0:
 # fresh interpreters, the opt-out (make test-live-fresh).
 WARM = os.environ.get("CODEJAIL_LIVE_WARM", "1") != "0"
+# CODEJAIL_ZYGOTE_MAX_RUNS for the service, when set (else its default).
+ZYGOTE_MAX_RUNS = int(os.environ.get("CODEJAIL_LIVE_ZYGOTE_MAX_RUNS", "0"))
 REMOTE_URL = os.environ.get("CODEJAIL_LIVE_URL")
 # A variable in the web app's environment that no sandboxed run may see
 # (the Dockerfile sets it too, for runs against a deployment).
@@ -104,6 +106,8 @@ def service():
     if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
         extra.append("CODEJAIL_ENFORCE_STARTUP_CHECKS: false")
     extra.append(f"CODEJAIL_WARM_SANDBOX: {'true' if WARM else 'false'}")
+    if ZYGOTE_MAX_RUNS:  # recycle zygotes often (the soak of make test-robustness)
+        extra.append(f"CODEJAIL_ZYGOTE_MAX_RUNS: {ZYGOTE_MAX_RUNS}")
     config_dir = None
     if extra:
         config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
@@ -233,6 +237,13 @@ def sandbox_processes():
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
     return [pid for pid in map(int, result.stdout.split()) if not _is_zygote(pid)]
+
+
+def zygotes():
+    """PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host."""
+    result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
+                            check=False)
+    return {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
 
 
 def _stat_fields(pid):
