@@ -137,8 +137,9 @@ class Lifetime:
     app with every run): once either is reached, it asks the app for a successor with each run's
     pid (``"retire": true``) and keeps serving until the app has put one in its place and told
     it to go (``{"retire": true}``: it serves what is already queued, then exits). If no
-    successor comes, it stops taking runs at twice either bound (the next run then starts a new
-    zygote, as when none is there).
+    successor comes, it stops taking runs at ten times the runs or twice the seconds (the next
+    run then starts a new zygote, as when none is there): a bound, not the usual way out, since
+    a successor may take several seconds to preload on a busy host.
     """
 
     def __init__(self):
@@ -148,16 +149,16 @@ class Lifetime:
     def served(self, request):
         """Count one run; True if this zygote should be replaced."""
         self.runs += 1
-        return self._past(request, 1)
+        return self._past(request, 1, 1)
 
     def over(self, request):
         """True once this zygote may take no more runs, successor or not."""
-        return self._past(request, 2)
+        return self._past(request, 10, 2)
 
-    def _past(self, request, factor):
+    def _past(self, request, runs_factor, seconds_factor):
         max_runs, max_seconds = request.get("max_runs"), request.get("max_seconds")
-        return bool((max_runs and self.runs >= factor * max_runs)
-                    or (max_seconds and time.monotonic() - self.born >= factor * max_seconds))
+        return bool((max_runs and self.runs >= runs_factor * max_runs)
+                    or (max_seconds and time.monotonic() - self.born >= seconds_factor * max_seconds))
 
 
 def serve_forever(listener, layer, config, run_env):

@@ -194,7 +194,7 @@ CODEJAIL_WARM_SANDBOX = True
 #   runs (0: never), so that its address-space layout and string-hash seed are shared by a
 #   bounded number of runs. The successor is started in the background and preloads while the
 #   zygote keeps serving (about 2.5 s of CPU per replacement); if none comes, the zygote stops
-#   taking runs at twice this.
+#   taking runs at ten times this (or twice CODEJAIL_ZYGOTE_MAX_SECONDS).
 CODEJAIL_ZYGOTE_MAX_RUNS = 1000
 
 # .. setting_name: CODEJAIL_ZYGOTE_MAX_SECONDS
