@@ -31,6 +31,7 @@ user).
 import errno
 import json
 import os
+import pwd
 import resource
 import runpy
 import socket
@@ -81,6 +82,8 @@ def main():
     layer.STATUS["mode"] = "zygote"
     site.main()  # what a fresh run's start does: the venv's prefix (the layer's rules), site-packages
     config = layer.load_config()
+    # Confined before it imports anything (docs/decisions/0007-warm-sandbox.rst).
+    layer.confine_zygote(config, pwd.getpwuid(os.getuid()).pw_name)
     run_env = dict(os.environ)
     preload()
     serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
@@ -210,7 +213,7 @@ def serve(conn, listener, layer, config, run_env, lifetime):
         run(request, fds, (conn, listener), layer, config, run_env, mapped)
     for fd in fds:
         os.close(fd)
-    reply = {"pid": pid}
+    reply = {"pid": pid, "zygote": os.getpid()}
     if lifetime.served(request):
         reply["retire"] = True
     conn.send(json.dumps(reply).encode())

@@ -24,7 +24,9 @@ def warm(settings, tmp_path):
     settings.CODEJAIL_WARM_SANDBOX = True
     settings.CODEJAIL_ZYGOTE_SCRIPT = "/venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
     settings.CODE_JAIL = {**settings.CODE_JAIL, "user": "sbx", "python_bin": PYTHON_BIN}
-    with sandbox_pool.acquire(1) as slot:
+    # No such user here: what a run leaves behind is sandbox_pool's (test_sandbox_pool.py).
+    with sandbox_pool.acquire(1) as slot, mock.patch.object(sandbox_pool, "end_leftovers") as end:
+        slot.end_leftovers = end
         yield slot
 
 
@@ -59,7 +61,7 @@ class FakeZygote(threading.Thread):
                 return
             stdin, stdout, stderr = (os.fdopen(fd, mode, buffering=0)
                                      for fd, mode in zip(fds, ("rb", "wb", "wb"), strict=True))
-            conn.send(json.dumps({"pid": 4242}).encode())
+            conn.send(json.dumps({"pid": 4242, "zygote": 4000}).encode())
             self.stdin_seen.append(stdin.read())
             stdout.write(b"out")
             stderr.write(b"err")
@@ -97,6 +99,7 @@ def test_run_subprocess_hands_codejails_sandbox_run_to_the_zygote(warm, settings
     zygote.stop()
     assert result == (0, b"out", b"err")
     assert zygote.stdin_seen == [b"[1]"]
+    warm.end_leftovers.assert_called_once_with(warm, killed=False, keep=4000)
 
 
 def test_without_the_setting_runs_stay_fresh_interpreters(warm, settings):
@@ -358,3 +361,43 @@ def test_the_zygote_starts_as_its_own_python_where_one_is_named(warm, settings):
 def test_without_a_zygote_script_runs_stay_fresh_interpreters(warm, settings):
     settings.CODEJAIL_ZYGOTE_SCRIPT = None
     assert not warm_sandbox.enabled()
+
+
+def test_a_successor_takes_the_slot_even_if_its_predecessor_is_gone(warm):
+    successors = []
+
+    def start(user, path=None, stdout=None):
+        successors.append(FakeSuccessor(user, path))
+        return successors[-1]
+
+    with mock.patch.object(warm_sandbox, "start_zygote", side_effect=start):
+        warm_sandbox._replace(warm.user)  # no zygote listens at <user>.sock: nothing to retire
+    process = warm_sandbox.run(warm, "/tmp/codejail-v", [])
+    process.stdin.close()
+    assert process.wait() == 0 and successors[0].zygote.requests[0]["cwd"] == "/tmp/codejail-v"
+    successors[0].zygote.stop()
+
+
+def test_a_zygote_that_resets_the_connection_as_the_run_is_sent_is_gone(warm):
+    zygote = FakeZygote(warm.user, status=0)
+    zygote.start()
+    with mock.patch.object(warm_sandbox.socket, "send_fds", side_effect=ConnectionResetError), \
+            pytest.raises(warm_sandbox.ZygoteGone):
+        warm_sandbox._run(warm, "/tmp/codejail-w", [])
+    zygote.stop()
+
+
+def test_a_reset_connection_mid_run_is_a_zygote_gone(warm):
+    conn = mock.Mock()
+    conn.recv.side_effect = ConnectionResetError
+    read_ends = [os.pipe() for _ in range(3)]
+    run = warm_sandbox.WarmRun(conn, read_ends[0][1], read_ends[1][0], read_ends[2][0])
+    with mock.patch.object(warm_sandbox.select, "select"), pytest.raises(warm_sandbox.ZygoteGone):
+        run.receive(0)
+    run.close()
+    for pair in read_ends:
+        for fd in pair:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
