@@ -45,8 +45,6 @@ FORK_TIMEOUT_SECONDS = 30
 # a later run: its predecessor keeps asking).
 SUCCESSOR_TIMEOUT_SECONDS = 120
 MAX_MESSAGE = 4096
-# Zygotes this process started: it must reap them when they exit.
-_started = {}
 # Users whose zygote's successor a thread of this process is starting.
 _replacing = set()
 _replacing_lock = threading.Lock()
@@ -76,8 +74,14 @@ def socket_path(user):
 
 
 def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
-    """Start ``user``'s zygote, listening on a fresh socket at ``path`` (``socket_path(user)``)."""
-    _reap()
+    """
+    Start ``user``'s zygote, listening on a fresh socket at ``path`` (``socket_path(user)``).
+
+    The zygote forks at once and its first process exits (waited for here): the zygote is then
+    gunicorn's master's child (a child subreaper, gunicorn_config), which reaps it as soon as it
+    ends, and never a zombie of this worker, counted against its sandbox user (RLIMIT_NPROC, and
+    ``sandbox_pool.end_leftovers``) until this worker waits for it.
+    """
     path = path or socket_path(user)
     try:
         os.unlink(path)
@@ -92,8 +96,11 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
              "-E", "-B", "-S", settings.CODEJAIL_ZYGOTE_SCRIPT],
             stdin=listener, stdout=stdout,
         )
-    _started[process.pid] = process
-    log.info("Started the warm sandbox zygote of %s (PID %s)", user, process.pid)
+    try:
+        process.wait(FORK_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.error("The zygote of %s did not leave its first process within %s s", user, FORK_TIMEOUT_SECONDS)
+    log.info("Started the warm sandbox zygote of %s", user)
     return process
 
 
@@ -164,14 +171,8 @@ def _hand_over(user):
     finally:
         if predecessor is not None:
             predecessor.close()
-    log.info("Replaced the warm sandbox zygote of %s: its successor (PID %s) was ready in %.2f s",
-             user, process.pid, time.monotonic() - started)
-
-
-def _reap():
-    for pid, process in list(_started.items()):
-        if process.poll() is not None:
-            del _started[pid]
+    log.info("Replaced the warm sandbox zygote of %s: its successor was ready in %.2f s",
+             user, time.monotonic() - started)
 
 
 def _connect(user):

@@ -195,10 +195,14 @@ def test_start_zygote_runs_the_pinned_command_with_its_socket_as_stdin(warm, set
     assert args[0] == ["sudo", "-n", "-u", warm.user, PYTHON_BIN, "-E", "-B", "-S", settings.CODEJAIL_ZYGOTE_SCRIPT]
     assert kwargs["stdin"].family == socket.AF_UNIX and kwargs["stdout"] == subprocess.DEVNULL
     assert os.path.exists(warm_sandbox.socket_path(warm.user))
-    assert 99 in warm_sandbox._started
-    popen.return_value.poll.return_value = 0
-    warm_sandbox._reap()
-    assert 99 not in warm_sandbox._started
+    popen.return_value.wait.assert_called_once_with(warm_sandbox.FORK_TIMEOUT_SECONDS)  # its first process
+
+
+def test_a_zygote_slow_to_leave_its_first_process_is_said(warm, caplog):
+    with mock.patch("subprocess.Popen") as popen:
+        popen.return_value.wait.side_effect = subprocess.TimeoutExpired("sudo", 30)
+        warm_sandbox.start_zygote(warm.user)
+    assert "did not leave its first process" in caplog.text
 
 
 def test_the_master_stops_the_zygotes_with_the_service(warm, settings):
@@ -355,7 +359,6 @@ def test_the_zygote_starts_as_its_own_python_where_one_is_named(warm, settings):
         popen.return_value.pid = 98
         warm_sandbox.start_zygote(warm.user)
     assert popen.call_args[0][0][4] == "/venv/bin/python-zygote"
-    warm_sandbox._started.pop(98)
 
 
 def test_without_a_zygote_script_runs_stay_fresh_interpreters(warm, settings):
