@@ -34,6 +34,7 @@ import time
 
 from django.conf import settings
 
+from codejail_service import gunicorn_config
 from codejail_service.apps.core import sandbox_pool
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,12 @@ def start_all():
     """
     Start the zygote of every free slot that has none, all at once: they preload in parallel
     (the startup checks, which come next, would otherwise start them one after another).
+
+    Run by the process that runs the startup checks: gunicorn's master, as it preloads the app,
+    before its ``on_starting`` hook. It becomes a child subreaper first, so that it adopts the
+    zygotes (each leaves its first process at once, ``start_zygote``), and gunicorn reaps them.
     """
+    gunicorn_config.become_child_subreaper()
     for slot in sandbox_pool.free_slots():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

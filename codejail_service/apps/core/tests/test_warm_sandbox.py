@@ -341,13 +341,16 @@ def test_start_all_starts_a_zygote_for_each_free_slot_without_one(warm, settings
     # Slot 1 is held (the fixture); slot 0 has a zygote already (it is not replaced).
     there = FakeZygote(sandbox_pool.pool_users()[0])
     there.start()
-    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote:
+    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote, \
+            mock.patch.object(warm_sandbox.gunicorn_config, "become_child_subreaper") as subreaper:
         warm_sandbox.start_all()
     start_zygote.assert_not_called()
+    subreaper.assert_called_once_with()
     there.join(5)
     assert there.requests == [None]
     there.listener.close()
-    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote:
+    with mock.patch.object(warm_sandbox, "start_zygote") as start_zygote, \
+            mock.patch.object(warm_sandbox.gunicorn_config, "become_child_subreaper"):
         warm_sandbox.start_all()
     start_zygote.assert_called_once_with(sandbox_pool.pool_users()[0])
     there.join(5)
