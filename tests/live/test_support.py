@@ -173,11 +173,12 @@ def test_support_health_reports_the_confinement_layers(service):
 
 
 # What the LMS puts before course code (benchmarks/lms_prolog.py has it verbatim): the parts that
-# change how course packages behave in the sandbox.
-LMS_PROLOG = ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n'
-              'os.environ["TMPDIR"] = os.getcwd() + "/tmp"\nos.environ["MPLCONFIGDIR"] = os.environ["TMPDIR"]\n'
-              "import random2 as random_module\nimport sys\nrandom = random_module.Random(4)\n"
-              "random.Random = random_module.Random\nsys.modules['random'] = random\n")
+# change how course packages behave in the sandbox (random2's seeded Random as the random module).
+LMS_CODE_PROLOG = ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n'
+                   'os.environ["TMPDIR"] = os.getcwd() + "/tmp"\nos.environ["MPLCONFIGDIR"] = os.environ["TMPDIR"]\n'
+                   "import random2 as random_module\nimport sys\nrandom = random_module.Random(4)\n"
+                   "random.Random = random_module.Random\nrandom.SystemRandom = random_module.SystemRandom\n"
+                   "sys.modules['random'] = random\n")
 
 
 @pytest.mark.parametrize(("code", "want"), [
@@ -192,7 +193,7 @@ LMS_PROLOG = ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n'
 ], ids=["matplotlib", "scipy", "sympy", "calc", "networkx-lxml"])
 def test_allow_course_packages_under_the_lms_prolog(run, code, want):
     """What course graders import works under the LMS's prolog, within the limits."""
-    result = run(LMS_PROLOG + code)
+    result = run(LMS_CODE_PROLOG + code)
     assert result.globals.get("r") == want, result
 
 
@@ -203,7 +204,7 @@ def test_allow_chemcalc_with_the_warm_sandbox(run):
     """
     from .conftest import WARM
 
-    result = run(LMS_PROLOG + "import chem.chemcalc\n"
+    result = run(LMS_CODE_PROLOG + "import chem.chemcalc\n"
                  "r = chem.chemcalc.chemical_equations_equal('H2 + O2 -> H2O2', '2H2 + 2O2 -> 2H2O2')")
     if WARM:
         assert result.globals.get("r") is True, result
