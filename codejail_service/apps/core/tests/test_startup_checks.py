@@ -239,11 +239,31 @@ def test_egress_check_against_loopback_fails_for_real():
 LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
 
 
+BOUND = {"kind": "watchdog", "bytes": 1 << 30}
+
+
 def test_confinement_layers_passes_and_reports_when_enforced(settings):
     settings.CODEJAIL_WARM_SANDBOX = False
-    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
         result = check_confinement_layers()
-    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, warm_sandbox=False)
+    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, memory_bound=BOUND,
+                                    warm_sandbox=False)
+
+
+def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory(settings):
+    settings.CODEJAIL_WARM_SANDBOX = False
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": None}):
+        result = check_confinement_layers()
+    assert not result.passed and "total memory" in result.reason
+
+
+def test_confinement_layers_passes_unbounded_memory_only_when_the_operator_allows_it(settings):
+    settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True
+    with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
+        result = check_confinement_layers()
+    assert result.passed and result.details["memory_bound"] is None
 
 
 @pytest.fixture
@@ -253,7 +273,8 @@ def warm_sandbox_on(settings, tmp_path):
 
 
 def test_confinement_layers_reports_runs_forked_by_the_zygote(warm_sandbox_on):
-    outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote"}
+    outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote",
+               "memory_bound": BOUND}
     with sandbox_reports(outcome=outcome):
         result = check_confinement_layers()
     assert result.passed and result.details["warm_sandbox"] is True
@@ -268,7 +289,8 @@ def test_confinement_layers_fails_when_the_warm_sandbox_is_on_but_runs_are_fresh
 def test_without_a_pool_the_warm_sandbox_default_means_fresh_interpreters_and_says_so(settings):
     settings.CODEJAIL_WARM_SANDBOX = True
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
-    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
         result = check_confinement_layers()
     assert result.passed and result.details["warm_sandbox"] is False
     assert "needs a sandbox user pool" in result.details["warm_sandbox_note"]
@@ -277,12 +299,14 @@ def test_without_a_pool_the_warm_sandbox_default_means_fresh_interpreters_and_sa
 def test_with_a_pool_and_the_opt_out_the_check_says_nothing_of_the_warm_sandbox(settings):
     settings.CODEJAIL_WARM_SANDBOX = False
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
-    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
         result = check_confinement_layers()
     assert result.passed and "warm_sandbox_note" not in result.details
 
 
-def test_confinement_layers_passes_and_says_so_when_switched_off():
+def test_confinement_layers_passes_and_says_so_when_switched_off(settings):
+    settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True  # the layer's watchdog is off too
     with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
         result = check_confinement_layers()
     assert result.passed
