@@ -226,7 +226,7 @@ def _run(slot, cwd, rlimits):
     finally:
         for fd in child_ends:
             os.close(fd)
-    warm = WarmRun(conn, *our_ends)
+    warm = WarmRun(conn, *our_ends, uid=_uid_of(slot.user))
     try:
         reply = warm.receive(FORK_TIMEOUT_SECONDS)
         if reply is None or "pid" not in reply:
@@ -241,11 +241,35 @@ def _run(slot, cwd, rlimits):
     return warm
 
 
+def _uid_of(user):
+    try:
+        return sandbox_pool.uid_of(user)
+    except KeyError:  # no such user (the unit tests' stand-ins)
+        return None
+
+
+def _is_zygote_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().rstrip(b"\0").endswith(b"/zygote.py")
+    except OSError:
+        return False
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class WarmRun:
     """A run forked by a zygote, with what ``run_subprocess`` uses of a ``Popen``."""
 
-    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
+    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd, uid=None):
         self.pid = None
+        self._uid = uid
         self.zygote_pid = None  # left running after the run: it forks the slot's next one
         self.returncode = None
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
@@ -253,6 +277,20 @@ class WarmRun:
         self.stderr = os.fdopen(stderr_fd, "rb", buffering=0)
         self._conn = conn
         self._lock = threading.Lock()  # poll() runs in codejail's killer thread too
+
+    @property
+    def zygote_pids(self):
+        """
+        Every zygote of this run's slot now: the one that forked it, and a successor that may be
+        preloading (``replace``), which another worker may have started. A zygote has the zygote's
+        command line and a parent that has not (a run's processes are forked by a zygote).
+        """
+        pids = {self.zygote_pid} if self.zygote_pid else set()
+        if self._uid is not None:
+            for pid in sandbox_pool.processes_of(self._uid):
+                if _is_zygote_cmdline(pid) and not _is_zygote_cmdline(_ppid(pid)):
+                    pids.add(pid)
+        return pids
 
     def receive(self, timeout):
         """

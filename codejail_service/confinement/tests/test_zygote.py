@@ -226,3 +226,14 @@ def test_apparmor_that_cannot_be_read_stops_the_run(tmp_path):
 
 def test_this_host_runs_are_left_in_their_profile():
     zygote.apparmor_enter_sandbox()  # the unit tests run unconfined (or in a profile of another name)
+
+
+def test_warm_up_runs_each_preloaded_packages_code_and_skips_what_fails(capsys):
+    import json as json_module
+
+    json_module.codejail_warmed = 0
+    zygote.warm_up(("json", "os"), {"json": "json.codejail_warmed += 1", "os": "raise ValueError('x')",
+                                       "codejail_not_preloaded": "raise SystemExit"})
+    assert json_module.codejail_warmed == 1
+    del json_module.codejail_warmed
+    assert "not warming up os: ValueError('x')" in capsys.readouterr().err

@@ -99,7 +99,7 @@ def test_run_subprocess_hands_codejails_sandbox_run_to_the_zygote(warm, settings
     zygote.stop()
     assert result == (0, b"out", b"err")
     assert zygote.stdin_seen == [b"[1]"]
-    warm.end_leftovers.assert_called_once_with(warm, killed=False, keep=4000)
+    warm.end_leftovers.assert_called_once_with(warm, killed=False, keep={4000})
 
 
 def test_without_the_setting_runs_stay_fresh_interpreters(warm, settings):
