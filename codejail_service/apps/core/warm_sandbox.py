@@ -256,12 +256,12 @@ def _is_zygote_cmdline(pid):
         return False
 
 
-def _ppid(pid):
+def _session(pid):
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+            return int(stat.read().rsplit(b")", 1)[1].split()[3])
     except (OSError, ValueError, IndexError):
-        return 0
+        return None
 
 
 class WarmRun:
@@ -283,12 +283,14 @@ class WarmRun:
         """
         Every zygote of this run's slot now: the one that forked it, and a successor that may be
         preloading (``replace``), which another worker may have started. A zygote has the zygote's
-        command line and a parent that has not (a run's processes are forked by a zygote).
+        command line and stays in the service's session (the app starts it without a session of
+        its own); every run takes a session of its own, and its processes keep it.
         """
         pids = {self.zygote_pid} if self.zygote_pid else set()
         if self._uid is not None:
+            ours = os.getsid(0)
             for pid in sandbox_pool.processes_of(self._uid):
-                if _is_zygote_cmdline(pid) and not _is_zygote_cmdline(_ppid(pid)):
+                if _is_zygote_cmdline(pid) and _session(pid) == ours:
                     pids.add(pid)
         return pids
 

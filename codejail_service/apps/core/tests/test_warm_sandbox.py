@@ -407,3 +407,19 @@ def test_a_reset_connection_mid_run_is_a_zygote_gone(warm):
                 os.close(fd)
             except OSError:
                 pass
+
+
+def test_the_zygotes_of_a_slot_are_its_zygote_command_lines_in_the_services_session(warm, monkeypatch):
+    run = warm_sandbox.WarmRun(mock.Mock(), *[os.open(os.devnull, os.O_RDWR) for _ in range(3)], uid=4242)
+    run.zygote_pid = 10
+    monkeypatch.setattr(sandbox_pool, "processes_of", lambda uid: [10, 11, 12, 13])
+    monkeypatch.setattr(warm_sandbox, "_is_zygote_cmdline", lambda pid: pid != 13)  # 13: something else
+    ours = os.getsid(0)
+    monkeypatch.setattr(warm_sandbox, "_session", lambda pid: {10: ours, 11: ours, 12: ours + 1, 13: ours}[pid])
+    assert run.zygote_pids == {10, 11}  # 11: a successor; 12: a run (a session of its own)
+    run.close()
+
+
+def test_a_process_session_and_command_line_from_proc():
+    assert warm_sandbox._session(os.getpid()) == os.getsid(0) and warm_sandbox._session(-1) is None
+    assert not warm_sandbox._is_zygote_cmdline(os.getpid()) and not warm_sandbox._is_zygote_cmdline(-1)
