@@ -52,10 +52,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
     # Every answer is JSON, whatever the client's Accept header says.
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # Strict JSON with non-finite floats as null: the LMS's parser (requests + simplejson) refuses
+    # bare NaN / Infinity. Requests may carry them (Python's JSON).
+    "DEFAULT_RENDERER_CLASSES": ["codejail_service.apps.core.renderers.StrictJSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "codejail_service.apps.core.negotiation.AlwaysJSONNegotiation",
-    # NaN / Infinity occur in course globals and must round-trip (Python's JSON).
-    "STRICT_JSON": False,
+    "STRICT_JSON": True,
     # Escape non-ASCII as \uXXXX: plain ASCII bodies, and lone surrogates that
     # codejail lets through cannot break UTF-8 encoding of the response.
     "UNICODE_JSON": False,

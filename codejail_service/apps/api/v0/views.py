@@ -87,7 +87,8 @@ def _refuse(status_slug, message, status=400, detail=None):
 
 
 # The OpenAPI description of the request and the answers (GET /api/schema/, docs/openapi.yaml).
-# `payload` is a JSON part (Python's JSON: NaN and Infinity are accepted).
+# `payload` is a JSON part (Python's JSON: NaN and Infinity are accepted); answers are strict JSON
+# (non-finite floats as null: codejail_service/apps/core/renderers.py).
 CODE_EXEC_PAYLOAD = inline_serializer(
     name="CodeExecPayload",
     fields={
@@ -115,8 +116,11 @@ CODE_EXEC_REQUEST = inline_serializer(
 CODE_EXEC_ANSWER = inline_serializer(
     name="CodeExecAnswer",
     fields={
-        "globals_dict": serializers.DictField(help_text="The JSON-safe globals after the run (the input ones "
-                                              "when it failed)."),
+        "globals_dict": serializers.DictField(
+            help_text="The JSON-safe globals after the run (the input ones when it failed). Strict JSON: "
+            "non-finite floats (NaN, Infinity, -Infinity) are answered as null, which every JSON parser "
+            "reads (the LMS's simplejson refuses the bare tokens)."
+        ),
         "emsg": serializers.CharField(required=False, help_text="Present when the code raised, was killed or "
                                       "broke the protocol: codejail's message, with the sandbox's output."),
     },

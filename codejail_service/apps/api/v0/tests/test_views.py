@@ -171,18 +171,30 @@ def test_telemetry_records_request_details(client, enabled, safe_exec, attribute
 # --- JSON fidelity ------------------------------------------------------------------------------
 
 
-def test_nan_and_infinity_round_trip_both_ways(client, enabled, safe_exec):
-    raw = '{"code": "z = [a, b, c]", "globals_dict": {"a": NaN, "b": Infinity, "c": -Infinity}}'
+def strict_json(content):
+    """Parse as the LMS does (requests + simplejson 3.20): bare NaN / Infinity tokens are refused."""
+    def refuse(token):
+        raise ValueError(f"bare {token} in the answer")
+    return json.loads(content, parse_constant=refuse)
+
+
+def test_nan_and_infinity_in_are_floats_and_come_back_as_null(client, enabled, safe_exec):
+    raw = '{"code": "z = [a, b, c, 1.5]", "globals_dict": {"a": NaN, "b": Infinity, "c": -Infinity}}'
     response = post(client, {"payload": raw})
     assert response.status_code == 200
     # In: safe_exec saw real floats.
     seen = safe_exec.call_args.args[1]
     assert math.isnan(seen["a"]) and seen["b"] == math.inf and seen["c"] == -math.inf
-    # Out: Python's JSON literals, which the LMS's json.loads reads back.
-    assert b"NaN" in response.content and b"-Infinity" in response.content
-    body = json.loads(response.content)
-    assert math.isnan(body["globals_dict"]["z"][0])
-    assert body["globals_dict"]["z"][1:] == [math.inf, -math.inf]
+    # Out: null, which a strict parser reads; finite floats are untouched.
+    body = strict_json(response.content)
+    assert body["globals_dict"] == {"a": None, "b": None, "c": None, "z": [None, None, None, 1.5]}
+
+
+def test_non_finite_input_globals_of_a_failed_run_come_back_as_null(client, enabled):
+    with mock.patch(SAFE_EXEC, side_effect=SafeExecException(FAILED_RUN)):
+        response = post(client, {"payload": '{"code": "1/0", "globals_dict": {"a": [NaN, 2.0]}}'})
+    body = strict_json(response.content)
+    assert body == {"globals_dict": {"a": [None, 2.0]}, "emsg": FAILED_RUN}
 
 
 def test_non_bmp_unicode_round_trips(client, enabled, safe_exec):
