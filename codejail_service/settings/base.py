@@ -144,9 +144,13 @@ CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
 
 # .. setting_name: CODEJAIL_MAX_OUTPUT_BYTES
 # .. setting_default: 1 MiB
-# .. setting_description: Most output read from one run, stdout and stderr together (the globals
-#   come back on stdout). Past it the service stops reading, the run fails, and its emsg says the
-#   output was truncated; a flood can then neither grow a worker nor the answer beyond this.
+# .. setting_description: How much output of one run is kept beyond what its globals need. stdout
+#   (which carries the globals back) may be as long as the run's input (codejail's JSON of the code
+#   and the request's globals) plus this, so any globals a request brought come back whole; past
+#   that the service stops reading, the run fails, and its emsg says stdout was truncated. stderr
+#   keeps its first and last halves of this, with a note of how much was left out between them
+#   (the traceback comes last). A flood can then grow a worker by at most the request's own size
+#   plus twice this.
 CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 
 # .. setting_name: CODEJAIL_ADMISSION
