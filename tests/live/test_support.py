@@ -33,6 +33,15 @@ def test_support_nan_and_infinity_in_come_back_as_null(run, service):
     assert result.globals["ok"] == [True, True, True], result
 
 
+def test_support_globals_as_large_as_a_request_allows_come_back_whole(run):
+    """Any globals a request within CODEJAIL_MAX_REQUEST_BYTES brings come back (stdout's cap scales)."""
+    big = "é" * (512 * 1024) + "x" * (4 * 1024 * 1024)  # about 8 MiB as sent (JSON escapes, then urlencoded)
+    result = run("n = len(big)\nmade = 'y' * (512 * 1024)", globals_dict={"big": big}, timeout=(0.5, 60))
+    assert result.emsg is None, str(result)[:2000]
+    assert result.globals["big"] == big and result.globals["n"] == len(big)
+    assert result.globals["made"] == "y" * (512 * 1024)
+
+
 def test_support_traceback_in_emsg(run):
     result = run("def grade():\n    return 1 / 0\ngrade()", globals_dict={"x": 1})
     assert result.status == 200
