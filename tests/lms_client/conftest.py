@@ -15,6 +15,7 @@ Django settings the LMS sets: nothing of it is patched.
   by ``sudo -u <sandbox user>``, the service's default limits, and the same packages (the service's
   sandbox venv's site-packages, from a plain ``--copies`` venv without our confinement layer).
 """
+import json
 import os
 import shutil
 import subprocess
@@ -32,8 +33,9 @@ from tests.live.conftest import (  # noqa: E402 -- the live suite's service, sta
     SANDBOX_USER,
     WARM,
     _no_processes_from_earlier_tests,  # noqa: F401 -- autouse fixture
-    service,  # noqa: F401 -- fixture
+    running_service,
 )
+from tests.lms_client.corpus import HEAVY_COURSE  # noqa: E402
 
 # The LMS's settings for its client (lms/envs/common.py defaults), the service's host set below.
 settings.configure(
@@ -49,12 +51,24 @@ settings.configure(
 django.setup()
 
 SANDBOX_SITE_PACKAGES = "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages"
-# The service's default limits (codejail_service/settings/base.py), so both arms limit alike.
+# The service's default limits (codejail_service/settings/base.py), so both arms limit alike; and
+# one course's override, as an operator gives it to the LMS and the service alike: matplotlib and
+# chemcalc cost about 1 s of CPU per run (corpus.HEAVY_COURSE).
 LIMITS = {"CPU": 1, "REALTIME": 3, "VMEM": 512 * 1024 * 1024, "FSIZE": 1024 * 1024, "NPROC": 15, "PROXY": 0}
+OVERRIDES = {HEAVY_COURSE: {"CPU": 2}}
+
+
+@pytest.fixture(scope="session")
+def service():
+    """The live suite's service, with the same limits and overrides as the local codejail."""
+    code_jail = {"python_bin": "/opt/codejail-service/sandbox-venv/bin/python", "user": SANDBOX_USER,
+                 "limits": LIMITS, "limit_overrides": OVERRIDES}
+    with running_service([f"CODE_JAIL: {json.dumps(code_jail)}"]) as started:
+        yield started
 
 
 @pytest.fixture(scope="session", autouse=True)
-def lms_client(service):  # noqa: F811
+def lms_client(service):
     """The client, pointed at the service."""
     settings.CODE_JAIL_REST_SERVICE_HOST = service["url"]
     from xblocks_contrib.problem.capa.safe_exec import safe_exec  # noqa: PLC0415 -- after the settings
@@ -78,6 +92,9 @@ def local_codejail():
     jail_code.configure("python", os.path.join(venv, "bin", "python"), user=SANDBOX_USER)
     for name, value in LIMITS.items():
         jail_code.set_limit(name, value)
+    for context, overrides in OVERRIDES.items():
+        for name, value in overrides.items():
+            jail_code.override_limit(name, value, context)
     yield venv
     shutil.rmtree(home)
 

@@ -16,7 +16,7 @@ def run_case(safe_exec, case, globals_dict):
     extra = {"python_path": ["python_lib.zip"], "extra_files": [("python_lib.zip", python_lib_zip())]} \
         if case.library else {}
     safe_exec(case.code, globals_dict, random_seed=case.seed, slug=f"lms-client-{case.name}",
-              limit_overrides_context="course-v1:edX+Test+2026", **extra)
+              limit_overrides_context=case.course, **extra)
 
 
 def check_globals(case, globals_dict):
