@@ -126,10 +126,13 @@ test-faults: provision $(VENV_STAMP) ## (root) kill a worker mid-run, break the 
 	$(ROBUST_PYTEST) tests/robustness/test_faults.py
 
 # --- Performance (issue 6) -----------------------------------------------------------
-.PHONY: bench bench-timeout
+.PHONY: bench bench-timeout bench-globals
 BENCH_ARGS ?=
 bench-timeout: provision ## (root) how long a run killed at REALTIME takes to be answered, at c=1 and at capacity, fresh and warm
 	$(PYTHON) benchmarks/timeout_answer.py
+
+bench-globals: provision ## (root) worker memory and answer time for globals of 1 to 9 MiB, which come back whole
+	$(PYTHON) benchmarks/globals_memory.py
 
 bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table + .cache/bench/latest.json (BENCH_ARGS)
 	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
