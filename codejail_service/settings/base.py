@@ -149,8 +149,9 @@ CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
 #   and the request's globals) plus this, so any globals a request brought come back whole; past
 #   that the service stops reading, the run fails, and its emsg says stdout was truncated. stderr
 #   keeps its first and last halves of this, with a note of how much was left out between them
-#   (the traceback comes last). A flood can then grow a worker by at most the request's own size
-#   plus twice this.
+#   (the traceback comes last); it is read to its end unless it exceeds 64 times this, a flood whose
+#   pipe is then closed. A flood can then grow a worker by at most the request's own size plus
+#   twice this.
 CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 
 # .. setting_name: CODEJAIL_ADMISSION

@@ -19,8 +19,11 @@ docs/decisions/0005-run-cost-and-overload.rst):
     it ends, or codejail's time limit ends it), a note is added to stderr, and the run counts as
     failed, so the LMS sees the note in ``emsg``.
   - stderr (only ever shown in ``emsg``) keeps its first and last ``CODEJAIL_MAX_OUTPUT_BYTES / 2``
-    bytes, with a note of how much was left out between them, and is read to its end: the
-    traceback, where the exception is, comes last. This alone does not fail a run.
+    bytes, with a note of how much was left out between them, and is read to its end (the
+    traceback, where the exception is, comes last) unless the run writes more than
+    ``STDERR_DRAIN_FACTOR`` times the cap: then it is a flood, its pipe is closed (the worker
+    would otherwise spend its CPU reading until the time limit) and a note says so. This alone
+    does not fail a run.
 - **Run directory in messages.** Our run directories live in the slot's capped filesystem
   (``temp_directory``), but the LMS's darklaunch normaliser and operators' tooling know only
   codejail's ``/tmp/codejail-<name>``. In the output of a *failed* run (which becomes ``emsg``)
@@ -54,6 +57,8 @@ from codejail_service.apps.core import sandbox_pool, warm_sandbox
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+# stderr is read to its end (for the traceback) up to this many times CODEJAIL_MAX_OUTPUT_BYTES.
+STDERR_DRAIN_FACTOR = 64
 
 
 def install():
@@ -154,18 +159,22 @@ class _HeadAndTail:
             while self.tail_bytes - len(self.tail[0]) >= self.keep:
                 self.tail_bytes -= len(self.tail.popleft())
 
-    def value(self):
+    def value(self, closed=False):
         tail = b"".join(self.tail)[-self.keep:] if self.keep else b""
         left_out = self.total - len(self.head) - len(tail)
-        if not left_out:
-            return self.head + tail
-        return self.head + f"\n[codejail-service: {left_out} bytes of stderr left out]\n".encode() + tail
+        value = self.head + tail
+        if left_out:
+            value = self.head + f"\n[codejail-service: {left_out} bytes of stderr left out]\n".encode() + tail
+        if closed:
+            value += f"\n[codejail-service: stderr closed after {self.total} bytes: a flood]".encode()
+        return value
 
 
 def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
     """
     Feed ``stdin``, read stdout until it closes or ``stdout_limit`` bytes were read, and read stderr
-    to its end keeping its head and tail (``stderr_limit`` bytes in all).
+    to its end (or ``STDERR_DRAIN_FACTOR`` times ``stderr_limit``) keeping its head and tail
+    (``stderr_limit`` bytes in all).
 
     Returns ``(stdout, stderr, truncated)``; when stdout is truncated every pipe to the process is
     closed.
@@ -173,6 +182,7 @@ def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
     stdout = []
     stdout_read = 0
     stderr = _HeadAndTail(stderr_limit)
+    stderr_closed = False
     truncated = False
     pending = memoryview(stdin or b"")
     with selectors.DefaultSelector() as selector:
@@ -202,6 +212,10 @@ def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
                     continue
                 if pipe is process.stderr:
                     stderr.append(data)
+                    if stderr.total > STDERR_DRAIN_FACTOR * stderr_limit:
+                        selector.unregister(pipe)
+                        pipe.close()
+                        stderr_closed = True
                     continue
                 if stdout_read + len(data) > stdout_limit:
                     data = data[:stdout_limit - stdout_read]
@@ -214,7 +228,7 @@ def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)
                 key.fileobj.close()
-    return b"".join(stdout), stderr.value(), truncated
+    return b"".join(stdout), stderr.value(closed=stderr_closed), truncated
 
 
 def _cleanup_target(cmd, cwd):

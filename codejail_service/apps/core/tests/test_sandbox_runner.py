@@ -5,6 +5,7 @@ These start real (unprivileged, unsandboxed) python processes: the pipes are the
 """
 
 import os
+import re
 import sys
 import tempfile
 from unittest import mock
@@ -102,6 +103,16 @@ def test_stderr_flood_keeps_its_head_and_its_last_lines_and_does_not_fail_the_ru
     assert head.startswith(b"noise 00000\n") and len(head) == cap // 2
     assert tail.endswith(b"noise 01999\nTraceback: the end") and len(tail) == cap // 2
     assert note == f"{2000 * 12 + 18 - cap} bytes of stderr left out".encode()
+
+
+def test_stderr_flood_beyond_the_drain_limit_is_closed_saying_so(cap):
+    # 64 x the cap (640 kB here): then the pipe is closed; the run's next write fails.
+    code = "import os\nwhile True:\n    os.write(2, b'x' * 1000)"
+    status, _, stderr = run_subprocess(PYTHON + [code])
+    assert status != 0
+    closed = re.search(rb"\n\[codejail-service: stderr closed after ([0-9]+) bytes: a flood\]$", stderr)
+    assert closed and 640_000 < int(closed[1]) <= 640_000 + sandbox_runner.READ_SIZE, stderr[-200:]
+    assert b"bytes of stderr left out" in stderr and len(stderr) < cap + 200
 
 
 def test_stderr_within_its_cap_is_kept_whole(cap):
