@@ -39,13 +39,24 @@ def status_kib(pid, field):
     return 0
 
 
+def is_gunicorn(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"gunicorn" in cmdline.read()
+    except OSError:
+        return False
+
+
 def main():
     port = free_port()
     process = start_service(port, {"CODEJAIL_SERVICE_WORKERS": "1"},
                             os.path.join(tempfile.gettempdir(), "cjbench-globals.log"))
     url = f"http://127.0.0.1:{port}/api/v0/code-exec"
     try:
-        (worker,) = WorkerMemory(process.pid).workers()
+        workers = [pid for pid in WorkerMemory(process.pid).workers() if is_gunicorn(pid)]
+        if len(workers) != 1:
+            raise SystemExit(f"expected one worker, found {workers}")
+        (worker,) = workers
         print(f"{'globals MiB':>11} {'request MiB':>11} {'answer s':>8} {'RSS before MiB':>14} {'peak RSS MiB':>12}")
         for size in (0, 1, 2, 4, 6, 9):
             big = "x" * (size * MIB)
