@@ -108,3 +108,18 @@ def test_darklaunch_successes_compare_equal(lms_client, darklaunch, case, caplog
     assert attributes["codejail.darklaunch.status.remote"] == "ok", log_text
     assert attributes["codejail.darklaunch.emsg_match"] is True, log_text
     assert attributes["codejail.darklaunch.globals_match"] is True, log_text
+
+
+def test_the_local_arm_is_codejail_as_an_lms_host_runs_it(local_codejail):
+    """The darklaunch comparison is with codejail itself: the sandbox user, /tmp/codejail-XXXX, limits."""
+    from codejail.safe_exec import safe_exec  # noqa: PLC0415 -- the local codejail the fixture configured
+
+    from tests.lms_client.conftest import SANDBOX_SITE_PACKAGES, SANDBOX_USER  # noqa: PLC0415
+
+    globals_dict = {}
+    safe_exec("import os, pwd, resource, numpy\nuser = pwd.getpwuid(os.getuid()).pw_name\ncwd = os.getcwd()\n"
+              "cpu = resource.getrlimit(resource.RLIMIT_CPU)[0]\nnumpy_from = numpy.__file__\n", globals_dict)
+    assert globals_dict["user"] == SANDBOX_USER
+    assert globals_dict["cwd"].startswith("/tmp/codejail-")
+    assert globals_dict["cpu"] == 1
+    assert globals_dict["numpy_from"].startswith(SANDBOX_SITE_PACKAGES + "/")
