@@ -3,7 +3,6 @@ The LMS's own client (xblocks-contrib's capa safe_exec) against the live service
 corpus (corpus.py) in REST mode, and darklaunch against a local codejail (see conftest.py).
 """
 import logging
-import time
 
 import pytest
 from codejail.safe_exec import SafeExecException
@@ -51,12 +50,14 @@ def test_failing_course_script_gives_the_student_codejails_message(lms_client, c
     assert "/var/lib/codejail-service" not in message and "zygote" not in message, message
 
 
-def test_a_time_limit_is_answered_within_the_lms_read_timeout(lms_client):
-    """A run killed at REALTIME (3 s) is answered before the client's 3.5 s read timeout."""
-    started = time.monotonic()
+def test_a_time_limit_reaches_the_student_as_codejails_message(lms_client):
+    """
+    A run killed at REALTIME (3 s) is answered before the client's own read timeout (3.5 s): the
+    student sees the time-limit message, not "service unavailable" (CodejailServiceUnavailable).
+    How much time is left is measured by make bench-timeout, not asserted here.
+    """
     with pytest.raises(SafeExecException, match="status code: -9"):
         lms_client("import time\ntime.sleep(30)\n", {}, slug="lms-client-timeout")
-    assert time.monotonic() - started < 3.5 + 3.2  # the client's own 3.5 s is what counts (above)
 
 
 def test_non_finite_floats_reach_the_lms_as_none(lms_client):
