@@ -48,6 +48,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 
 from codejail import jail_code
 from codejail.subproc import ProcessKillerThread, set_process_limits
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 # stderr is read to its end (for the traceback) up to this many times CODEJAIL_MAX_OUTPUT_BYTES.
 STDERR_DRAIN_FACTOR = 64
+# Seconds past REALTIME after which the slot's every process is killed, if the run still holds
+# its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin's reach.
+BACKSTOP_SECONDS = 0.5
 
 
 def install():
@@ -107,14 +111,27 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
         )
     if slug:
         log.info("Executed jailed code %s in %s, with PID %s", slug, cwd, process.pid)
+    pooled = slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]
+    backstop = None
     if realtime:
         ProcessKillerThread(process, limit=realtime).start()
+        if pooled:
+            # Should the run's reaper be beaten (it ends what the time limit's `pkill -g` misses),
+            # every process of the slot's user is killed shortly after: the answer still comes.
+            backstop = threading.Timer(realtime + BACKSTOP_SECONDS, sandbox_pool.kill_all_processes_of,
+                                       (slot.user,))
+            backstop.daemon = True
+            backstop.start()
 
     margin = settings.CODEJAIL_MAX_OUTPUT_BYTES
     stdout_limit = len(stdin or b"") + margin
-    stdout, stderr, truncated = _communicate_capped(process, stdin, stdout_limit, margin)
-    status = process.wait()
-    if slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]:
+    try:
+        stdout, stderr, truncated = _communicate_capped(process, stdin, stdout_limit, margin)
+        status = process.wait()
+    finally:
+        if backstop is not None:
+            backstop.cancel()
+    if pooled:
         # No process of the run outlives its answer (recovering the slot if one tried).
         sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pid", None))
     if truncated:
