@@ -94,7 +94,22 @@ bench-confinement: provision ## (root) what our confinement layer costs per run 
 bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's zygote vs fresh interpreters (ADR 7)
 	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+
+# --- The LMS's own client (issue 12): xblocks-contrib's capa safe_exec against the live service --
+.PHONY: test-lms-client
+LMS_CLIENT_VENV := .cache/venv-lms-client
+
+# --no-deps: xblocks-contrib declares the platform's whole stack; requirements/lms-client.txt
+# lists what the client needs, explicitly.
+$(LMS_CLIENT_VENV)/.installed: requirements/lms-client.txt
+	test -x $(LMS_CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(LMS_CLIENT_VENV)
+	$(LMS_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lms-client.txt
+	touch $@
+
+test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own client (REST and darklaunch vs a local codejail) against the service, fresh and warm
+	$(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
+	CODEJAIL_LIVE_WARM=1 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults
@@ -115,8 +130,14 @@ test-faults: provision $(VENV_STAMP) ## (root) kill a worker mid-run, break the 
 	$(ROBUST_PYTEST) tests/robustness/test_faults.py
 
 # --- Performance (issue 6) -----------------------------------------------------------
-.PHONY: bench
+.PHONY: bench bench-timeout bench-globals
 BENCH_ARGS ?=
+bench-timeout: provision ## (root) how long a run killed at REALTIME takes to be answered, at c=1 and at capacity, fresh and warm
+	$(PYTHON) benchmarks/timeout_answer.py
+
+bench-globals: provision ## (root) worker memory and answer time for globals of 1 to 9 MiB, which come back whole
+	$(PYTHON) benchmarks/globals_memory.py
+
 bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table + .cache/bench/latest.json (BENCH_ARGS)
 	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 
