@@ -61,7 +61,11 @@ clean: ## remove caches and reports (keeps .venv)
 .PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
-PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
+# An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
+EXTRA_SANDBOX_PACKAGE := tabulate==0.9.0
+PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET) \
+	CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
+export CODEJAIL_LIVE_EXTRA_PACKAGE := $(EXTRA_SANDBOX_PACKAGE)
 LIVE_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning tests/live
 
 provision: ## (root) set up this host: users, sandbox + app venvs, sudoers, config, app egress block
@@ -158,5 +162,5 @@ apparmor-compile: ## compile the AppArmor profiles in apparmor/ without loading 
 test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live suite with AppArmor as the only confinement
 	bash tests/apparmor_vm/run.sh
 
-test-image: $(VENV_STAMP) ## (root) build the Dockerfile with buildah, run it as the Deployment does, live suite against it
-	tests/deploy/image-rehearsal.sh
+test-image: $(VENV_STAMP) ## (root) build the image on Debian's Docker engine, run it as the Deployment does, live suite (fresh, warm) against it
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/image-test.sh
