@@ -30,9 +30,10 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
 	$(PIP_COMPILE) -o requirements/docs.txt requirements/docs.in
 	$(PIP_COMPILE) -o requirements/deploy.txt requirements/deploy.in
+	$(PIP_COMPILE) -o requirements/tutor.txt requirements/tutor.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
@@ -94,7 +95,7 @@ bench-confinement: provision ## (root) what our confinement layer costs per run 
 bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's zygote vs fresh interpreters (ADR 7)
 	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 25 min here)
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults
@@ -149,7 +150,7 @@ validate-deploy: lint-docker ## Dockerfile + Kubernetes manifests: schemas (1.30
 	for v in 1.30.0 1.37.0; do \
 		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $$v .cache/kubernetes-rendered.yaml || exit 1; \
 	done
-	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host"
+	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host and not tutor"
 
 test-deploy-host: $(DEPLOY_VENV)/.installed ## as root after deploy/provision.sh: the pod's capabilities against the real sudo
 	$(DEPLOY_VENV)/bin/pytest tests/deploy -m host
@@ -164,3 +165,7 @@ test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live sui
 
 test-image: $(VENV_STAMP) ## (root) build the image on Debian's Docker engine, run it as the Deployment does, live suite (fresh, warm) against it
 	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/image-test.sh
+
+.PHONY: test-tutor
+test-tutor: $(VENV_STAMP) $(DEPLOY_VENV)/.installed ## (root) the Tutor plugin with the real Tutor: rendered env checked, image built by `tutor images build`, its compose service runs a problem
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/tutor-test.sh

@@ -105,12 +105,9 @@ docker_base_image() {
     rm -f "$tar"
 }
 
-# docker_build_service REPO TAG: build the Dockerfile of the checkout at REPO (its tracked
-# files as they are in the work tree, as `docker build .` from a clean clone would see them).
-docker_build_service() {
-    local repo=$1 tag=$2 reqs_hash wheelhouse context started
-    started=$(date +%s)
-    docker_base_image
+# docker_wheelhouse REPO: sets $wheelhouse, the wheels of both venvs' pins and the extra package.
+docker_wheelhouse() {
+    local repo=$1 reqs_hash
     reqs_hash=$(cat "$repo/requirements/base.txt" "$repo/requirements/sandbox/base.txt" \
         <(echo "$EXTRA_SANDBOX_PACKAGE") | sha256sum | cut -c1-16)
     wheelhouse="$CACHE_DIR/wheelhouse-$reqs_hash"
@@ -122,6 +119,15 @@ docker_build_service() {
             "setuptools>=77" wheel pip "$EXTRA_SANDBOX_PACKAGE" 2> >(grep -v "^WARNING: Location" >&2)
         mv "$wheelhouse.tmp" "$wheelhouse"
     fi
+}
+
+# docker_build_service REPO TAG [docker build args]: build the Dockerfile of the checkout at REPO
+# (its tracked files as they are in the work tree, as `docker build .` from a clean clone sees them).
+docker_build_service() {
+    local repo=$1 tag=$2 context started
+    started=$(date +%s)
+    docker_base_image
+    docker_wheelhouse "$repo"
     context=$(mktemp -d "$CACHE_DIR/context.XXXXXX")
     (cd "$repo" && git ls-files -z --cached | tar --null --files-from=- --ignore-failed-read -cf - 2>/dev/null) \
         | tar -xf - -C "$context"
