@@ -178,3 +178,13 @@ def test_k8s_service_and_network_policy(k8s):
     (rule,) = policy["ingress"]
     (expression,) = rule["from"][0]["podSelector"]["matchExpressions"]
     assert set(expression["values"]) == set(CLIENTS)
+
+
+def test_image_definition_passes_hadolint():
+    import shutil
+    import sys
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    dockerfile = ENV / "plugins" / "codejail-service" / "build" / "codejail-service" / "Dockerfile"
+    result = subprocess.run([hadolint, str(dockerfile)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
