@@ -64,14 +64,15 @@ fi
 "$tutor_venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall \
     "$repo/deploy/tutor-contrib-codejail-service" 2> >(grep -v "^WARNING: Location" >&2)
 # Docker 20.10 (Debian's) has no buildx, which `tutor images build` calls: a test-only plugin
-# drops that word from the build command (BuildKit is on through DOCKER_BUILDKIT).
+# drops that word from the build command (BuildKit is on through DOCKER_BUILDKIT), and buildx's
+# --output=type=docker (the engine's own BuildKit loads the image into the engine anyway).
 cat >"$TUTOR_PLUGINS_ROOT/codejail_test_no_buildx.py" <<'PY'
 from tutor import hooks
 
 
 @hooks.Filters.DOCKER_BUILD_COMMAND.add()
 def _no_buildx(command):
-    return [word for word in command if word != "buildx"]
+    return [word for word in command if word not in ("buildx", "--output=type=docker")]
 PY
 tutor() { PATH="/usr/bin:$PATH" DOCKER_BUILDKIT=1 "$tutor_venv/bin/tutor" "$@"; }
 log "$(tutor --version)"
