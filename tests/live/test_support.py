@@ -201,5 +201,6 @@ def test_support_operator_extra_package(run):
 
 def test_support_a_package_nobody_installed_is_not_importable(run):
     # The twin: a package nobody installed is not importable, so the test above proves the install.
-    result = run("try:\n    import tabulate_not_installed_here\n    found = True\nexcept ImportError:\n    found = False")
+    result = run("try:\n    import tabulate_not_installed_here\n    found = True\n"
+                 "except ImportError:\n    found = False")
     assert result.globals.get("found") is False, result
