@@ -14,7 +14,7 @@ import stat
 import sys
 
 from . import landlock, process, reaper, seccomp
-from .policy import RUN_DIR_PREFIX, build_policy
+from .policy import RUN_DIR_PREFIX, build_policy, seccomp_policy
 
 CONFIG_PATH = "/etc/codejail-service/confinement.json"
 DEFAULTS = {
@@ -27,6 +27,11 @@ DEFAULTS = {
     # Where codejail's run directories are made (the app's tempfile.gettempdir()):
     # one path, or a list (one size-limited directory per sandbox slot).
     "run_dir_parent": "/tmp",
+    # The most memory all of a run's processes may hold together, as a multiple of its
+    # RLIMIT_AS (codejail's VMEM), enforced by the reaper's watchdog (reaper.py); or, when set,
+    # "run_memory_bytes". 0 and no bytes: no bound beyond RLIMIT_AS per process.
+    "run_memory_factor": 2,
+    "run_memory_bytes": None,
 }
 # Landlock features the policy needs, and the ABI that brought each.
 REQUIRED_ABI = {"landlock.fs": 1, "landlock.net": 4, "landlock.scope": 6}
@@ -81,25 +86,75 @@ def confine(config):
         # Landlock binds only the calling thread: refuse rather than leave one free.
         raise ConfinementRefused("the interpreter is already multi-threaded")
     policy = build_policy(sys.prefix, find_run_dir(config))
-    abi = landlock.abi_version()
-    status["landlock_abi"] = abi
-    status["missing"] = [f"{feature} (Landlock ABI {needed}, kernel has {abi})"
-                         for feature, needed in REQUIRED_ABI.items() if abi < needed]
-    if status["missing"] and not config["allow_degraded"]:
-        raise ConfinementRefused("kernel lacks " + "; ".join(status["missing"]))
+    abi = status["landlock_abi"] = landlock.abi_version()
+    status["missing"] = missing_features(config, abi)
     process.set_no_new_privs()
     process.set_not_dumpable()
     if abi:
-        status["layers"] += landlock.restrict_self(policy["landlock"], abi)
+        status["layers"] += landlock.restrict_self(policy["landlock"], abi, reaper=True)
+    bound = reaper.memory_bound(config)
+    status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
+    # Three processes (reaper.py): this one, the leader, is what codejail's time limit kills;
+    # the reaper outlives that kill and ends the run's every process; the code runs below it.
+    leader = os.getpid()
+    reaper_pid = os.fork()
+    if reaper_pid:
+        reaper.wait_for_reaper(reaper_pid)  # never returns
+    reaper.leave_the_leader(leader)
+    if abi:
+        landlock.restrict_nested(policy["landlock"], abi)  # its kill(-1) cannot reach the leader
     status["layers"] += seccomp.load(policy["seccomp"])
-    process.become_subreaper()
     child = os.fork()
     if child:
-        reaper.supervise(child)  # never returns
+        reaper.supervise(child, leader, bound)  # never returns
+    reaper.code_starts()
     status["layers"].append("reaper")
     if abi:
-        landlock.restrict_nested(policy["landlock"], abi)
+        landlock.restrict_nested(policy["landlock"], abi, code=True)
     return status
+
+
+def missing_features(config, abi):
+    """What the policy needs that the kernel lacks; refused unless the operator allowed it."""
+    missing = [f"{feature} (Landlock ABI {needed}, kernel has {abi})"
+               for feature, needed in REQUIRED_ABI.items() if abi < needed]
+    if missing and not config["allow_degraded"]:
+        raise ConfinementRefused("kernel lacks " + "; ".join(missing))
+    return missing
+
+
+def confine_zygote(config, user):
+    """
+    Confine the warm sandbox's zygote (zygote.py), before it imports anything: read-only code
+    and its own slot's run root (``zygote_run_root``), the runs' seccomp filter plus what
+    starting a run needs (syscalls.ZYGOTE_EXTRA). Each run it forks confines itself further
+    (``confine``), to its own run directory and the runs' filter alone.
+    """
+    if config["mode"] == "off":
+        return
+    abi = landlock.abi_version()
+    missing_features(config, abi)
+    policy = build_policy(sys.prefix, zygote_run_root(config, user))
+    process.set_no_new_privs()
+    process.set_not_dumpable()
+    if abi:
+        landlock.restrict_self(policy["landlock"], abi, reaper=True)  # its runs' reapers read /proc
+    seccomp.load(seccomp_policy(zygote=True))
+
+
+def zygote_run_root(config, user):
+    """
+    The directory where the runs of ``user``'s slot are made: ``run_dir_parent``'s entry for
+    the slot (pool users are named ``<base>-<slot>``), or its only entry.
+    """
+    parents = config["run_dir_parent"]
+    parents = [parents] if isinstance(parents, str) else parents
+    if len(parents) == 1:
+        return parents[0]
+    slot = user.rpartition("-")[2]
+    if not slot.isdigit() or int(slot) >= len(parents):
+        raise ConfinementRefused(f"no run directory for sandbox user {user!r} in run_dir_parent")
+    return parents[int(slot)]
 
 
 def confine_from_site():

@@ -61,10 +61,12 @@ def _create_ruleset(handled_fs, handled_net, scoped, abi):
                     ctypes.c_uint32(0))
 
 
-def restrict_self(landlock_policy, abi):
+def restrict_self(landlock_policy, abi, reaper=False):
     """
     Enforce ``landlock_policy`` (see policy.build_policy) on this thread and
-    its future children. Returns the names of the features applied.
+    its future children. Returns the names of the features applied. Rules marked
+    ``reaper_only`` (``/proc``, for the reaper's memory watchdog) apply only with ``reaper``:
+    the run's code gets a nested domain without them (``restrict_nested``).
     """
     handled_fs = access_mask(landlock_policy["handled_fs"], FS_RIGHTS, abi)
     handled_net = access_mask(landlock_policy["handled_net"], NET_RIGHTS, abi)
@@ -73,6 +75,8 @@ def restrict_self(landlock_policy, abi):
     ruleset_fd = _create_ruleset(handled_fs, handled_net, scoped, abi)
     try:
         for rule in landlock_policy["fs_rules"]:
+            if rule.get("reaper_only") and not reaper:
+                continue
             try:
                 path_fd = os.open(rule["path"], os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -100,22 +104,24 @@ def restrict_self(landlock_policy, abi):
     return applied
 
 
-def restrict_nested(landlock_policy, abi):
+def restrict_nested(landlock_policy, abi, code=False):
     """
-    Stack a second domain that only scopes signals and abstract sockets: the
-    run's code then cannot signal the reaper, which stays in the outer domain.
-    Every layer implicitly denies moving files between directories ("refer")
-    unless it handles that right, so this one handles it and grants it where
-    the outer policy does.
+    Stack a domain on the current one that scopes signals and abstract sockets, so that nothing
+    started under it can signal the processes of the domains above it. Every layer implicitly
+    denies moving files between directories ("refer") unless it handles that right, so this
+    one handles it and grants it where the outer policy does.
+
+    ``code``: the domain of the run's own code, which also handles reading, granted as in the
+    policy but for its ``reaper_only`` rules: the code cannot read ``/proc``, the reaper above it can.
     """
     scoped = access_mask(landlock_policy["scopes"], SCOPES, abi)
     if not scoped:
         return
-    refer_policy = {
-        "handled_fs": ["refer"],
-        "fs_rules": [dict(rule, access=["refer"]) for rule in landlock_policy["fs_rules"]
-                     if "refer" in rule["access"]],
-        "handled_net": [],
-        "scopes": landlock_policy["scopes"],
-    }
-    restrict_self(refer_policy, abi)
+    handled = ["refer", "read_file", "read_dir"] if code else ["refer"]
+    rules = []
+    for rule in landlock_policy["fs_rules"]:
+        access = [right for right in rule["access"] if right in handled]
+        if access and not rule.get("reaper_only"):
+            rules.append(dict(rule, access=access))
+    restrict_self({"handled_fs": handled, "fs_rules": rules, "handled_net": [],
+                   "scopes": landlock_policy["scopes"]}, abi)

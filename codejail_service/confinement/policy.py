@@ -9,6 +9,8 @@ import errno
 import os
 import sys
 
+from . import syscalls
+
 # Landlock filesystem access rights (include/uapi/linux/landlock.h), with the
 # ABI version that introduced each.
 FS_RIGHTS = {
@@ -44,39 +46,6 @@ RUN_DIR = READ + ("write_file", "truncate", "remove_file", "remove_dir", "make_r
 # Where codejail makes run directories (tempfile.mkdtemp(prefix="codejail-")).
 RUN_DIR_PREFIX = "codejail-"
 
-# Namespace flags of clone(2): refused so a run cannot build itself a new view
-# of the system (Docker's default profile refuses them too, without CAP_SYS_ADMIN).
-CLONE_NAMESPACE_FLAGS = {
-    "CLONE_NEWNS": 0x00020000,
-    "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000,
-    "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000,
-    "CLONE_NEWNET": 0x40000000,
-}
-AF_UNIX = 1
-
-# Syscalls a grader never needs; refused with EPERM so the student sees an
-# exception rather than a dead process.
-DENIED_SYSCALLS = (
-    # Reading or steering other processes.
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
-    # Leaving the process group that codejail kills on timeout (pkill -g).
-    "setsid", "setpgid",
-    # New views of the system.
-    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "move_mount",
-    "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-    # Kernel attack surface with a history of escapes.
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "name_to_handle_at", "open_by_handle_at", "lookup_dcookie", "quotactl",
-    # Privileged operations (refused anyway without capabilities).
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "acct", "swapon", "swapoff", "reboot", "syslog", "vhangup", "iopl", "ioperm", "uselib",
-)
-
-
 def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
     """
     Return the policy for one run as plain data (dicts, lists, strings).
@@ -89,8 +58,8 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
         sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
     multiarch = multiarch or getattr(sys.implementation, "_multiarch", "x86_64-linux-gnu")
 
-    def rule(path, access, required=False):
-        return {"path": path, "access": list(access), "required": required}
+    def rule(path, access, required=False, reaper_only=False):
+        return {"path": path, "access": list(access), "required": required, "reaper_only": reaper_only}
 
     fs_rules = [
         rule(sandbox_prefix, READ, required=True),
@@ -111,6 +80,9 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
         # OpenBLAS reads cpu/possible to size its thread pool.
         rule("/sys/devices/system/cpu", READ),
         rule(run_dir, RUN_DIR, required=True),
+        # The reaper's memory watchdog reads its run's processes' /proc/<pid>/status; the run's
+        # code gets a nested domain without this rule (landlock.restrict_nested).
+        rule("/proc", READ, required=True, reaper_only=True),
     ]
     return {
         "landlock": {
@@ -123,35 +95,39 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
             # No signals to, and no abstract UNIX sockets of, processes outside this run.
             "scopes": sorted(SCOPES),
         },
-        "seccomp": {
-            "default": "allow",
-            "rules": [
-                # Only AF_UNIX sockets: EACCES, as an AppArmor "deny network" gives.
-                {"syscall": "socket", "errno": "EACCES",
-                 "args": [{"arg": 0, "op": "ne", "value": AF_UNIX}]},
-                # The only sockets a run can make are AF_UNIX ones. Landlock (ABI <= 7) does not
-                # guard connecting or sending to a socket file, and hosts have world-writable
-                # ones (D-Bus, journald, nscd): no connect, and no datagram with an address.
-                # A run still has socketpair(), and may bind and listen in its own directory.
-                {"syscall": "connect", "errno": "EACCES", "args": []},
-                {"syscall": "sendto", "errno": "EACCES",
-                 "args": [{"arg": 4, "op": "ne", "value": 0}]},
-                {"syscall": "sendmsg", "errno": "EACCES", "args": []},
-                {"syscall": "sendmmsg", "errno": "EACCES", "args": []},
-                # Nothing runs but the interpreter already running.
-                {"syscall": "execve", "errno": "EACCES", "args": []},
-                {"syscall": "execveat", "errno": "EACCES", "args": []},
-                # clone3 hides its flags behind a pointer: make glibc fall back to clone.
-                {"syscall": "clone3", "errno": "ENOSYS", "args": []},
-            ] + [
-                {"syscall": "clone", "errno": "EPERM",
-                 "args": [{"arg": 0, "op": "masked_eq", "value": flag, "mask": flag}]}
-                for flag in CLONE_NAMESPACE_FLAGS.values()
-            ] + [
-                {"syscall": name, "errno": "EPERM", "args": []} for name in DENIED_SYSCALLS
-            ],
-        },
+        "seccomp": seccomp_policy(),
     }
+
+
+def seccomp_policy(zygote=False):
+    """
+    The seccomp filter as data (syscalls.py): allow what is listed, refuse the rest with the
+    default errno. ``zygote``: the warm sandbox zygote's own filter (the same, plus
+    ``ZYGOTE_EXTRA``), on which each run it forks stacks the run's filter.
+    """
+    extra = {name for name, _ in syscalls.ZYGOTE_EXTRA} if zygote else set()
+    rules = [{"syscall": name, "action": "allow", "args": [], "reason": reason}
+             for reason, names in syscalls.ALLOWED for name in names]
+    for rule in syscalls.CONDITIONAL:
+        if rule["syscall"] in extra:
+            continue  # allowed whole, below
+        rules.append({"syscall": rule["syscall"], "action": "allow", "args": rule["args"],
+                      "reason": rule["reason"]})
+        if "errno" in rule:  # the other arguments get this answer instead of the default
+            if len(rule["args"]) != 1 or rule["args"][0]["op"] not in NEGATED:
+                raise ValueError(f"an errno needs a single negatable condition: {rule}")
+            rules.append({"syscall": rule["syscall"], "action": "errno", "errno": rule["errno"],
+                          "args": [dict(cond, op=NEGATED[cond["op"]]) for cond in rule["args"]],
+                          "reason": "refused otherwise"})
+    rules += [{"syscall": rule["syscall"], "action": "errno", "errno": rule["errno"], "args": [],
+               "reason": rule["reason"]} for rule in syscalls.REFUSED if rule["syscall"] not in extra]
+    rules += [{"syscall": name, "action": "allow", "args": [], "reason": reason}
+              for name, reason in syscalls.ZYGOTE_EXTRA if zygote]
+    return {"default": "errno", "default_errno": syscalls.DEFAULT_ERRNO, "rules": rules}
+
+
+# The comparison that holds exactly when a single condition does not ("masked_eq" has none).
+NEGATED = {"eq": "ne", "ne": "eq"}
 
 
 def errno_value(name):

@@ -2,6 +2,7 @@
 import ctypes
 import os
 
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
@@ -29,3 +30,8 @@ def set_not_dumpable():
 def become_subreaper():
     """Orphans of the run reparent to us, so we can reap them (they count against NPROC)."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig):
+    """The kernel sends ``sig`` to this process when its parent dies."""
+    prctl(PR_SET_PDEATHSIG, sig)

@@ -1,19 +1,38 @@
 """
-Make every process of a run end with the run, and leave its tmp/ empty.
+Make every process of a run end with the run, bound the run's total memory, and leave its tmp/
+empty.
 
-The sandbox python forks once: the child runs the submitted code, the parent
-stays behind as a tiny reaper. When the child exits, the reaper SIGKILLs every
-process left in its Landlock domain (kill(-1) reaches only processes the domain
-may signal: this run's, never another run's), reaps them (it is their
-subreaper), and exits with the child's status. So codejail's pipes close, and
-the sandbox UID's RLIMIT_NPROC budget is free again, before the response goes.
+A run is three processes (``confine`` in __init__.py sets them up):
+
+- the *leader*: the process codejail started (a session and process group of its own: codejail's
+  time limit is ``sudo pkill -9 -g <leader>``). It only waits for the reaper and exits as it did.
+- the *reaper*: the leader's child, in a process group of its own, so that the time-limit kill
+  does not reach it; the run's subreaper, and told by the kernel when the leader dies
+  (PR_SET_PDEATHSIG). It stays behind, tiny, while the code runs.
+- the *code*: the reaper's child, which runs the submitted code, in a Landlock domain nested in
+  the reaper's (so it can neither signal the reaper nor read ``/proc``).
+
+When the code's process exits, or the leader dies (the time limit), or the run's processes hold
+more memory than the bound (``MemoryWatchdog``), the reaper SIGKILLs every process left in its
+Landlock domain (kill(-1) reaches only this run's processes, never the leader, another run's or a
+zygote's), reaps them all (it is their subreaper), empties tmp/, and exits as the code did. So
+codejail's pipes close, and the sandbox UID's RLIMIT_NPROC budget is free again, before the
+response goes, whatever the code did: a fork chain that outruns ``pkill -g`` dies here.
 """
 import os
+import resource
 import signal
 import time
 
+from . import process
+
 _MAX_SWEEPS = 1000
-_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Sent by the kernel to the reaper when the leader dies (codejail's time limit killed it).
+LEADER_GONE = signal.SIGUSR2
+# How often the watchdog sums the run's memory: at about 1-2 GB/s of page faults per core,
+# a run can overshoot the bound by a few tens of MB between two looks.
+WATCH_INTERVAL_SECONDS = 0.01
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def kill_the_rest():
@@ -23,7 +42,8 @@ def kill_the_rest():
     Every process of the run descends from us (we are its subreaper, and
     nothing can re-parent elsewhere), so once we have no child left, nothing
     of the run is left. kill(-1) cannot tell us that: it reports success
-    whenever any process exists, signalled or not.
+    whenever any process exists, signalled or not. kill(-1) is one pass under
+    the kernel's task list lock, so a process cannot fork past it.
     """
     for _ in range(_MAX_SWEEPS):
         os.kill(-1, signal.SIGKILL)
@@ -67,21 +87,137 @@ def empty_run_tmp(path="tmp"):
             pass
 
 
-def supervise(child):
-    """Run by the reaper: wait for ``child``, clean up, exit as it did. Never returns."""
+def memory_bound(config):
+    """
+    The most memory (bytes) all of a run's processes may hold together, or None for no bound:
+    ``run_memory_factor`` x the run's RLIMIT_AS (codejail's VMEM, so a course's limit override
+    scales it), or ``run_memory_bytes`` when given.
+    """
+    if config.get("run_memory_bytes"):
+        return int(config["run_memory_bytes"])
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    factor = config.get("run_memory_factor", 2)
+    if not factor or soft == resource.RLIM_INFINITY:
+        return None
+    return int(factor * soft)
+
+
+class MemoryWatchdog:
+    """Sums the resident anonymous and shared memory of the reaper's descendants."""
+
+    def __init__(self, bound):
+        self.bound = bound
+        self.peak = 0
+
+    def over(self):
+        """True when the run's processes hold more than the bound now."""
+        total = sum(map(_private_and_shared_bytes, _descendants(os.getpid())))
+        self.peak = max(self.peak, total)
+        return total > self.bound
+
+
+def _descendants(pid):
+    """Every process below ``pid``, from the kernel's children lists (orphans are ours too)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue  # gone meanwhile
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", "rb") as children:
+                    kids = [int(child) for child in children.read().split()]
+            except OSError:
+                continue
+            found += kids
+            pending += kids
+    return found
+
+
+def _private_and_shared_bytes(pid):
+    """RssAnon + RssShmem of ``pid`` (anonymous, and shared: MAP_SHARED, tmpfs, SysV), or 0."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith((b"RssAnon:", b"RssShmem:")):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+def wait_for_reaper(reaper):
+    """Run by the leader: wait for the reaper, exit as it did. Never returns."""
     status = None
     try:
-        # sudo relays these to us: pass them on to the code's process.
-        for sig in _FORWARDED:
-            signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+        # Nothing of the run's output passes through the leader.
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
         while status is None:
-            pid, wait_status = os.waitpid(-1, 0)
-            if pid == child:
+            pid, wait_status = os.waitpid(reaper, 0)
+            if pid == reaper:
                 status = wait_status
+    finally:
+        _exit_like(status)
+
+
+def leave_the_leader(leader):
+    """
+    Run by the reaper, first: a process group of its own (out of reach of codejail's
+    ``pkill -g <leader>``), told of the leader's death, and subreaper of what the code forks.
+    """
+    os.setpgid(0, 0)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, LEADER_GONE})
+    process.set_parent_death_signal(LEADER_GONE)
+    process.become_subreaper()
+
+
+def code_starts():
+    """Run by the code's process after the fork: the signal mask a fresh process has."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def supervise(child, leader, bound):
+    """
+    Run by the reaper: wait until ``child`` exits, the leader dies, or the run holds more than
+    ``bound`` bytes of memory; then end the run's every process, clean up, exit as ``child``
+    did. Never returns.
+    """
+    status = None
+    try:
+        watchdog = MemoryWatchdog(bound) if bound else None
+        while True:
+            status = _reap(child, status)
+            if status is not None or os.getppid() != leader:
+                break
+            if watchdog is not None and watchdog.over():
+                kill_the_rest()
+                os.write(2, (f"\n[codejail-service: the run was ended: its processes held more than "
+                             f"{bound // (1024 * 1024)} MiB of memory together]\n").encode())
+                status = signal.SIGKILL  # as a wait status: killed by SIGKILL
+                break
+            signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE}, WATCH_INTERVAL_SECONDS)
         kill_the_rest()
         empty_run_tmp()
     finally:
         _exit_like(status)
+
+
+def _reap(child, status):
+    """Reap every child that has exited; the code process's wait status once it has."""
+    try:
+        while True:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                return status
+            if pid == child:
+                status = wait_status
+    except ChildProcessError:
+        return status
 
 
 def _exit_like(status):
@@ -90,5 +226,6 @@ def _exit_like(status):
         sig = os.WTERMSIG(status)
         if sig != signal.SIGKILL:
             signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         os.kill(os.getpid(), sig)
     os._exit(os.WEXITSTATUS(status) if status is not None and os.WIFEXITED(status) else 1)

@@ -13,6 +13,7 @@ SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_KILL_PROCESS = 0x80000000
 SCMP_FLTATR_ACT_BADARCH = 2
 SCMP_FLTATR_CTL_TSYNC = 4
+SCMP_FLTATR_CTL_OPTIMIZE = 8
 SCMP_CMP = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
 
 
@@ -52,27 +53,30 @@ def _check(result, what):
 def build_filter(seccomp_policy, lib=None):
     """Return (lib, ctx) for the policy; the caller loads or exports it, then releases."""
     lib = lib or _load_library()
-    if seccomp_policy["default"] != "allow":
-        raise ValueError("only an allow-by-default filter is supported")
-    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if seccomp_policy["default"] != "errno":
+        raise ValueError("only a default-deny filter is supported")
+    ctx = lib.seccomp_init(scmp_act_errno(errno_value(seccomp_policy["default_errno"])))
     if not ctx:
         raise SeccompError(0, "seccomp_init failed")
     try:
         _check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS),
                "attr_set(ACT_BADARCH)")
         _check(lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1), "attr_set(CTL_TSYNC)")
+        # A binary search over the syscall numbers instead of a list (libseccomp >= 2.5): about
+        # 10 comparisons per call rather than up to 200. Older libseccomp: the list, just slower.
+        lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
         for rule in seccomp_policy["rules"]:
             number = lib.seccomp_syscall_resolve_name(rule["syscall"].encode())
             if number < 0:
-                continue  # not a syscall on this architecture (e.g. iopl elsewhere)
+                continue  # not a syscall on this architecture: the default refuses it anyway
             args = (_ArgCmp * max(1, len(rule["args"])))()
             for i, cond in enumerate(rule["args"]):
                 if cond["op"] == "masked_eq":
                     args[i] = _ArgCmp(cond["arg"], SCMP_CMP["masked_eq"], cond["mask"], cond["value"])
                 else:
                     args[i] = _ArgCmp(cond["arg"], SCMP_CMP[cond["op"]], cond["value"], 0)
-            _check(lib.seccomp_rule_add_array(ctx, scmp_act_errno(errno_value(rule["errno"])),
-                                              number, len(rule["args"]), args),
+            action = SCMP_ACT_ALLOW if rule["action"] == "allow" else scmp_act_errno(errno_value(rule["errno"]))
+            _check(lib.seccomp_rule_add_array(ctx, action, number, len(rule["args"]), args),
                    f"rule_add({rule['syscall']})")
     except BaseException:
         lib.seccomp_release(ctx)

@@ -24,6 +24,7 @@ It exits after ``IDLE_SECONDS`` without a connection, and whenever its slot is r
 """
 import json
 import os
+import pwd
 import resource
 import runpy
 import socket
@@ -53,6 +54,8 @@ def main():
     layer.STATUS["mode"] = "zygote"
     site.main()  # what a fresh run's start does: the venv's prefix (the layer's rules), site-packages
     config = layer.load_config()
+    # Confined before it imports anything (docs/decisions/0007-warm-sandbox.rst).
+    layer.confine_zygote(config, pwd.getpwuid(os.getuid()).pw_name)
     run_env = dict(os.environ)
     os.environ.update(PRELOAD_ENV)
     for name in PRELOAD:
@@ -92,7 +95,7 @@ def serve(conn, listener, layer, config, run_env):
         run(request, fds, (conn, listener), layer, config, run_env)
     for fd in fds:
         os.close(fd)
-    conn.send(json.dumps({"pid": pid}).encode())
+    conn.send(json.dumps({"pid": pid, "zygote": os.getpid()}).encode())
     _, wait_status = os.waitpid(pid, 0)
     conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}).encode())
 

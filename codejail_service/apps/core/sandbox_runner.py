@@ -27,6 +27,7 @@ import os
 import select
 import selectors
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -93,6 +94,9 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     limit = settings.CODEJAIL_MAX_OUTPUT_BYTES
     stdout, stderr, truncated = _communicate_capped(process, stdin, limit)
     status = process.wait()
+    if slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]:
+        # No process of the run outlives its answer (recovering the slot if one tried).
+        sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pid", None))
     if truncated:
         log.warning("Output of %r exceeded %d bytes: truncated (status %s)", slug, limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {limit} bytes to "

@@ -133,6 +133,7 @@ def _run(slot, cwd, rlimits):
         warm.close()
         raise
     warm.pid = reply["pid"]
+    warm.zygote_pid = reply.get("zygote")
     return warm
 
 
@@ -141,6 +142,7 @@ class WarmRun:
 
     def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
         self.pid = None
+        self.zygote_pid = None  # left running after the run: it forks the slot's next one
         self.returncode = None
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
         self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)

@@ -2,6 +2,9 @@
 import os
 import sys
 
+import pytest
+
+from codejail_service.confinement import seccomp, syscalls
 from codejail_service.confinement.policy import (
     FS_RIGHTS,
     NET_RIGHTS,
@@ -9,6 +12,7 @@ from codejail_service.confinement.policy import (
     SCOPES,
     access_mask,
     build_policy,
+    seccomp_policy,
 )
 
 POLICY = build_policy("/opt/codejail-service/sandbox-venv", "/tmp/codejail-abc123")
@@ -40,28 +44,105 @@ def test_reads_are_the_sandbox_venv_python_and_system_libraries():
     assert RULES["/opt/codejail-service/sandbox-venv"]["required"]
     stdlib = os.path.join(sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
     assert RULES[stdlib]["required"]
-    assert not [path for path in RULES if path in ("/", "/etc", "/proc", "/tmp", "/home", "/root", "/usr")]
-    assert not [path for path in RULES if path.startswith("/proc")]
+    code_rules = [path for path, rule in RULES.items() if not rule["reaper_only"]]
+    assert not [path for path in code_rules if path in ("/", "/etc", "/proc", "/tmp", "/home", "/root", "/usr")]
+    assert not [path for path in code_rules if path.startswith("/proc")]
 
 
 def test_all_rule_paths_are_absolute():
     assert all(os.path.isabs(path) for path in RULES)
 
 
+def seccomp_rules(policy=POLICY):
+    rules = {}
+    for rule in policy["seccomp"]["rules"]:
+        rules.setdefault(rule["syscall"], []).append(rule)
+    return rules
+
+
+RULES_BY_CALL = seccomp_rules()
+
+
+def test_seccomp_refuses_by_default_with_eperm():
+    assert POLICY["seccomp"]["default"] == "errno" and POLICY["seccomp"]["default_errno"] == "EPERM"
+
+
+def test_every_allowed_call_has_a_reason_and_exists_on_this_architecture():
+    lib = seccomp._load_library()  # noqa: SLF001 -- libseccomp's own syscall table
+    for rule in POLICY["seccomp"]["rules"]:
+        assert rule["reason"].strip(), rule
+        if rule["syscall"] not in ("time",):  # vDSO-backed, still a syscall number on x86_64
+            assert lib.seccomp_syscall_resolve_name(rule["syscall"].encode()) >= 0, rule["syscall"]
+
+
 def test_sockets_other_than_unix_are_refused_with_eacces():
-    (rule,) = [r for r in POLICY["seccomp"]["rules"] if r["syscall"] == "socket"]
-    assert rule == {"syscall": "socket", "errno": "EACCES", "args": [{"arg": 0, "op": "ne", "value": 1}]}
+    assert RULES_BY_CALL["socket"] == [
+        {"syscall": "socket", "action": "allow", "args": [{"arg": 0, "op": "eq", "value": 1}],
+         "reason": RULES_BY_CALL["socket"][0]["reason"]},
+        {"syscall": "socket", "action": "errno", "errno": "EACCES", "args": [{"arg": 0, "op": "ne", "value": 1}],
+         "reason": "refused otherwise"},
+    ]
 
 
 def test_exec_is_refused_and_refusals_are_errnos_not_kills():
-    rules = {r["syscall"]: r for r in POLICY["seccomp"]["rules"]}
-    assert rules["execve"]["errno"] == rules["execveat"]["errno"] == "EACCES"
-    assert rules["clone3"]["errno"] == "ENOSYS"  # so glibc falls back to clone, whose flags we see
-    assert {r["errno"] for r in POLICY["seccomp"]["rules"]} == {"EACCES", "EPERM", "ENOSYS"}
-    for name in ("ptrace", "process_vm_readv", "mount", "unshare", "setns", "keyctl", "bpf",
-                 "perf_event_open", "userfaultfd", "io_uring_setup", "kexec_load", "init_module",
-                 "setsid", "setpgid"):
-        assert rules[name]["errno"] == "EPERM", name
+    assert RULES_BY_CALL["execve"][0]["errno"] == RULES_BY_CALL["execveat"][0]["errno"] == "EACCES"
+    assert RULES_BY_CALL["clone3"][0]["errno"] == "ENOSYS"  # so glibc falls back to clone, whose flags we see
+    assert {r["errno"] for r in POLICY["seccomp"]["rules"] if r["action"] == "errno"} == {
+        "EACCES", "ENOSYS", "EOPNOTSUPP"}
+
+
+@pytest.mark.parametrize("name", [
+    # What the audit found reaching between runs or beyond the run, and their kin.
+    "shmget", "shmat", "msgget", "msgsnd", "semget", "semop", "mq_open", "memfd_create", "memfd_secret",
+    "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "modify_ldt", "personality",
+    # Other processes, new views of the system, kernel attack surface.
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
+    "pidfd_send_signal", "process_madvise", "setsid", "setpgid", "unshare", "setns", "mount", "umount2",
+    "pivot_root", "chroot", "keyctl", "add_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+    "kexec_load", "init_module", "reboot", "syslog", "iopl", "ioperm", "sync", "syncfs", "seccomp",
+    "setuid", "setresuid", "capset", "symlink", "symlinkat", "chown", "fchown", "mlock", "mlockall",
+    "get_robust_list", "move_pages", "migrate_pages", "rt_sigqueueinfo", "name_to_handle_at",
+])
+def test_calls_no_grader_needs_are_not_allowed(name):
+    assert name not in syscalls.allowed_names()
+    assert not [r for r in RULES_BY_CALL.get(name, []) if r["action"] == "allow"]
+
+
+@pytest.mark.parametrize("name", ["prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+                                  "sched_setattr"])
+def test_calls_on_a_process_are_allowed_only_on_the_caller_itself(name):
+    (rule,) = RULES_BY_CALL[name]
+    assert rule["action"] == "allow" and rule["args"] == [{"arg": 0, "op": "eq", "value": 0}]
+
+
+def test_priorities_are_allowed_only_on_the_caller_itself():
+    (nice,) = RULES_BY_CALL["setpriority"]
+    assert nice["args"] == [{"arg": 0, "op": "eq", "value": 0}, {"arg": 1, "op": "eq", "value": 0}]
+    (io,) = RULES_BY_CALL["ioprio_set"]
+    assert io["args"] == [{"arg": 0, "op": "eq", "value": 1}, {"arg": 1, "op": "eq", "value": 0}]
+
+
+def test_clone_is_allowed_only_without_namespace_flags():
+    (rule,) = RULES_BY_CALL["clone"]
+    mask = rule["args"][0]["mask"]
+    for flag in (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000):
+        assert mask & flag, hex(flag)
+    assert rule["args"][0]["value"] == 0
+
+
+def test_the_zygote_filter_is_the_runs_plus_its_own_few_calls():
+    zygote = seccomp_rules({"seccomp": seccomp_policy(zygote=True)})
+    extra = {name for name, _ in syscalls.ZYGOTE_EXTRA}
+    assert extra == {"accept4", "accept", "setsid", "setpgid", "prctl", "seccomp"}
+    assert {name for name in zygote if name not in extra} == set(RULES_BY_CALL) - extra
+    for name in extra:
+        assert [r["args"] for r in zygote[name]] == [[]], name
+
+
+def test_only_the_reaper_reads_proc():
+    (proc,) = [rule for rule in POLICY["landlock"]["fs_rules"] if rule["path"] == "/proc"]
+    assert proc["reaper_only"] and proc["access"] == ["read_file", "read_dir"]
+    assert not [rule for rule in POLICY["landlock"]["fs_rules"] if rule["reaper_only"] and rule is not proc]
 
 
 def test_access_mask_drops_rights_newer_than_the_abi():

@@ -14,7 +14,21 @@ def test_prints_the_policy_for_the_configured_sandbox_venv(settings, capsys):
     assert report["kernel"]["landlock_abi"] >= 1
     paths = [rule["path"] for rule in report["policy"]["landlock"]["fs_rules"]]
     assert paths[0] == "/srv/sandbox" and "/tmp/codejail-XXXXXXXX" in paths
-    assert {"syscall": "execve", "errno": "EACCES", "args": []} in report["policy"]["seccomp"]["rules"]
+    seccomp = report["policy"]["seccomp"]
+    assert seccomp["default_errno"] == "EPERM"
+    assert {"syscall": "execve", "action": "errno", "errno": "EACCES", "args": [],
+            "reason": "nothing runs but the interpreter already running"} in seccomp["rules"]
+    assert report["seccomp_allowed_calls"] == len({r["syscall"] for r in seccomp["rules"] if r["action"] == "allow"})
+
+
+def test_prints_the_syscall_allowlist_with_reasons(capsys):
+    call_command("print_confinement_policy", "--syscalls")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "default: every other call fails with EPERM"
+    (prlimit,) = [line for line in lines if line.startswith("prlimit64 ")]
+    assert prlimit.split()[1:5] == ["allow", "arg0", "==", "0x0"] and "never of another process" in prlimit
+    (socket,) = [line for line in lines if line.startswith("socket ") and " EACCES " in line]
+    assert "arg0 != 0x1" in socket
 
 
 def test_prints_the_compiled_seccomp_filter_on_request():

@@ -24,7 +24,9 @@ def warm(settings, tmp_path):
     settings.CODEJAIL_WARM_SANDBOX = True
     settings.CODEJAIL_ZYGOTE_SCRIPT = "/venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
     settings.CODE_JAIL = {**settings.CODE_JAIL, "user": "sbx", "python_bin": PYTHON_BIN}
-    with sandbox_pool.acquire(1) as slot:
+    # No such user here: what a run leaves behind is sandbox_pool's (test_sandbox_pool.py).
+    with sandbox_pool.acquire(1) as slot, mock.patch.object(sandbox_pool, "end_leftovers") as end:
+        slot.end_leftovers = end
         yield slot
 
 
@@ -54,7 +56,7 @@ class FakeZygote(threading.Thread):
                 return
             stdin, stdout, stderr = (os.fdopen(fd, mode, buffering=0)
                                      for fd, mode in zip(fds, ("rb", "wb", "wb"), strict=True))
-            conn.send(json.dumps({"pid": 4242}).encode())
+            conn.send(json.dumps({"pid": 4242, "zygote": 4000}).encode())
             self.stdin_seen.append(stdin.read())
             stdout.write(b"out")
             stderr.write(b"err")
@@ -91,6 +93,7 @@ def test_run_subprocess_hands_codejails_sandbox_run_to_the_zygote(warm, settings
     zygote.stop()
     assert result == (0, b"out", b"err")
     assert zygote.stdin_seen == [b"[1]"]
+    warm.end_leftovers.assert_called_once_with(warm, killed=False, keep=4000)
 
 
 def test_without_the_setting_runs_stay_fresh_interpreters(warm, settings):
