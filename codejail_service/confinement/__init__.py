@@ -96,18 +96,22 @@ def confine(config):
     status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
     # Three processes (reaper.py): this one, the leader, is what codejail's time limit kills;
     # the reaper outlives that kill and ends the run's every process; the code runs below it.
-    leader = os.getpid()
+    leader, group = os.getpid(), os.getpgrp()
     reaper_pid = os.fork()
     if reaper_pid:
         reaper.wait_for_reaper(reaper_pid)  # never returns
     reaper.leave_the_leader(leader)
     if abi:
         landlock.restrict_nested(policy["landlock"], abi)  # its kill(-1) cannot reach the leader
-    status["layers"] += seccomp.load(policy["seccomp"])
+    program = seccomp.compile_program(policy["seccomp"])
     child = os.fork()
     if child:
+        seccomp.load_program(program)
         reaper.supervise(child, leader, bound)  # never returns
+    # The code: back in the leader's process group, so codejail's time-limit kill reaches it.
+    os.setpgid(0, group)
     reaper.code_starts()
+    status["layers"] += seccomp.load_program(program)
     status["layers"].append("reaper")
     if abi:
         landlock.restrict_nested(policy["landlock"], abi, code=True)

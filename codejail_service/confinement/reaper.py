@@ -9,8 +9,9 @@ A run is three processes (``confine`` in __init__.py sets them up):
 - the *reaper*: the leader's child, in a process group of its own, so that the time-limit kill
   does not reach it; the run's subreaper, and told by the kernel when the leader dies
   (PR_SET_PDEATHSIG). It stays behind, tiny, while the code runs.
-- the *code*: the reaper's child, which runs the submitted code, in a Landlock domain nested in
-  the reaper's (so it can neither signal the reaper nor read ``/proc``).
+- the *code*: the reaper's child, back in the leader's process group (so the time-limit kill
+  reaches it too), which runs the submitted code in a Landlock domain nested in the reaper's (so
+  it can neither signal the reaper nor read ``/proc``).
 
 When the code's process exits, or the leader dies (the time limit), or the run's processes hold
 more memory than the bound (``MemoryWatchdog``), the reaper SIGKILLs every process left in its
@@ -190,17 +191,24 @@ def supervise(child, leader, bound):
     status = None
     try:
         watchdog = MemoryWatchdog(bound) if bound else None
+        next_look = 0.0
         while True:
             status = _reap(child, status)
             if status is not None or os.getppid() != leader:
                 break
-            if watchdog is not None and watchdog.over():
-                kill_the_rest()
-                os.write(2, (f"\n[codejail-service: the run was ended: its processes held more than "
-                             f"{bound // (1024 * 1024)} MiB of memory together]\n").encode())
-                status = signal.SIGKILL  # as a wait status: killed by SIGKILL
-                break
-            signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE}, WATCH_INTERVAL_SECONDS)
+            now = time.monotonic()
+            if watchdog is not None and now >= next_look:
+                # Paced by the clock, not by wake-ups: a storm of SIGCHLD (a fork chain) must not
+                # spend the reaper's own RLIMIT_CPU, which is the run's.
+                next_look = now + WATCH_INTERVAL_SECONDS
+                if watchdog.over():
+                    kill_the_rest()
+                    os.write(2, (f"\n[codejail-service: the run was ended: its processes held more than "
+                                 f"{bound // (1024 * 1024)} MiB of memory together]\n").encode())
+                    status = signal.SIGKILL  # as a wait status: killed by SIGKILL
+                    break
+            signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE},
+                                max(next_look - now, 0.001) if watchdog is not None else 1.0)
         kill_the_rest()
         empty_run_tmp()
     finally:

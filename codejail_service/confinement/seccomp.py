@@ -6,9 +6,12 @@ but the native ABI is killed, x32 syscall numbers included); this module only
 declares the handful of C functions it calls.
 """
 import ctypes
+import os
 
 from .policy import errno_value
 
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_KILL_PROCESS = 0x80000000
 SCMP_FLTATR_ACT_BADARCH = 2
@@ -42,6 +45,7 @@ def _load_library():
                                            ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_export_pfc.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
@@ -91,6 +95,43 @@ def load(seccomp_policy):
         _check(lib.seccomp_load(ctx), "load")
     finally:
         lib.seccomp_release(ctx)
+    return ["seccomp"]
+
+
+def compile_program(seccomp_policy):
+    """The filter as raw BPF (libseccomp's work, about 2 ms), for ``load_program`` in forked processes."""
+    lib, ctx = build_filter(seccomp_policy)
+    read_end, write_end = os.pipe()
+    try:
+        _check(lib.seccomp_export_bpf(ctx, write_end), "export_bpf")
+        os.close(write_end)
+        write_end = None
+        chunks = []
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        lib.seccomp_release(ctx)
+        os.close(read_end)
+        if write_end is not None:
+            os.close(write_end)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_program(program):
+    """
+    Install a compiled filter on this (single-threaded) process: one prctl, some 20 us, where
+    libseccomp's load would compile it again (1.5 ms). Irreversible.
+    """
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise SeccompError(err, f"prctl(PR_SET_SECCOMP) failed: {os.strerror(err)}")
     return ["seccomp"]
 
 

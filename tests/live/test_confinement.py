@@ -194,8 +194,18 @@ def test_deny_unix_socket_bind_in_tmp(run):
                       "s.bind('/tmp/codejail-live.sock'); os.remove('/tmp/codejail-live.sock')") == "EACCES"
 
 
-def test_allow_unix_socket_bind_in_run_tmp(run):
-    assert probe(run, "import socket; s = socket.socket(socket.AF_UNIX); s.bind('tmp/ok.sock')") == "ok"
+def test_deny_unix_socket_bind_in_run_tmp(run):
+    # bind() is refused whatever the address: an abstract name would be squatted host-wide, and
+    # a run has no use for a listening socket (its nearest allowed twin: socketpair above).
+    assert probe(run, "import socket; s = socket.socket(socket.AF_UNIX); s.bind('tmp/ok.sock')") == "EACCES"
+
+
+def test_deny_unix_socket_abstract_name(run):
+    assert probe(run, "import socket; s = socket.socket(socket.AF_UNIX); s.bind('\\0codejail-squat')") == "EACCES"
+
+
+def test_deny_unix_socket_listen_autobind(run):
+    assert probe(run, "import socket; s = socket.socket(socket.AF_UNIX); s.listen()") == "EACCES"
 
 
 # --- Environment ------------------------------------------------------------------------------

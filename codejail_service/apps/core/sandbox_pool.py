@@ -246,12 +246,12 @@ def end_leftovers(slot, killed, keep=None):
     that was ``killed`` (its time limit, its memory bound), the slot is recovered like one
     whose worker died: every process of its user is killed, zygote included.
     """
-    uid = _uid_of(slot.user)
+    uid = uid_of(slot.user)
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
     while left := [pid for pid in processes_of(uid) if pid != keep]:
         if killed or time.monotonic() > deadline:
             log.warning("Sandbox user %s has processes %s left after its run: killing them all", slot.user, left)
-            kill_all_processes_of(slot.user, uid)
+            kill_all_processes_of(slot.user)
             return
         time.sleep(0.01)  # the reaper and the run's leader are exiting (zombies until reaped)
 
@@ -260,8 +260,9 @@ def end_leftovers(slot, killed, keep=None):
 LEFTOVER_GRACE_SECONDS = 0.5
 
 
-def kill_all_processes_of(user, uid, timeout=5.0):
+def kill_all_processes_of(user, timeout=5.0):
     """``kill_processes_of`` until none is left (kill(-1) is atomic: a fork chain cannot outrun it)."""
+    uid = uid_of(user)
     deadline = time.monotonic() + timeout
     while processes_of(uid):
         if time.monotonic() > deadline:
@@ -273,7 +274,7 @@ def kill_all_processes_of(user, uid, timeout=5.0):
 
 
 @functools.cache
-def _uid_of(user):
+def uid_of(user):
     return pwd.getpwnam(user).pw_uid
 
 

@@ -31,6 +31,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 
 from codejail import jail_code
 from codejail.subproc import ProcessKillerThread, set_process_limits
@@ -41,6 +42,9 @@ from codejail_service.apps.core import sandbox_pool, warm_sandbox
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+# Seconds past REALTIME after which the slot's every process is killed, if the run still holds
+# its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin's reach.
+BACKSTOP_SECONDS = 0.5
 
 
 def install():
@@ -88,13 +92,26 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
         )
     if slug:
         log.info("Executed jailed code %s in %s, with PID %s", slug, cwd, process.pid)
+    pooled = slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]
+    backstop = None
     if realtime:
         ProcessKillerThread(process, limit=realtime).start()
+        if pooled:
+            # Should the run's reaper be beaten (it ends what the time limit's `pkill -g` misses),
+            # every process of the slot's user is killed shortly after: the answer still comes.
+            backstop = threading.Timer(realtime + BACKSTOP_SECONDS, sandbox_pool.kill_all_processes_of,
+                                       (slot.user,))
+            backstop.daemon = True
+            backstop.start()
 
     limit = settings.CODEJAIL_MAX_OUTPUT_BYTES
-    stdout, stderr, truncated = _communicate_capped(process, stdin, limit)
-    status = process.wait()
-    if slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]:
+    try:
+        stdout, stderr, truncated = _communicate_capped(process, stdin, limit)
+        status = process.wait()
+    finally:
+        if backstop is not None:
+            backstop.cancel()
+    if pooled:
         # No process of the run outlives its answer (recovering the slot if one tried).
         sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pid", None))
     if truncated:

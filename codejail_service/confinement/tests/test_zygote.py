@@ -46,11 +46,11 @@ def write_code(run_dir, code):
 
 
 def test_a_run_is_forked_confined_and_reported(run_dir):
-    # Its own session, led by the run's leader; the code in its reaper's (its parent's) process
-    # group, out of the leader's; the layer's status; a denial.
+    # Its own session and process group, led by the run's leader; the code's parent is the
+    # reaper, not the leader; the layer's status; a denial.
     write_code(run_dir, "import sys, os, codejail_service.confinement as c\n"
-                        "print(sys.stdin.read(), os.getcwd(), os.environ['TMPDIR'], os.getpgid(0) == os.getppid()"
-                        " != os.getsid(0))\n"
+                        "print(sys.stdin.read(), os.getcwd(), os.environ['TMPDIR'], os.getpgid(0) == os.getsid(0)"
+                        " != os.getppid())\n"
                         "print(c.STATUS['mode'], sorted(c.STATUS['layers']), c.STATUS['forked_by'])\n"
                         "try:\n    os.listdir('/')\nexcept PermissionError:\n    print('denied')\n")
     messages, out, err = serve_one(run_dir, b"hello")
