@@ -176,6 +176,16 @@ CODEJAIL_SANDBOX_POOL_SIZE = 0
 #   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
 CODEJAIL_SLOT_DIR = None
 
+# .. setting_name: CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY
+# .. setting_default: False
+# .. setting_description: Let execution start although nothing bounds a run's total memory across
+#   its processes. The confinement layer's reaper bounds it (``run_memory_factor`` x VMEM, 2 by
+#   default, in /etc/codejail-service/confinement.json; docs/decisions/0008-run-memory-bound.rst);
+#   where the layer is off (AppArmor-only hosts) or its bound is switched off, each process is
+#   bounded by VMEM alone, and NPROC x VMEM is the run's real bound: the ``confinement_layers``
+#   startup check fails unless this is True.
+CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = False
+
 # .. setting_name: CODEJAIL_WARM_SANDBOX
 # .. setting_default: False
 # .. setting_description: Run code in children forked by a pre-imported sandbox interpreter per

@@ -261,3 +261,13 @@ ZYGOTE_CMDLINE_END = b"codejail_confinement/zygote.py\0"
 def _cmdline(pid):
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         return cmdline.read()
+
+
+@pytest.fixture
+def aftermath(run, service):
+    """Check the service after the test's hostile run(s) (aftermath.py)."""
+    from .aftermath import Aftermath  # noqa: PLC0415 -- aftermath.py imports this module
+
+    after = Aftermath(run, service)
+    yield after
+    after.check()

@@ -32,14 +32,6 @@ LMS_PROLOG = "import os\nos.environ['OPENBLAS_NUM_THREADS'] = '1'\n"
 
 
 @pytest.fixture
-def aftermath(run, service):
-    """Check the service after the test's hostile run(s)."""
-    after = Aftermath(run, service)
-    yield after
-    after.check()
-
-
-@pytest.fixture
 def known_gap(run, service):
     """
     For the xfail cases, and deny tests that leak when the sabotage run turns the layer off: the

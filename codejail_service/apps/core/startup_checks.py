@@ -198,18 +198,23 @@ def check_confinement_layers():
     outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
     if failure is not None:
         return failure
-    details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi")}
+    details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi", "memory_bound")}
     # Forked by its slot's zygote (ADR 7) exactly when the warm sandbox is on.
     details["warm_sandbox"] = outcome.get("forked_by") == "zygote"
     if details["warm_sandbox"] != warm_sandbox.enabled():
         return CheckResult.fail(f"warm sandbox {'on' if warm_sandbox.enabled() else 'off'}, but the probe "
                                 f"was forked by {outcome.get('forked_by', 'a fresh interpreter')}", **details)
-    if outcome.get("mode") == "enforce":
-        return CheckResult.ok(**details)
+    if outcome.get("mode") not in ("enforce", "off"):
+        return CheckResult.fail(f"the confinement layer did not run in the sandbox (mode {outcome.get('mode')!r})",
+                                **details)
+    # A run's total memory across its processes (ADR 8): the reaper's watchdog bounds it.
+    if not details["memory_bound"] and not settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY:
+        return CheckResult.fail("nothing bounds a run's total memory across its processes (the layer's "
+                                "watchdog is off); set CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY to accept that",
+                                **details)
     if outcome.get("mode") == "off":
         return CheckResult.ok(**details, note="switched off by the operator (confinement.json)")
-    return CheckResult.fail(f"the confinement layer did not run in the sandbox (mode {outcome.get('mode')!r})",
-                            **details)
+    return CheckResult.ok(**details)
 
 
 @startup_check("run_dir_cap", uses_sandbox=False)

@@ -357,3 +357,126 @@ def test_hook_skips_root_processes():
     # Provisioning runs pip in the sandbox venv as root: the hook must leave it alone.
     value, _ = in_child(lambda: (confinement.confine_from_site(), confinement.STATUS["mode"])[1])
     assert value == "not-run"
+
+
+# --- Default deny: what a run may do to other processes, and what outlives it ---------------------
+
+def test_seccomp_refuses_changing_another_process_of_the_same_user():
+    def child():
+        other = os.fork()
+        if other == 0:
+            time.sleep(5)
+            os._exit(0)
+        try:
+            seccomp.load(build_policy(sys.prefix, "/nonexistent")["seccomp"])
+            import resource
+            return [errno_of(lambda: resource.prlimit(other, resource.RLIMIT_NOFILE, (16, 16))),
+                    errno_of(lambda: os.setpriority(os.PRIO_PROCESS, other, 10)),
+                    errno_of(lambda: os.sched_setaffinity(other, {0}))]
+        finally:
+            os.kill(other, signal.SIGKILL)
+    value, _ = in_child(child)
+    assert value == ["EPERM", "EPERM", "EPERM"]
+
+
+def test_seccomp_allows_changing_the_caller_itself():
+    def child():
+        import resource
+        seccomp.load(build_policy(sys.prefix, "/nonexistent")["seccomp"])
+        return [errno_of(lambda: resource.prlimit(0, resource.RLIMIT_NOFILE, (64, 64))),
+                errno_of(lambda: os.setpriority(os.PRIO_PROCESS, 0, 10)),
+                errno_of(lambda: os.sched_setaffinity(0, os.sched_getaffinity(0)))]
+    value, _ = in_child(child)
+    assert value == ["ok", "ok", "ok"]
+
+
+def test_reaper_outlives_the_time_limit_kill_and_ends_a_fork_chain(run_dir):
+    """codejail's time limit kills the leader's process group; the reaper, outside it, ends the rest."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the leader, as codejail starts it (a session of its own)
+        os.close(read_end)
+        os.setsid()
+        os.chdir(run_dir)
+        confinement.confine(ENFORCE)
+        if os.fork() == 0:  # a chain: each process forks its successor and exits, for 8 s
+            until = time.time() + 8
+            while time.time() < until:
+                try:
+                    if os.fork():
+                        os._exit(0)
+                except OSError:
+                    pass
+            os._exit(0)
+        os.write(write_end, b"started")
+        time.sleep(30)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        assert report.read(7) == b"started"
+        time.sleep(0.3)
+        os.killpg(pid, signal.SIGKILL)  # sudo pkill -9 -g <leader>
+        killed = time.monotonic()
+        assert report.read() == b""  # every process holding the pipe is gone: the chain too
+        ended = time.monotonic() - killed
+    os.waitpid(pid, 0)
+    assert ended < 1.0, f"the run's last process ended {ended:.2f} s after the time limit"
+
+
+FORKED_MIB = ("import os\nkids = []\nfor _ in range(2):\n    pid = os.fork()\n    if pid == 0:\n"
+              "        b = bytearray({mib} << 20)\n        time.sleep(0.5)\n        os._exit(0)\n"
+              "    kids.append(pid)\nfor kid in kids:\n    os.waitpid(kid, 0)\n")
+
+
+@pytest.mark.parametrize(("mib", "ended"), [(16, False), (100, True)])
+def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, mib, ended):
+    """
+    Two children of ``mib`` MiB each, against a bound of 100 MiB over what the three processes
+    (this pytest's copies, counted in each) hold to begin with.
+    """
+    err_read, err_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.dup2(err_write, 2)
+        os.setsid()
+        os.chdir(run_dir)
+        from codejail_service.confinement.reaper import _private_and_shared_bytes
+        bound = 3 * _private_and_shared_bytes(os.getpid()) + (100 << 20)
+        status = confinement.confine({**ENFORCE, "run_memory_bytes": bound})
+        assert status["memory_bound"] == {"kind": "watchdog", "bytes": bound}
+        exec(FORKED_MIB.format(mib=mib), {"time": time})  # noqa: S102 -- the test's own code
+        os._exit(0)
+    os.close(err_write)
+    with os.fdopen(err_read, "rb") as err:
+        stderr = err.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if ended:
+        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGKILL, stderr
+        assert b"of memory together]" in stderr
+    else:
+        assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
+
+
+def test_zygote_is_confined_before_it_imports_and_its_runs_further(run_dir):
+    """The zygote may read code and use its slot's run root; a run it forks is refused setsid."""
+    parent = os.path.dirname(run_dir)
+    config = {**ENFORCE, "run_dir_parent": [parent]}
+
+    def zygote():
+        confinement.confine_zygote(config, "codejail-sandbox-0")
+        seen = [errno_of(lambda: open("/etc/passwd", "rb").close()),
+                errno_of(lambda: open(os.path.join(run_dir, "jailed_code"), "rb").close())]
+        value, _ = in_child(lambda: [errno_of(os.setsid), os.chdir(run_dir),
+                                     confinement.confine(config)["layers"], errno_of(os.setsid)])
+        return seen + value
+    value, _ = in_child(zygote)
+    assert value[:3] == ["EACCES", "ok", "ok"]  # setsid: allowed to the zygote's runs' start
+    assert value[4][-1] == "reaper" and value[5] == "EPERM"  # the run's own filter refuses it
+
+
+def test_zygote_run_root_is_its_slots(run_dir):
+    config = {**ENFORCE, "run_dir_parent": ["/runs/0", "/runs/1"]}
+    assert confinement.zygote_run_root(config, "codejail-sandbox-1") == "/runs/1"
+    assert confinement.zygote_run_root({**ENFORCE, "run_dir_parent": "/tmp"}, "anyone") == "/tmp"
+    with pytest.raises(confinement.ConfinementRefused):
+        confinement.zygote_run_root(config, "codejail-sandbox-7")

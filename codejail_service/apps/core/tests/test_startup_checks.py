@@ -239,10 +239,29 @@ def test_egress_check_against_loopback_fails_for_real():
 LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
 
 
+BOUND = {"kind": "watchdog", "bytes": 1 << 30}
+
+
 def test_confinement_layers_passes_and_reports_when_enforced():
-    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
         result = check_confinement_layers()
-    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, warm_sandbox=False)
+    assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, memory_bound=BOUND,
+                                    warm_sandbox=False)
+
+
+def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory():
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": None}):
+        result = check_confinement_layers()
+    assert not result.passed and "total memory" in result.reason
+
+
+def test_confinement_layers_passes_unbounded_memory_only_when_the_operator_allows_it(settings):
+    settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True
+    with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
+        result = check_confinement_layers()
+    assert result.passed and result.details["memory_bound"] is None
 
 
 @pytest.fixture
@@ -252,7 +271,8 @@ def warm_sandbox_on(settings, tmp_path):
 
 
 def test_confinement_layers_reports_runs_forked_by_the_zygote(warm_sandbox_on):
-    outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote"}
+    outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote",
+               "memory_bound": BOUND}
     with sandbox_reports(outcome=outcome):
         result = check_confinement_layers()
     assert result.passed and result.details["warm_sandbox"] is True
@@ -271,7 +291,8 @@ def test_confinement_layers_fails_when_the_warm_sandbox_has_no_pool(settings):
     assert not result.passed and "needs a sandbox user pool" in result.reason
 
 
-def test_confinement_layers_passes_and_says_so_when_switched_off():
+def test_confinement_layers_passes_and_says_so_when_switched_off(settings):
+    settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True  # the layer's watchdog is off too
     with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
         result = check_confinement_layers()
     assert result.passed
