@@ -59,7 +59,7 @@ clean: ## remove caches and reports (keeps .venv)
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # --- The real service on this host (as root): provisioning, serving, the live suite ---------
-.PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote
+.PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote audit
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
 # An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
@@ -67,7 +67,8 @@ EXTRA_SANDBOX_PACKAGE := tabulate==0.9.0
 PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET) \
 	CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
 export CODEJAIL_LIVE_EXTRA_PACKAGE := $(EXTRA_SANDBOX_PACKAGE)
-LIVE_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning tests/live
+LIVE_PYTEST_ONLY := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning
+LIVE_PYTEST := $(LIVE_PYTEST_ONLY) tests/live
 
 provision: ## (root) set up this host: users, sandbox + app venvs, sudoers, config, app egress block
 	bash deploy/egress-testbed.sh up
@@ -88,6 +89,9 @@ test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confine
 	$(PROVISION_ENV) CODEJAIL_CONFINEMENT=off bash deploy/provision.sh
 	CODEJAIL_LIVE_SABOTAGE=1 $(LIVE_PYTEST); status=$$?; \
 		$(PROVISION_ENV) bash deploy/provision.sh; exit $$status
+
+audit: provision $(VENV_STAMP) ## (root) try every syscall number from inside a real run; write the table to docs/syscall-audit.rst
+	CODEJAIL_AUDIT_WRITE_DOCS=1 $(LIVE_PYTEST_ONLY) tests/live/test_syscall_audit.py
 
 bench-confinement: provision ## (root) what our confinement layer costs per run (layer on vs off, interleaved)
 	$(PYTHON) benchmarks/confinement_cost.py --runs $${RUNS:-200}

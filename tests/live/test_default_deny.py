@@ -177,7 +177,7 @@ def test_allow_changing_its_own_limits_priority_and_affinity(run):
     ("keyctl", "call(250, 0, 0)"),
     ("personality", "call(135, 0x0040000)"),  # ADDR_NO_RANDOMIZE
     ("pidfd_open", "call(434, os.getppid(), 0)"),
-    ("kcmp", "call(312, os.getpid(), os.getppid(), 0, 0, 0)"),
+    ("kcmp", "call(312, os.getpid(), os.getpid(), 0, 0, 0)"),  # KCMP_FILE of its own fd 0
     ("sync", "call(162)"),
 ])
 def test_deny_system_calls_no_grader_needs(run, name, call):

@@ -6,6 +6,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from unittest import mock
 
 import pytest
@@ -204,6 +205,68 @@ def test_kill_processes_of_runs_kill_as_the_user(returncode, stderr, killed):
     with mock.patch("subprocess.run", return_value=done) as run:
         assert sandbox_pool.kill_processes_of("sbx-1") is killed
     assert run.call_args.args[0] == ["sudo", "-n", "-u", "sbx-1", "/usr/bin/kill", "-9", "-1"]
+
+
+# --- what a run leaves behind -------------------------------------------------------------------
+
+def test_processes_of_lists_a_users_live_processes_and_not_its_zombies():
+    zombie = os.fork()
+    if zombie == 0:  # pragma: no cover
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 5
+        while sandbox_pool._is_zombie(zombie) is False and time.monotonic() < deadline:  # noqa: SLF001
+            time.sleep(0.01)
+        found = sandbox_pool.processes_of(os.getuid())
+        assert os.getpid() in found and zombie not in found
+        assert os.getpid() not in sandbox_pool.processes_of(os.getuid() + 12345)
+    finally:
+        os.waitpid(zombie, 0)
+
+
+@pytest.fixture
+def slot_of_sbx():
+    slot = sandbox_pool.Slot(1, "sbx-1", None)
+    with mock.patch.object(sandbox_pool, "uid_of", return_value=4242), \
+            mock.patch.object(sandbox_pool, "kill_processes_of") as kill:
+        yield slot, kill
+
+
+def test_end_leftovers_finds_nothing_after_a_clean_run(slot_of_sbx):
+    slot, kill = slot_of_sbx
+    with mock.patch.object(sandbox_pool, "processes_of", return_value=[77]):
+        sandbox_pool.end_leftovers(slot, killed=False, keep=77)  # the zygote stays
+    kill.assert_not_called()
+
+
+def test_end_leftovers_waits_for_the_runs_last_exits(slot_of_sbx):
+    slot, kill = slot_of_sbx
+    with mock.patch.object(sandbox_pool, "processes_of", side_effect=[[5, 77], [5, 77], [77]]):
+        sandbox_pool.end_leftovers(slot, killed=False, keep=77)
+    kill.assert_not_called()
+
+
+def test_end_leftovers_kills_them_all_at_once_after_a_killed_run(slot_of_sbx):
+    slot, kill = slot_of_sbx
+    with mock.patch.object(sandbox_pool, "processes_of", side_effect=[[5, 77], [5, 77], []]):
+        sandbox_pool.end_leftovers(slot, killed=True, keep=77)
+    kill.assert_called_once_with("sbx-1")
+
+
+def test_end_leftovers_kills_them_all_when_they_stay(slot_of_sbx, monkeypatch):
+    slot, kill = slot_of_sbx
+    monkeypatch.setattr(sandbox_pool, "LEFTOVER_GRACE_SECONDS", 0.05)
+    left = iter([[5]] * 50 + [[]])
+    with mock.patch.object(sandbox_pool, "processes_of", side_effect=lambda uid: next(left)):
+        sandbox_pool.end_leftovers(slot, killed=False)
+    assert kill.call_count >= 1
+
+
+def test_kill_all_processes_of_gives_up_on_processes_that_survive(slot_of_sbx):
+    _, kill = slot_of_sbx
+    with mock.patch.object(sandbox_pool, "processes_of", return_value=[5]):
+        assert sandbox_pool.kill_all_processes_of("sbx-1", timeout=0.05) is False
+    assert kill.call_count >= 1
 
 
 # --- gunicorn hooks -------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""
+How much memory one run's processes hold together, at its peak, with the reaper's watchdog
+(docs/decisions/0008-default-deny-sandbox.rst): the audit's case, a run whose children each take
+and touch 400 MB (RLIMIT_AS is 512 MiB per process), run the way codejail runs it (sudo as a pool
+user, codejail's rlimits: NPROC 15, AS 512 MiB, CPU 1 s; REALTIME 3 s), as root.
+
+A sampler sums RssAnon + RssShmem of every process of the sandbox user every 2 ms from outside
+and prints the peak, how many children the run started, how it ended and what its stderr said.
+
+Usage (root, after deploy/provision.sh): python benchmarks/run_memory_bound.py [--children 14] [--mib 400]
+"""
+import argparse
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+
+PREFIX = os.environ.get("CODEJAIL_PREFIX", "/opt/codejail-service")
+PYTHON = f"{PREFIX}/sandbox-venv/bin/python"
+RUN_DIR_PARENT = "/var/lib/codejail-service/runs/0"
+USER = "codejail-sandbox-0"
+APP_USER = "codejail-app"
+MIB = 1024 * 1024
+
+CODE = """
+import os, time
+started = 0
+for _ in range({children}):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            b = bytearray({mib} * 1024 * 1024)
+        except MemoryError:
+            os._exit(3)
+        time.sleep(2.5)
+        os._exit(0)
+    started += 1
+print('children started:', started, flush=True)
+for _ in range(started):
+    os.wait()
+"""
+
+
+def held_by(uid):
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid != uid:
+                continue
+            with open(f"/proc/{name}/status", "rb") as status:
+                for line in status:
+                    if line.startswith((b"RssAnon:", b"RssShmem:")):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def limits():
+    import resource  # noqa: PLC0415
+    os.setsid()
+    for limit, value in ((resource.RLIMIT_NPROC, 15), (resource.RLIMIT_AS, 512 * MIB),
+                         (resource.RLIMIT_CPU, 1), (resource.RLIMIT_FSIZE, MIB)):
+        resource.setrlimit(limit, (value, value))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--children", type=int, default=14)
+    parser.add_argument("--mib", type=int, default=400)
+    args = parser.parse_args()
+    app = pwd.getpwnam(APP_USER)
+    run_dir = tempfile.mkdtemp(prefix="codejail-", dir=RUN_DIR_PARENT)
+    os.mkdir(os.path.join(run_dir, "tmp"), 0o777)
+    os.chmod(os.path.join(run_dir, "tmp"), 0o777)
+    with open(os.path.join(run_dir, "jailed_code"), "w", encoding="utf-8") as jailed:
+        jailed.write(CODE.format(children=args.children, mib=args.mib))
+    for path in (run_dir, os.path.join(run_dir, "tmp"), os.path.join(run_dir, "jailed_code")):
+        os.chown(path, app.pw_uid, app.pw_gid)
+    uid = pwd.getpwnam(USER).pw_uid
+    peak, done = [0, 0.0], threading.Event()
+    started = time.monotonic()
+
+    def sample():
+        while not done.is_set():
+            held = held_by(uid)
+            if held > peak[0]:
+                peak[:] = [held, time.monotonic() - started]
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        process = subprocess.run(["sudo", "-u", USER, PYTHON, "-E", "-B", "jailed_code"], cwd=run_dir,
+                                 capture_output=True, preexec_fn=limits, timeout=10, check=False)  # noqa: PLW1509
+    finally:
+        done.set()
+        sampler.join()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"run: {args.children} children x {args.mib} MB asked; status {process.returncode} after "
+          f"{time.monotonic() - started:.2f} s")
+    print(f"stdout: {process.stdout.decode().strip()}")
+    print(f"stderr: {process.stderr.decode().strip()[-300:]}")
+    print(f"peak held by the run's processes together: {peak[0] / MIB:.0f} MiB at {peak[1]:.2f} s "
+          f"(bound: 2 x VMEM = {2 * 512} MiB)")
+
+
+if __name__ == "__main__":
+    main()
