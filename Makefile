@@ -30,9 +30,10 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
 	$(PIP_COMPILE) -o requirements/docs.txt requirements/docs.in
 	$(PIP_COMPILE) -o requirements/deploy.txt requirements/deploy.in
+	$(PIP_COMPILE) -o requirements/tutor.txt requirements/tutor.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
@@ -61,7 +62,11 @@ clean: ## remove caches and reports (keeps .venv)
 .PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote audit
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
-PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
+# An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
+EXTRA_SANDBOX_PACKAGE := tabulate==0.9.0
+PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET) \
+	CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
+export CODEJAIL_LIVE_EXTRA_PACKAGE := $(EXTRA_SANDBOX_PACKAGE)
 LIVE_PYTEST_ONLY := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning
 LIVE_PYTEST := $(LIVE_PYTEST_ONLY) tests/live
 
@@ -94,7 +99,7 @@ bench-confinement: provision ## (root) what our confinement layer costs per run 
 bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's zygote vs fresh interpreters (ADR 7)
 	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 35 min here)
 
 # --- The LMS's own client (issue 12): xblocks-contrib's capa safe_exec against the live service --
 .PHONY: test-lms-client
@@ -170,7 +175,7 @@ validate-deploy: lint-docker ## Dockerfile + Kubernetes manifests: schemas (1.30
 	for v in 1.30.0 1.37.0; do \
 		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $$v .cache/kubernetes-rendered.yaml || exit 1; \
 	done
-	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host"
+	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host and not tutor"
 
 test-deploy-host: $(DEPLOY_VENV)/.installed ## as root after deploy/provision.sh: the pod's capabilities against the real sudo
 	$(DEPLOY_VENV)/bin/pytest tests/deploy -m host
@@ -183,5 +188,9 @@ apparmor-compile: ## compile the AppArmor profiles in apparmor/ without loading 
 test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live suite with AppArmor as the only confinement
 	bash tests/apparmor_vm/run.sh
 
-test-image: $(VENV_STAMP) ## (root) build the Dockerfile with buildah, run it as the Deployment does, live suite against it
-	tests/deploy/image-rehearsal.sh
+test-image: $(VENV_STAMP) ## (root) build the image on Debian's Docker engine, run it as the Deployment does, live suite (fresh, warm) against it
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/image-test.sh
+
+.PHONY: test-tutor
+test-tutor: $(VENV_STAMP) $(DEPLOY_VENV)/.installed ## (root) the Tutor plugin with the real Tutor: rendered env checked, image built by `tutor images build`, its compose service runs a problem
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/tutor-test.sh

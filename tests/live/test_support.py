@@ -1,6 +1,7 @@
 """What graders need, the LMS protocol, and the limits that end runaway code."""
 import io
 import json
+import os
 import time
 import zipfile
 
@@ -185,3 +186,36 @@ def test_support_health_reports_the_confinement_layers(service):
         assert health.status_code == 200, health.text
         assert layers["mode"] == "enforce" and layers["missing"] == [], layers
         assert layers["layers"] == ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
+
+
+def test_support_health_reports_each_slot_capped(service):
+    # Every deployment we test (a host provisioned by deploy/provision.sh, the image with the
+    # runtime's tmpfs per slot, the Tutor plugin's compose service) caps what a run writes; the
+    # deny test test_deny_filling_tmp_beyond_a_total_cap shows the cap holds.
+    import requests
+
+    cap = requests.get(service["url"] + "/health/", timeout=10).json()["checks"]["run_dir_cap"]
+    assert cap["passed"] is True and cap["capped"] is True, cap
+    assert 0 < cap["bytes_per_run"] <= 64 * 1024 * 1024, cap
+
+
+# The operator's extra sandbox package (CODEJAIL_EXTRA_PIP_REQUIREMENTS): `make test-live` provisions
+# the host with it and `make test-image` builds the image with it; each names it here.
+EXTRA_PACKAGE = os.environ.get("CODEJAIL_LIVE_EXTRA_PACKAGE", "")
+
+
+@pytest.mark.skipif(not EXTRA_PACKAGE, reason="CODEJAIL_LIVE_EXTRA_PACKAGE names no extra sandbox package")
+def test_support_operator_extra_package(run):
+    name, _, version = EXTRA_PACKAGE.partition("==")
+    result = run(f"import importlib.metadata, {name}\nversion = importlib.metadata.version({name!r})\n"
+                 f"where = {name}.__file__")
+    assert result.emsg is None, result
+    assert result.globals["version"] == version, result
+    assert result.globals["where"].startswith("/opt/codejail-service/sandbox-venv/"), result
+
+
+def test_support_a_package_nobody_installed_is_not_importable(run):
+    # The twin: a package nobody installed is not importable, so the test above proves the install.
+    result = run("try:\n    import tabulate_not_installed_here\n    found = True\n"
+                 "except ImportError:\n    found = False")
+    assert result.globals.get("found") is False, result
