@@ -59,7 +59,7 @@ clean: ## remove caches and reports (keeps .venv)
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # --- The real service on this host (as root): provisioning, serving, the live suite ---------
-.PHONY: provision test-live test-live-warm test-sabotage bench-confinement bench-zygote audit
+.PHONY: provision test-live test-live-fresh test-sabotage bench-confinement bench-zygote bench-imports audit
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
 # An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
@@ -77,12 +77,12 @@ provision: ## (root) set up this host: users, sandbox + app venvs, sudoers, conf
 run: provision ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
 	bash deploy/serve.sh
 
-test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host
+test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host, as configured by default (warm sandbox: ADR 7)
 	$(LIVE_PYTEST)
 
-test-live-warm: provision $(VENV_STAMP) ## (root) the live API suite and a 300-run soak with runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX; ADR 7)
-	CODEJAIL_LIVE_WARM=1 $(LIVE_PYTEST)
-	CODEJAIL_LIVE_WARM=1 $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= \
+test-live-fresh: provision $(VENV_STAMP) ## (root) the live API suite and a 300-run soak with a fresh interpreter per run (CODEJAIL_WARM_SANDBOX: false, the opt-out)
+	CODEJAIL_LIVE_WARM=0 $(LIVE_PYTEST)
+	CODEJAIL_LIVE_WARM=0 $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= \
 		-W ignore::pytest.PytestConfigWarning -s tests/robustness/test_soak.py
 
 test-sabotage: provision $(VENV_STAMP) ## (root) the live suite with our confinement layer off: its deny tests must fail
@@ -99,7 +99,10 @@ bench-confinement: provision ## (root) what our confinement layer costs per run 
 bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's zygote vs fresh interpreters (ADR 7)
 	$(PYTHON) benchmarks/zygote_cost.py --runs $${RUNS:-200}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-warm test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 35 min here)
+bench-imports: provision ## (root) what importing each course package costs a fresh sandbox run (chooses the zygote's PRELOAD)
+	cd benchmarks && $(PYTHON) import_cost.py --runs $${RUNS:-5}
+
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-fresh test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 40 min here)
 
 # --- The LMS's own client (issue 12): xblocks-contrib's capa safe_exec against the live service --
 .PHONY: test-lms-client
@@ -112,16 +115,17 @@ $(LMS_CLIENT_VENV)/.installed: requirements/lms-client.txt
 	$(LMS_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lms-client.txt
 	touch $@
 
-test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own client (REST and darklaunch vs a local codejail) against the service, fresh and warm
+test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own client (REST and darklaunch vs a local codejail) against the service, warm (the default) and fresh
 	$(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
-	CODEJAIL_LIVE_WARM=1 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
+	CODEJAIL_LIVE_WARM=0 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults
 ROBUST_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning -s
 
-test-robustness: provision $(VENV_STAMP) ## (root) schemathesis + hypothesis against the live API (bounded), and a 300-run soak
-	$(ROBUST_PYTEST) tests/robustness/test_fuzz_api.py tests/robustness/test_properties.py tests/robustness/test_soak.py
+test-robustness: provision $(VENV_STAMP) ## (root) schemathesis + hypothesis against the live API (bounded), and a 300-run soak (zygotes recycled every 15 runs)
+	$(ROBUST_PYTEST) tests/robustness/test_fuzz_api.py tests/robustness/test_properties.py
+	CODEJAIL_LIVE_ZYGOTE_MAX_RUNS=15 $(ROBUST_PYTEST) tests/robustness/test_soak.py
 
 fuzz: provision $(VENV_STAMP) ## (root) deeper fuzzing: FUZZ_EXAMPLES (2000) per operation and per property
 	CODEJAIL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} CODEJAIL_PROPERTY_EXAMPLES=$${FUZZ_EXAMPLES:-2000} \

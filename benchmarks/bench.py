@@ -6,7 +6,14 @@ our confinement on), on a free local port, and drives ``POST /api/v0/code-exec``
 asyncio client that opens a new connection per request, as the LMS does (connect timeout 0.5 s,
 read timeout 3.5 s: a later answer counts as an error; after a 503 a client waits as
 Retry-After says). For each scenario and concurrency it
-prints execs/s, p50/p95/p99 latency, 503s (load shed), errors and the largest worker RSS.
+prints execs/s, p50/p95/p99 latency, 503s (load shed), errors, the largest worker RSS and the
+CPU per request: of the workers, of their children (sudo and fresh sandbox interpreters) and of
+the warm sandbox's zygotes with the runs they forked; and each zygote's RSS and PSS.
+
+Scenarios, one per kind of course problem: ``trivial`` (``x = x + 1``, bare); and, each sent
+exactly as the LMS sends a course's code (its prolog and lazy imports, benchmarks/lms_prolog.py):
+``lms`` (a customresponse grader), ``numpy``, ``matplotlib`` (a plot to PNG), ``scipy_opt``,
+``scipy_stats``, ``sympy`` (a formula check with simplify) and ``chem`` (chemcalc).
 
 In the same run it measures the floor: fresh ``python3.11 -E -B -c 'import json, sys'``
 interpreters started back to back, two at a time (before and after the load; the mean is
@@ -31,41 +38,15 @@ import time
 import urllib.request
 import uuid
 
+from lms_prolog import wrap as lms_wrap
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR_COMMAND = ["/usr/bin/python3.11", "-E", "-B", "-c", "import json, sys"]
 CONNECT_TIMEOUT = 0.5  # the LMS's (xmodule/capa/safe_exec/remote_exec.py)
 READ_TIMEOUT = 3.5
 
-# What edx-platform puts before every course's code (xmodule/capa/safe_exec/safe_exec.py):
-# random2 seeded per student, OPENBLAS_NUM_THREADS=1, and lazily imported modules.
-LMS_PROLOG = '''\
-from __future__ import absolute_import, division
-
-import os
-os.environ["OPENBLAS_NUM_THREADS"] = "1"    # See TNL-6456
-
-import random2 as random_module
-import sys
-from six.moves import xrange
-
-random = random_module.Random(%r)
-random.Random = random_module.Random
-sys.modules['random'] = random
-
-class LazyModule(object):
-    """A module that is imported only when one of its attributes is used (edx lazymod)."""
-    def __init__(self, modname):
-        self.__name__ = modname
-    def __getattr__(self, name):
-        mod = __import__(self.__name__)
-        for part in self.__name__.split(".")[1:]:
-            mod = getattr(mod, part)
-        return getattr(mod, name)
-
-numpy = LazyModule('numpy')
-math = LazyModule('math')
-scipy = LazyModule('scipy')
-'''
+# The LMS's own prolog and lazy imports (benchmarks/lms_prolog.py, from xblocks-contrib 0.13.1):
+# every scenario but "trivial" is sent exactly as the LMS sends a course's code.
 
 # A customresponse-style grader: compare the student's answer with the expected one.
 LMS_GRADER = '''
@@ -95,25 +76,52 @@ fig, ax = plt.subplots(figsize=(3, 2))
 ax.plot([1, 2, 3], [2, 1, 3])
 buf = io.BytesIO()
 fig.savefig(buf, format="png")
+plt.close(fig)
 png_bytes = len(buf.getvalue())
 '''
 
+# A grader that fits the student's parameter, and one that checks a probability (scipy, through
+# the LMS's lazy ``scipy`` for stats, as course code often does, and imported for optimize).
+SCIPY_OPTIMIZE_CODE = '''
+from scipy import optimize
+best = optimize.minimize_scalar(lambda t: (t - 2.5) ** 2 + 1.0)
+root = optimize.brentq(lambda t: t ** 3 - 2 * t - 5, 2, 3)
+ok = abs(best.x - 2.5) < 1e-4 and abs(root - 2.0945514815) < 1e-6
+'''
 
-def _lms(code):
-    return LMS_PROLOG % 1234 + code
+SCIPY_STATS_CODE = '''
+p = float(scipy.stats.norm.cdf(1.96))
+t = scipy.stats.ttest_1samp([5.1, 4.9, 5.3, 5.0, 4.8], 5.0)
+ok = abs(p - 0.975) < 1e-3 and 0 < float(t.pvalue) <= 1
+'''
+
+# A formula response: is the student's expression the expected one?
+SYMPY_CODE = '''
+import sympy
+x, y = sympy.symbols("x y")
+student = sympy.sympify(ans)
+ok = sympy.simplify(student - sympy.sympify(expect)) == 0 and sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2) == 1
+'''
+
+# A chemical equation response, through the LMS's lazy ``chemcalc`` (chem.chemcalc).
+CHEM_CODE = '''
+ok = chemcalc.chemical_equations_equal(ans, expect) and not chemcalc.chemical_equations_equal(ans, "H2 + O2 -> H2O")
+'''
 
 
 # name -> (code, globals, check(globals_dict) -> bool)
 SCENARIOS = {
     "trivial": ("x = x + 1", {"x": 16}, lambda g: g.get("x") == 17),
-    "lms": (_lms(LMS_GRADER), {"expect": "42", "ans": "42.0"},
+    "lms": (lms_wrap(LMS_GRADER), {"expect": "42", "ans": "42.0"},
             lambda g: g.get("cfn_return", {}).get("ok") is True),
-    "numpy": (_lms(NUMPY_CODE), {"x": 10}, lambda g: g.get("x") == 45 and g.get("det", 0) > 0),
-    # Without the LMS prolog: random2's Random has no choices(), which tempfile (used by
-    # matplotlib for its cache dir when HOME is not writable) calls once the prolog has put
-    # random2 in sys.modules. Under the LMS prolog, matplotlib fails unless tempfile came first.
-    "matplotlib": ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n' + MATPLOTLIB_CODE, {},
-                   lambda g: g.get("png_bytes", 0) > 1000),
+    "numpy": (lms_wrap(NUMPY_CODE), {"x": 10}, lambda g: g.get("x") == 45 and g.get("det", 0) > 0),
+    "matplotlib": (lms_wrap(MATPLOTLIB_CODE), {}, lambda g: g.get("png_bytes", 0) > 1000),
+    "scipy_opt": (lms_wrap(SCIPY_OPTIMIZE_CODE), {}, lambda g: g.get("ok") is True),
+    "scipy_stats": (lms_wrap(SCIPY_STATS_CODE), {}, lambda g: g.get("ok") is True),
+    "sympy": (lms_wrap(SYMPY_CODE), {"ans": "(x + y)**2 - 2*x*y", "expect": "x**2 + y**2"},
+              lambda g: g.get("ok") is True),
+    "chem": (lms_wrap(CHEM_CODE), {"ans": "2H2 + O2 -> 2H2O", "expect": "2H2 + O2 -> 2H2O"},
+             lambda g: g.get("ok") is True),
 }
 
 
@@ -250,7 +258,7 @@ class WorkerMemory:
                     pids += [int(pid) for pid in children.read().split()]
         except OSError:
             pass
-        return pids
+        return [pid for pid in pids if not _is_zygote(pid)]  # the master starts the zygotes too
 
     def rss_kib(self):
         """{pid: RSS in KiB} of the workers now."""
@@ -295,6 +303,72 @@ class WorkerMemory:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+ZYGOTE_CMDLINE_END = b"codejail_confinement/zygote.py\0"
+
+
+class Zygotes:
+    """
+    The warm sandbox's zygotes on this host (CODEJAIL_WARM_SANDBOX): a process with the zygote's
+    command line whose parent has another (a run's processes are forked by a zygote). Their CPU,
+    with that of the runs they reaped, is the runs' CPU, which the workers' children's CPU misses.
+    """
+
+    @staticmethod
+    def pids():
+        found = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                        found[int(entry)] = cmdline.read().endswith(ZYGOTE_CMDLINE_END)
+                except OSError:
+                    pass
+        return [pid for pid, is_zygote in found.items() if is_zygote and not found.get(_ppid(pid), False)]
+
+    @classmethod
+    def cpu_seconds(cls):
+        """{pid: CPU s of the zygote and of the runs it reaped}."""
+        tick = os.sysconf("SC_CLK_TCK")
+        times = {}
+        for pid in cls.pids():
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
+                    fields = stat_file.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            times[pid] = sum(int(field) for field in fields[11:15]) / tick
+        return times
+
+    @classmethod
+    def memory_mib(cls):
+        """{pid: (RSS, PSS) in MiB}, of each zygote."""
+        sizes = {}
+        for pid in cls.pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+                    fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup if line.split()[-1] == "kB"}
+            except OSError:
+                continue
+            sizes[pid] = (round(fields["Rss"] / 1024, 1), round(fields["Pss"] / 1024, 1))
+        return sizes
+
+
+def _is_zygote(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().endswith(ZYGOTE_CMDLINE_END)
+    except OSError:
+        return False
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
+            return int(stat_file.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
 
 
 def free_port():
@@ -345,9 +419,11 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
     code, globals_dict, check = SCENARIOS[scenario]
     request = multipart_request(host, port, code, globals_dict)
     cpu_before = memory.cpu_seconds()
+    zygotes_before = Zygotes.cpu_seconds()
     with memory:
         results, elapsed = asyncio.run(drive(host, port, request, check, concurrency, duration))
     cpu_after = memory.cpu_seconds()
+    zygotes_after = Zygotes.cpu_seconds()
     outcomes = {}
     samples = {}  # one emsg per cell, to see what failed
     for outcome, *rest in results:
@@ -379,6 +455,12 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
         # shared host.
         "app_cpu_ms_per_request": _cpu_per_request(cpu_before, cpu_after, 0, len(results)),
         "sandbox_cpu_ms_per_request": _cpu_per_request(cpu_before, cpu_after, 1, len(results)),
+        # The warm sandbox: what the slots' zygotes and their runs used, per request (None when a
+        # zygote was replaced during the cell: the one gone took its share along).
+        "zygote_cpu_ms_per_request": (
+            round(sum(zygotes_after[pid] - zygotes_before[pid] for pid in zygotes_after) * 1000 / len(results), 1)
+            if results and zygotes_after and set(zygotes_before) == set(zygotes_after) else None),
+        "zygotes_replaced": len(set(zygotes_after) - set(zygotes_before)),
     }
 
 
@@ -396,9 +478,10 @@ def _ms(seconds):
 def print_table(cells):
     print(f"\nratio: execs/s over the floor, fresh `{' '.join(FLOOR_COMMAND)}` per s (two at a time),"
           " measured before and after each scenario. p50/p95/p99 over all answers (503s too);"
-          " app/sbx ms: CPU per request of the workers / of their children (sudo, sandbox).\n")
+          " app/sbx ms: CPU per request of the workers / of their children (sudo, sandbox);"
+          " zyg ms: of the warm sandbox's zygotes and the runs they forked (new: zygotes replaced).\n")
     header = (f"{'scenario':<11}{'c':>4}{'execs/s':>9}{'floor':>7}{'ratio':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-              f"{'ok':>7}{'503':>6}{'err':>5}{'RSS MiB':>9}{'app ms':>8}{'sbx ms':>8}")
+              f"{'ok':>7}{'503':>6}{'err':>5}{'RSS MiB':>9}{'app ms':>8}{'sbx ms':>8}{'zyg ms':>8}{'new':>4}")
     print(header)
     print("-" * len(header))
     for cell in cells:
@@ -406,7 +489,8 @@ def print_table(cells):
               f"{cell['floor_per_s']:>7.1f}{cell['ratio_to_floor']:>7.2f}{_fmt(cell['p50_ms'])}{_fmt(cell['p95_ms'])}"
               f"{_fmt(cell['p99_ms'])}{cell['ok']:>7}{cell['shed_503']:>6}{cell['errors']:>5}"
               f"{cell['max_worker_rss_mib']:>9.1f}{_fmt(cell['app_cpu_ms_per_request'], 8)}"
-              f"{_fmt(cell['sandbox_cpu_ms_per_request'], 8)}")
+              f"{_fmt(cell['sandbox_cpu_ms_per_request'], 8)}{_fmt(cell['zygote_cpu_ms_per_request'], 8)}"
+              f"{cell['zygotes_replaced']:>4}")
         if cell["error_kinds"]:
             print(f"{'':15}errors: {cell['error_kinds']}")
             for sample in cell["error_samples"].values():
@@ -459,6 +543,7 @@ def main(argv=None):
     floor_cpus = []  # CPU ms of one floor interpreter, measured along
     try:
         rss_start = memory.rss_kib()
+        zygote_memory_start = Zygotes.memory_mib()
         for scenario in scenarios:
             print(f"measuring the floor, then {scenario} ...", flush=True)
             floor, floor_cpu = measure_floor(args.floor_seconds)
@@ -474,6 +559,7 @@ def main(argv=None):
                       f"p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms  503s {cell['shed_503']}  "
                       f"errors {cell['errors']}", flush=True)
         rss_end = memory.rss_kib()
+        zygote_memory_end = Zygotes.memory_mib()
         floor, floor_cpu = measure_floor(args.floor_seconds)
         floors.append(floor)
         floor_cpus.append(floor_cpu)
@@ -492,6 +578,8 @@ def main(argv=None):
     print(f"\nfloor measurements (per s, in order): {[round(f, 1) for f in floors]}, CPU ms per floor "
           f"interpreter: {[round(c, 1) for c in floor_cpus]}; worker RSS MiB "
           f"at start {_mib(rss_start)}, at end {_mib(rss_end)}")
+    print(f"zygotes (RSS, PSS) MiB at start {sorted(zygote_memory_start.values())}, "
+          f"at end {sorted(zygote_memory_end.values())}")
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "label": args.label,
@@ -501,6 +589,7 @@ def main(argv=None):
         "floor": {"command": FLOOR_COMMAND, "parallel": 2, "seconds_each": args.floor_seconds,
                   "per_s": [round(f, 2) for f in floors], "cpu_ms_each": [round(c, 2) for c in floor_cpus]},
         "worker_rss_kib": {"start": rss_start, "end": rss_end},
+        "zygote_rss_pss_mib": {"start": zygote_memory_start, "end": zygote_memory_end},
         "cells": cells,
     }
     with open(args.json, "w", encoding="utf-8") as out:

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -43,9 +44,13 @@ def start_zygote(user, socket_dir):
             stdin=listener, stdout=subprocess.DEVNULL, env={}, cwd="/")
 
 
-def zygote_cpu(zygote):
+# The zygote's PID, as it says with every run: its first process exits at once (zygote.py, main).
+ZYGOTE = {}
+
+
+def zygote_cpu():
     """CPU seconds the zygote and the runs it reaped have used so far."""
-    with open(f"/proc/{zygote.pid}/stat", "rb") as stat:
+    with open(f"/proc/{ZYGOTE['pid']}/stat", "rb") as stat:
         utime, stime, cutime, cstime = map(int, stat.read().rsplit(b")", 1)[1].split()[11:15])
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
@@ -59,7 +64,9 @@ def zygote_run(socket_dir, run_dir, stdin):
         socket.send_fds(conn, [json.dumps({"cwd": run_dir, "rlimits": []}).encode()], [in_r, out_w, err_w])
         for fd in (in_r, out_w, err_w):
             os.close(fd)
-        assert "pid" in json.loads(conn.recv(4096))
+        reply = json.loads(conn.recv(4096))
+        assert "pid" in reply
+        ZYGOTE["pid"] = reply["zygote"]
         with os.fdopen(in_w, "wb") as run_in, os.fdopen(out_r, "rb") as run_out, os.fdopen(err_r, "rb") as run_err:
             run_in.write(stdin)
             run_in.close()
@@ -96,11 +103,11 @@ def main():
             fresh, forked = [], []
             one_run(f"{SANDBOX_VENV}/bin/python", run_dir, stdin)  # warm up (and the zygote's imports)
             zygote_run(socket_dir, run_dir, stdin)
-            cpu_before = zygote_cpu(zygote)
+            cpu_before = zygote_cpu()
             for _ in range(args.runs):  # interleaved, so drift hits both alike
                 fresh.append(one_run(f"{SANDBOX_VENV}/bin/python", run_dir, stdin))
                 forked.append(zygote_run(socket_dir, run_dir, stdin))
-            forked_cpu = (zygote_cpu(zygote) - cpu_before) / args.runs * 1000
+            forked_cpu = (zygote_cpu() - cpu_before) / args.runs * 1000
             rows.append((case, "wall", statistics.median(t[0] for t in fresh) * 1000,
                          statistics.median(forked) * 1000))
             rows.append((case, "cpu", statistics.mean(t[1] for t in fresh) * 1000, forked_cpu))
@@ -112,8 +119,9 @@ def main():
             print(f"{case:<9} {measure:<8} {fresh_ms:9.1f} {forked_ms:10.1f} {fresh_ms / forked_ms:13.2f}")
         print(f"floor interpreter ({' '.join(FLOOR[:3])} -c ...): {floor:.1f} ms CPU")
     finally:
-        zygote.kill()
-        zygote.wait(10)
+        zygote.wait(10)  # its first process
+        if "pid" in ZYGOTE:
+            os.kill(ZYGOTE["pid"], signal.SIGKILL)
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(socket_dir, ignore_errors=True)
 

@@ -11,6 +11,8 @@
 #   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code (without a pool)
 #   CODEJAIL_SANDBOX_POOL_SIZE [2 x CPU cores, at least 4]  sandbox users <USER>-0 .. -<N-1>
 #                                       (UIDs UID+1 ..), one per gunicorn worker; 0: no pool
+#   CODEJAIL_WARM_SANDBOX    [1]        0: a fresh sandbox interpreter per run instead of children
+#                                       forked by a pre-imported one per slot (ADR 7)
 #   CODEJAIL_CONFINEMENT     [enforce]  "off" turns our Landlock+seccomp layer off
 #                                       (AppArmor-only hosts; the sabotage test run)
 #   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
@@ -151,6 +153,9 @@ if [ ! -f "$extra_stamp" ]; then
     echo "${extra_pip[*]}" > "$extra_stamp"
 fi
 site_packages="$("$sandbox_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+# The warm sandbox's zygotes start as this one (the same binary, by another path): AppArmor gives
+# them their own profile (apparmor/, codejail_zygote), since its exec rules match paths only.
+ln -f "$sandbox_venv/bin/python" "$sandbox_venv/bin/python-zygote"
 # Our confinement layer, run by the .pth file before any submitted code.
 rm -rf "$site_packages/codejail_confinement"
 install -d -m 0755 "$site_packages/codejail_confinement"
@@ -159,6 +164,25 @@ install -m 0644 "$src/codejail_service/confinement/codejail-confinement.pth" "$s
 # setuptools' distutils-precedence.pth imports _distutils_hack at every interpreter start
 # (about 3.5 M instructions, 5 % of a trivial run); the sandbox never builds packages.
 rm -f "$site_packages/distutils-precedence.pth"
+# matplotlib's font list, built once here into a read-only directory of the venv: the warm
+# sandbox's zygote reads it as it preloads matplotlib (confinement/zygote.py, MATPLOTLIB_CACHE),
+# instead of building it (~0.2 s per zygote) where it may not write.
+mpl_cache="$sandbox_venv/share/codejail-matplotlib"
+rm -rf "$mpl_cache"
+install -d -m 0755 "$mpl_cache"
+# Only matplotlib's own fonts: the sandbox may not read the system's (/usr/share/fonts).
+MPLCONFIGDIR="$mpl_cache" MPLBACKEND=Agg "$sandbox_venv/bin/python" -S - "$site_packages" "$mpl_cache" <<'PY' \
+    || log "could not build matplotlib's font list (is matplotlib in the sandbox requirements?)"
+import os, sys
+sys.path.append(sys.argv[1])
+import matplotlib
+from matplotlib import font_manager
+manager = font_manager.fontManager
+own = os.path.join(matplotlib.get_data_path(), "")
+manager.ttflist = [font for font in manager.ttflist if font.fname.startswith(own)]
+manager.afmlist = [font for font in manager.afmlist if font.fname.startswith(own)]
+font_manager.json_dump(manager, os.path.join(sys.argv[2], f"fontlist-v{font_manager.FontManager.__version__}.json"))
+PY
 # Byte-compile as root, so runs (python -B) import from cached bytecode they cannot alter.
 "$sandbox_venv/bin/python" -m compileall -q "$site_packages/codejail_confinement" "$site_packages" >/dev/null || true
 chown -R root:root "$sandbox_venv"
@@ -199,9 +223,12 @@ if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$e
         echo "# Managed by deploy/provision.sh: remove this line to keep your own edits."
         echo "CODEJAIL_ENABLED: true"
         echo "CODEJAIL_SANDBOX_POOL_SIZE: $pool_size"
+        echo "CODEJAIL_ZYGOTE_PYTHON: $sandbox_venv/bin/python-zygote"
         echo "CODEJAIL_ZYGOTE_SCRIPT: $site_packages/codejail_confinement/zygote.py"
-        if [ "${CODEJAIL_WARM_SANDBOX:-0}" = 1 ]; then
+        if [ "${CODEJAIL_WARM_SANDBOX:-1}" = 1 ]; then
             echo "CODEJAIL_WARM_SANDBOX: true"
+        else
+            echo "CODEJAIL_WARM_SANDBOX: false"
         fi
         if [ "$run_dir_mib" != 0 ]; then
             echo "CODEJAIL_RUN_DIR_ROOT: $run_root"
@@ -220,7 +247,7 @@ fi
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
 # root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
 # may also be made to kill all its own processes (the clean-up of a slot whose run's worker
-# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, off unless set: docs/decisions/
+# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, on by default: docs/decisions/
 # 0007-warm-sandbox.rst), which confines each run it forks with the same layer.
 # Speed (make bench; docs/decisions/0005-run-cost-and-overload.rst): with no PAM session or setcred to close
 # and no pty (codejail runs sudo with no terminal; Debian's default use_pty would only keep a
@@ -235,7 +262,7 @@ Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
 Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;, \\
     /usr/bin/find $run_root/*/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
-Cmnd_Alias CODEJAIL_ZYGOTE = $sandbox_venv/bin/python -E -B -S $site_packages/codejail_confinement/zygote.py
+Cmnd_Alias CODEJAIL_ZYGOTE = $sandbox_venv/bin/python-zygote -E -B -S $site_packages/codejail_confinement/zygote.py
 Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_CLEANUP !pam_session, !pam_setcred, !use_pty

@@ -9,19 +9,26 @@ submitted code, then runs ``jailed_code`` as ``__main__``. What differs from a f
 interpreter, and why that is acceptable, is the ADR's subject.
 
 Started by the web app as a pool slot's sandbox user, through a pinned sudoers rule:
-``<sandbox venv>/bin/python -E -B -S <this file>``, with a listening ``AF_UNIX``
-``SOCK_SEQPACKET`` socket as its stdin (sudo closes every other descriptor). The socket lives in
-the app's private slot directory: only the app can connect, and a run cannot (seccomp refuses
-``connect``). Per connection, one run:
+``<sandbox venv>/bin/python-zygote -E -B -S <this file>`` (a hard link to the venv's python, so
+that AppArmor can tell it apart), with a listening ``AF_UNIX`` ``SOCK_SEQPACKET`` socket as its
+stdin (sudo closes every other descriptor). The socket lives in the app's private slot
+directory: only the app can connect, and a run cannot (seccomp refuses ``connect``). Per
+connection, one run:
 
-- app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...]}`` with the run's
-  stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
-- zygote -> app: ``{"pid": <pid>}`` at once (its process group, for codejail's time limit),
-  then ``{"status": <returncode as subprocess reports it>}`` when the run has ended.
+- app -> zygote: ``{"cwd": <run dir>, "rlimits": [[resource, soft, hard], ...], "max_runs": N,
+  "max_seconds": T}`` with the run's stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
+- zygote -> app: ``{"pid": <pid>}`` at once (its process group, for codejail's time limit), with
+  ``"retire": true`` once it has served N runs or T seconds (``Lifetime``), then
+  ``{"status": <returncode as subprocess reports it>}`` when the run has ended.
 
-It exits after ``IDLE_SECONDS`` without a connection, and whenever its slot is recovered
-(``kill -9 -1`` as the slot's user).
+Or, from the app once a successor listens in this zygote's place: ``{"retire": true}`` (no
+descriptors); it serves the runs already queued, then exits.
+
+It writes ``ready`` to its stdout once it has preloaded. It exits after ``IDLE_SECONDS`` without
+a connection, when retired, and whenever its slot is recovered (``kill -9 -1`` as the slot's
+user).
 """
+import errno
 import json
 import os
 import pwd
@@ -29,13 +36,46 @@ import resource
 import runpy
 import socket
 import sys
+import time
 import traceback
 
-# Imported once here, instead of by every run. ``json`` and ``six`` are codejail's wrapper's.
-PRELOAD = ("json", "six", "random", "numpy")
+# Imported once here, instead of by every run that needs them, in this order; chosen by what
+# importing each costs a fresh run (``make bench-imports``, benchmarks/import_cost.py; CPU ms on the
+# reference host, docs/decisions/0007-warm-sandbox.rst): what codejail's wrapper and the LMS
+# prolog import (json, six, random2), the modules the LMS's lazy imports name (numpy 83, scipy,
+# calc 153, chem.chemcalc 1238 (it imports nltk), chem.miller 93, eia, verifiers.draganddrop) and
+# what course graders import most (scipy.optimize 430 and .stats 842, sympy 341,
+# matplotlib.pyplot 791, networkx 180, lxml.etree 27). A module that fails to import is skipped
+# (said on stderr); nothing else in the sandbox venv is imported until a run asks for it.
+PRELOAD = (
+    "json", "six", "random", "random2",
+    "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
+    "scipy.linalg", "scipy.special", "scipy.sparse",
+    "sympy",
+    "matplotlib",  # and matplotlib.pyplot, on Agg: preload_matplotlib
+    "calc", "chem.chemcalc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
+    "networkx", "lxml.etree",
+)
+# Run once after the preload, so that what a package builds on first use (sympy's caches and the
+# modules simplify imports lazily: 250 ms on a first simplify, 30 ms after; matplotlib's fonts and
+# Agg canvas; chemcalc's parser) is there in every run. Each is the zygote's own code (no input),
+# skipped (said on stderr) if it fails.
+WARMUP = {
+    "sympy": "x, y = sympy.symbols('x y')\n"
+             "sympy.simplify(sympy.sympify('(x + y)**2 - 2*x*y') - sympy.sympify('x**2 + y**2'))\n"
+             "sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n",
+    "matplotlib": "import io\nfig, ax = matplotlib.pyplot.subplots(figsize=(3, 2))\nax.plot([1, 2, 3], [2, 1, 3])\n"
+                  "fig.savefig(io.BytesIO(), format='png')\nmatplotlib.pyplot.close(fig)\n",
+    "chem.chemcalc": "chem.chemcalc.chemical_equations_equal('2H2 + O2 -> 2H2O', '4H2 + 2O2 -> 4H2O')\n",
+}
 # Set before the preload, as the LMS prolog does before it imports numpy (TNL-6456): OpenBLAS
-# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC.
-PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC. Agg:
+# matplotlib's non-interactive backend, the only one a run can use (no display, no GUI toolkit).
+PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "MPLBACKEND": "Agg"}
+# matplotlib's font list, built at provisioning (deploy/provision.sh) into this read-only
+# directory of the sandbox venv (relative to its prefix, which site sets); see preload_matplotlib.
+MATPLOTLIB_CACHE = ("share", "codejail-matplotlib")
 IDLE_SECONDS = 600
 MAX_MESSAGE = 64 * 1024
 
@@ -43,6 +83,11 @@ MAX_MESSAGE = 64 * 1024
 def main():
     if os.geteuid() == 0:
         sys.exit("codejail zygote: refusing to run as root")
+    # Out of the way of the worker that started it (apps/core/warm_sandbox.py): its first process
+    # exits at once, so that gunicorn's master (a child subreaper) adopts the zygote and reaps it
+    # as soon as it ends, instead of a zombie of that worker, counted against the slot's user.
+    if os.fork():
+        os._exit(0)
     site_packages = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.remove(os.path.dirname(os.path.abspath(__file__)))  # the script's own directory
     sys.path.append(site_packages)
@@ -57,50 +102,215 @@ def main():
     # Confined before it imports anything (docs/decisions/0007-warm-sandbox.rst).
     layer.confine_zygote(config, pwd.getpwuid(os.getuid()).pw_name)
     run_env = dict(os.environ)
+    preload()
+    serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
+
+
+def preload(names=PRELOAD):
+    """Import ``names`` (``PRELOAD``), then say so on stdout: the app waits for that line."""
     os.environ.update(PRELOAD_ENV)
-    for name in PRELOAD:
+    for name in names:
         try:
-            __import__(name)
-        except ImportError as exc:
-            print(f"codejail zygote: not preloading {name}: {exc}", file=sys.stderr)
-    listener = socket.socket(fileno=os.dup(0))
+            if name == "matplotlib":
+                preload_matplotlib()
+            else:
+                __import__(name)
+        except Exception as exc:  # noqa: BLE001 -- ImportError, or whatever a broken package raises
+            print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
+    warm_up(names)
+    # A successor (Zygote.recycle) is put in its predecessor's place only once it can serve.
+    os.write(1, b"ready\n")
+
+
+def warm_up(names, warmup=None):
+    """Run ``WARMUP``'s code for each preloaded package of ``names`` (its top package in scope)."""
+    for name, code in (WARMUP if warmup is None else warmup).items():
+        if name not in names or name not in sys.modules:
+            continue
+        top = name.partition(".")[0]
+        try:
+            exec(code, {top: sys.modules[top]})  # noqa: S102 -- our own constant code
+        except Exception as exc:  # noqa: BLE001 -- a package that changed: the run pays, nothing breaks
+            print(f"codejail zygote: not warming up {name}: {exc!r}", file=sys.stderr)
+
+
+def preload_matplotlib():
+    """
+    matplotlib and pyplot, with the font list that provisioning built into ``MATPLOTLIB_CACHE``.
+
+    matplotlib keeps its font list in its cache directory, and looks for style files in its config
+    directory, which it wants writable: else it makes a temporary directory (left behind, as a
+    zygote ends killed) and rebuilds the list there (~0.2 s). A zygote may write nowhere. So,
+    while matplotlib is imported, its config file is named outright (MATPLOTLIBRC: its own
+    defaults; MPLBACKEND says Agg) and its config and cache directories are pinned to that
+    read-only one; then its own lookups are put back: a run that asks for them finds its own
+    (MPLCONFIGDIR, which the LMS prolog points at the run's tmp/), with the font list in memory.
+    """
+    import importlib.util  # noqa: PLC0415
+
+    cache_dir = os.path.join(sys.prefix, *MATPLOTLIB_CACHE)
+    package_dir = importlib.util.find_spec("matplotlib").submodule_search_locations[0]
+    os.environ["MATPLOTLIBRC"] = os.path.join(package_dir, "mpl-data", "matplotlibrc")
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        lookups = matplotlib.get_configdir, matplotlib.get_cachedir
+        matplotlib.get_configdir = matplotlib.get_cachedir = lambda: cache_dir
+        try:
+            import matplotlib.pyplot  # noqa: F401, PLC0415 -- reads the font list, finds no styles
+        finally:
+            matplotlib.get_configdir, matplotlib.get_cachedir = lookups
+    finally:
+        del os.environ["MATPLOTLIBRC"]
+
+
+class Lifetime:
+    """
+    How long this zygote serves (``CODEJAIL_ZYGOTE_MAX_RUNS`` and ``_MAX_SECONDS``, sent by the
+    app with every run): once either is reached, it asks the app for a successor with each run's
+    pid (``"retire": true``) and keeps serving until the app has put one in its place and told
+    it to go (``{"retire": true}``: it serves what is already queued, then exits). If no
+    successor comes, it stops taking runs at ten times the runs or twice the seconds (the next
+    run then starts a new zygote, as when none is there): a bound, not the usual way out, since
+    a successor may take several seconds to preload on a busy host.
+    """
+
+    def __init__(self):
+        self.runs = 0
+        self.born = time.monotonic()
+
+    def served(self, request):
+        """Count one run; True if this zygote should be replaced."""
+        self.runs += 1
+        return self._past(request, 1, 1)
+
+    def over(self, request):
+        """True once this zygote may take no more runs, successor or not."""
+        return self._past(request, 10, 2)
+
+    def _past(self, request, runs_factor, seconds_factor):
+        max_runs, max_seconds = request.get("max_runs"), request.get("max_seconds")
+        return bool((max_runs and self.runs >= runs_factor * max_runs)
+                    or (max_seconds and time.monotonic() - self.born >= seconds_factor * max_seconds))
+
+
+def serve_forever(listener, layer, config, run_env):
+    """One run per connection, until idle, retired or past its lifetime."""
     listener.settimeout(IDLE_SECONDS)
+    lifetime = Lifetime()
+    retiring = False
     while True:
         try:
             conn, _ = listener.accept()
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # idle; or retiring, and nothing left queued
             return
         with conn:
             conn.settimeout(None)
             try:
-                serve(conn, listener, layer, config, run_env)
+                outcome = serve(conn, listener, layer, config, run_env, lifetime)
             except OSError as exc:  # the app went away mid-run: the next connection is another run
                 print(f"codejail zygote: {exc!r}", file=sys.stderr)
+                continue
+        if outcome == "retire" and not retiring:  # a successor listens in our place now
+            retiring = True
+            listener.setblocking(False)  # serve what was queued before, then go
+        elif outcome == "over":
+            return
 
 
-def serve(conn, listener, layer, config, run_env):
-    """One run: fork it, tell the app its pid, wait for it, tell the app its status."""
+def serve(conn, listener, layer, config, run_env, lifetime):
+    """
+    One run: fork it, tell the app its pid, wait for it, tell the app its status. "retire" if
+    the app said this zygote's successor is in place, "over" if it may take no more runs.
+    """
     message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
+    if not message and not fds:  # the app only looked whether a zygote is there (start_all)
+        return None
     try:
         request = json.loads(message)
+        if request.get("retire") is True and not fds:
+            return "retire"
         if len(fds) != 3:
             raise ValueError(f"expected 3 descriptors, got {len(fds)}")
-    except ValueError as exc:
+    except (ValueError, AttributeError) as exc:
         for fd in fds:
             os.close(fd)
         conn.send(json.dumps({"error": str(exc)}).encode())
-        return
+        return None
+    mapped = address_space()
     pid = os.fork()
     if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
-        run(request, fds, (conn, listener), layer, config, run_env)
+        run(request, fds, (conn, listener), layer, config, run_env, mapped)
     for fd in fds:
         os.close(fd)
-    conn.send(json.dumps({"pid": pid, "zygote": os.getpid()}).encode())
+    reply = {"pid": pid, "zygote": os.getpid()}
+    if lifetime.served(request):
+        reply["retire"] = True
+    conn.send(json.dumps(reply).encode())
     _, wait_status = os.waitpid(pid, 0)
     conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}).encode())
+    return "over" if lifetime.over(request) else None
 
 
-def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- in the forked child
+def address_space():
+    """
+    Bytes of address space this process maps now (/proc/self/statm, opened once), or 0 if that
+    cannot be read.
+    """
+    global _statm  # noqa: PLW0603 -- opened once, read at every run
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        return int(os.pread(_statm, 128, 0).split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"codejail zygote: cannot read its address space: {exc!r}", file=sys.stderr)
+        return 0
+
+
+_statm = None
+
+
+def run_rlimits(rlimits, mapped):
+    """
+    The run's rlimits: as codejail asks, but RLIMIT_AS (codejail's VMEM) counts from what the
+    zygote has mapped (``mapped`` bytes, the preloaded modules), so that a run may allocate as
+    much as a fresh interpreter's could, not that much less what it did not import.
+    """
+    for name, soft, hard in rlimits:
+        if name == resource.RLIMIT_AS:
+            soft, hard = (limit if limit == resource.RLIM_INFINITY else limit + mapped for limit in (soft, hard))
+        yield name, soft, hard
+
+
+APPARMOR_ZYGOTE, APPARMOR_SANDBOX = "//codejail_zygote", "//codejail_sandbox"
+APPARMOR_ATTRS = ("/proc/self/attr/apparmor/current", "/proc/self/attr/current")
+
+
+def apparmor_enter_sandbox(attrs=APPARMOR_ATTRS):
+    """
+    If AppArmor confines this process as a zygote (apparmor/: ``<service>//codejail_zygote``,
+    which may use its socket), move it to the sandbox profile beside it (``//codejail_sandbox``,
+    a fresh run's: no socket at all). Else nothing. Raises if AppArmor cannot tell or refuses: the
+    run must not start in the zygote's profile.
+    """
+    for attr in attrs:
+        try:
+            with open(attr, encoding="utf-8") as current:
+                label = current.read().strip().split(" (")[0]
+            break
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINVAL):  # no such interface, no LSM behind it
+                continue
+            raise
+    else:
+        return
+    if not label.endswith(APPARMOR_ZYGOTE):
+        return  # unconfined (no AppArmor policy for us) or another LSM's label
+    with open(attr, "w", encoding="utf-8") as current:
+        current.write(f"changeprofile {label[: -len(APPARMOR_ZYGOTE)]}{APPARMOR_SANDBOX}")
+
+
+def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
     try:
@@ -111,10 +321,11 @@ def run(request, fds, sockets, layer, config, run_env):  # pragma: no cover -- i
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
         os.chdir(request["cwd"])
-        for name, soft, hard in request["rlimits"]:
+        for name, soft, hard in run_rlimits(request["rlimits"], mapped):
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
+        apparmor_enter_sandbox()  # where AppArmor confines: the profile a fresh run would get
         layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
     except BaseException:  # noqa: BLE001 -- the zygote's own failure: say it where the app looks

@@ -196,19 +196,48 @@ CODEJAIL_SLOT_DIR = None
 CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = False
 
 # .. setting_name: CODEJAIL_WARM_SANDBOX
-# .. setting_default: False
+# .. setting_default: True
 # .. setting_description: Run code in children forked by a pre-imported sandbox interpreter per
-#   pool slot (a zygote, codejail_service/confinement/zygote.py) instead of a fresh interpreter per
-#   run: about a third of the CPU per trivial run, and numpy already imported. It changes the
-#   security model (docs/decisions/0007-warm-sandbox.rst): off by default. Needs a sandbox user
-#   pool and CODEJAIL_ZYGOTE_SCRIPT; not with the AppArmor profile yet.
-CODEJAIL_WARM_SANDBOX = False
+#   pool slot (a zygote, codejail_service/confinement/zygote.py: numpy, scipy, sympy, matplotlib,
+#   calc, chem, networkx, lxml already imported) instead of a fresh interpreter per run: about a
+#   third of the CPU per trivial run, and course code that imports those starts at once
+#   (docs/decisions/0007-warm-sandbox.rst). Takes effect only with a sandbox user pool
+#   (CODEJAIL_SANDBOX_POOL_SIZE) and CODEJAIL_ZYGOTE_SCRIPT; without a pool, every run is a fresh
+#   interpreter. False: a fresh interpreter per run (the opt-out; slower, nothing shared
+#   between runs).
+CODEJAIL_WARM_SANDBOX = True
+
+# .. setting_name: CODEJAIL_ZYGOTE_MAX_RUNS
+# .. setting_default: 1000
+# .. setting_description: With CODEJAIL_WARM_SANDBOX, a slot's zygote is replaced after this many
+#   runs (0: never), so that its address-space layout and string-hash seed are shared by a
+#   bounded number of runs. The successor is started in the background and preloads while the
+#   zygote keeps serving (about 2.5 s of CPU per replacement); if none comes, the zygote stops
+#   taking runs at ten times this (or twice CODEJAIL_ZYGOTE_MAX_SECONDS).
+CODEJAIL_ZYGOTE_MAX_RUNS = 1000
+
+# .. setting_name: CODEJAIL_ZYGOTE_MAX_SECONDS
+# .. setting_default: 600
+# .. setting_description: With CODEJAIL_WARM_SANDBOX, a slot's zygote is replaced once it is this
+#   many seconds old (0: never), as for CODEJAIL_ZYGOTE_MAX_RUNS (whichever comes first).
+CODEJAIL_ZYGOTE_MAX_SECONDS = 600
+
+# .. setting_name: CODEJAIL_ZYGOTE_PYTHON
+# .. setting_default: "/opt/codejail-service/sandbox-venv/bin/python-zygote"
+# .. setting_description: The sandbox python that starts the zygotes, exactly as the sudoers rule
+#   names it. deploy/provision.sh makes ``<sandbox venv>/bin/python-zygote``, a hard link to the
+#   venv's python, so that AppArmor can give the zygote a profile of its own (apparmor/: exec rules
+#   tell programs apart by path). None: ``CODE_JAIL["python_bin"]``.
+CODEJAIL_ZYGOTE_PYTHON = "/opt/codejail-service/sandbox-venv/bin/python-zygote"
 
 # .. setting_name: CODEJAIL_ZYGOTE_SCRIPT
-# .. setting_default: None
+# .. setting_default: "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
 # .. setting_description: Path of the zygote script in the sandbox virtualenv, exactly as the
-#   sudoers rule names it (deploy/provision.sh writes both).
-CODEJAIL_ZYGOTE_SCRIPT = None
+#   sudoers rule names it (deploy/provision.sh writes both; this default is its layout, as
+#   CODE_JAIL's is). None: no zygotes, a fresh interpreter per run.
+CODEJAIL_ZYGOTE_SCRIPT = (
+    "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages/codejail_confinement/zygote.py"
+)
 
 # .. setting_name: CODEJAIL_RUN_DIR_ROOT
 # .. setting_default: None

@@ -4,10 +4,12 @@
 # emulation, -accel tcg) on a cached debootstrap root fs, with vm-init.sh as
 # init: it provisions with deploy/provision.sh (our Landlock/seccomp layer off),
 # loads the profiles, starts the service and runs the live suite's
-# deny/allow/support tests. Exit status: the suite's.
+# deny/allow/support tests twice: with a fresh interpreter per run, and with the
+# warm sandbox (runs forked by the slots' zygotes). Exit status: the suites'.
 #
 # Environment: CACHE_DIR (root fs + wheelhouse cache), VM_TIMEOUT (s, default
-# 1500), VM_MEMORY (MiB, 3072), VM_PYTEST_ARGS (replace the -k selection),
+# 1500), VM_MEMORY (MiB, 3072), VM_PYTEST_ARGS (replace the -k selection;
+# VM_WARM_PYTEST_ARGS for the warm pass alone),
 # VM_CPU_LIMIT / VM_REALTIME_LIMIT (codejail limits in the VM, 10 / 30 s).
 # The output of the last run stays in $CACHE_DIR/last-run/.
 set -euo pipefail
@@ -53,7 +55,7 @@ mkdir -p "$run/out"
 qemu-img create -q -f qcow2 -b "$rootfs/rootfs.ext4" -F raw "$run/disk.qcow2"
 
 # Settings for vm-init.sh, which sources this file.
-for var in VM_PYTEST_ARGS VM_CPU_LIMIT VM_REALTIME_LIMIT; do
+for var in VM_PYTEST_ARGS VM_WARM_PYTEST_ARGS VM_CPU_LIMIT VM_REALTIME_LIMIT; do
     if [ -n "${!var:-}" ]; then printf '%s=%q\n' "$var" "${!var}"; fi
 done >"$run/out/vm.env"
 # The VM has no network device at all; the checkout is shared read-only.
@@ -85,8 +87,11 @@ echo
 echo "Wall time: root fs ${t_rootfs}s, wheelhouse ${t_wheels}s, VM ${t_vm}s (boot to power-off), total $(( $(date +%s) - t_start ))s"
 echo "In the VM:"
 sed 's/^/    /' "$run/out/timings.txt" 2>/dev/null || true
-grep -E '^(=+ .* in [0-9.]+s|[0-9]+ (passed|failed).*) ?=*$' "$run/out/pytest.txt" 2>/dev/null | tail -n1 || true
-log "output kept in $run/out/ (pytest.txt, audit-report.txt, dmesg.txt, service.log)"
+for pass in pytest pytest-warm; do
+    echo "$pass: $(grep -E '^(=+ .* in [0-9.]+s|[0-9]+ (passed|failed).*) ?=*$' "$run/out/$pass.txt" 2>/dev/null | tail -n1)"
+done
+log "output kept in $run/out/ (pytest.txt and pytest-warm.txt: fresh interpreters, warm sandbox;" \
+    "audit-report.txt, dmesg.txt, service.log, service-warm.log)"
 if [ "$status" != 0 ]; then
     log "FAILED (status $status)"
     exit 1

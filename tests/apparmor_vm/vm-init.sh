@@ -4,7 +4,8 @@
 # layer off, loads apparmor/ profiles, starts the service confined by them,
 # runs the live suite's deny/allow/support tests, and leaves on the "out" share:
 #   status            pytest's exit status (or the failing step's), last thing written
-#   pytest.txt        the suite's output
+#   pytest.txt        the suite's output, fresh interpreters (CODEJAIL_WARM_SANDBOX: false)
+#   pytest-warm.txt   again, runs forked by the slots' zygotes (the default)
 #   audit-report.txt  which AppArmor record came from which test
 #   dmesg.txt service.log timeline.jsonl provision.log timings.txt
 set -u
@@ -111,18 +112,35 @@ phase_done ok
 # tests/live/conftest.py starts the service with deploy/serve.sh (as on a real
 # host) and stops it at the end; audit_timeline.py checks it runs confined,
 # leaves out deselected-in-vm.txt and expects not-covered-by-apparmor.txt to fail.
-phase "live suite"
+# The live suite twice: a fresh interpreter per run (CODEJAIL_WARM_SANDBOX: false), then runs
+# forked by the slots' zygotes (the default; profile codejail_zygote, each run moved to
+# codejail_sandbox). VM_WARM_PYTEST_ARGS selects the second pass (default: the same as the first).
+live_suite() {  # warm(0|1) pytest-output-name selection...
+    local warm=$1 name=$2
+    shift 2
+    AUDIT_TIMELINE_CHECK_LISTS=$([ -z "${VM_PYTEST_ARGS:-}" ] && echo 1) \
+        AUDIT_TIMELINE=$out/timeline.jsonl CODEJAIL_SERVICE_CFG=/etc/codejail-service/apparmor-vm.yml \
+        CODEJAIL_LIVE_WARM=$warm PYTHONPATH=/mnt/wheels/runner-site:$repo/tests/apparmor_vm \
+        python3.11 -m pytest -p audit_timeline -p no:django -p no:cacheprovider -o addopts= \
+        -W ignore::pytest.PytestConfigWarning -v -rfEX --tb=short --durations=10 \
+        "$@" tests/live 2>&1 | tee "$out/$name.txt"
+    return "${PIPESTATUS[0]}"
+}
 cd "$repo"
-AUDIT_TIMELINE_CHECK_LISTS=$([ -z "${VM_PYTEST_ARGS:-}" ] && echo 1) \
-    AUDIT_TIMELINE=$out/timeline.jsonl CODEJAIL_SERVICE_CFG=/etc/codejail-service/apparmor-vm.yml \
-    PYTHONPATH=/mnt/wheels/runner-site:$repo/tests/apparmor_vm \
-    python3.11 -m pytest -p audit_timeline -p no:django -p no:cacheprovider -o addopts= \
-    -W ignore::pytest.PytestConfigWarning -v -rfEX --tb=short --durations=10 \
-    ${VM_PYTEST_ARGS:--k "test_deny_ or test_allow_ or test_support_"} \
-    tests/live 2>&1 | tee "$out/pytest.txt"
-suite_status=${PIPESTATUS[0]}
+phase "live suite (fresh interpreters)"
+# shellcheck disable=SC2086  # VM_PYTEST_ARGS is a list of arguments
+live_suite 0 pytest ${VM_PYTEST_ARGS:--k "test_deny_ or test_allow_ or test_support_"}
+suite_status=$?
 phase_done "exit $suite_status"
 cp /tmp/cjlive-service.log "$out/service.log" 2>/dev/null
+
+phase "live suite (warm sandbox)"
+# shellcheck disable=SC2086
+live_suite 1 pytest-warm ${VM_WARM_PYTEST_ARGS:-${VM_PYTEST_ARGS:--k "test_deny_ or test_allow_ or test_support_"}}
+warm_status=$?
+phase_done "exit $warm_status"
+cp /tmp/cjlive-service.log "$out/service-warm.log" 2>/dev/null
+[ "$suite_status" = 0 ] && suite_status=$warm_status
 
 # --- Audit records, by test -----------------------------------------------------------------
 dmesg >"$out/dmesg.txt"

@@ -90,7 +90,7 @@ config() {  # config NAME EXTRA_LINES...
       printf '%s\n' "${@:2}"; } >"$work/$1.yml"
     chmod 0644 "$work/$1.yml"
 }
-config fresh
+config fresh "CODEJAIL_WARM_SANDBOX: false"
 config warm "CODEJAIL_WARM_SANDBOX: true"
 
 start() {  # start NAME CONFIG [more docker run args]
@@ -178,5 +178,5 @@ PY
     fi
     "$DOCKER" rm -f "codejail-test-$name" >/dev/null
 }
-suite fresh
+suite fresh CODEJAIL_LIVE_WARM=0
 suite warm CODEJAIL_LIVE_WARM=1

@@ -81,7 +81,8 @@ RUN_DIR_GLOBS = ("/tmp/codejail-*", "/var/lib/codejail-service/runs/*/codejail-*
 
 
 def run_dirs():
-    return {path for pattern in RUN_DIR_GLOBS for path in glob.glob(pattern)}
+    # Directories only: a file such as /tmp/codejail-host.lock (a shared host's lock) is no run's.
+    return {path for pattern in RUN_DIR_GLOBS for path in glob.glob(pattern) if os.path.isdir(path)}
 
 
 class Aftermath:

@@ -34,7 +34,11 @@ import requests
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SABOTAGE = os.environ.get("CODEJAIL_LIVE_SABOTAGE") == "1"
 # The whole suite again with runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst).
-WARM = os.environ.get("CODEJAIL_LIVE_WARM") == "1"
+# Runs forked by the slots' zygotes (CODEJAIL_WARM_SANDBOX, the default) unless CODEJAIL_LIVE_WARM=0:
+# fresh interpreters, the opt-out (make test-live-fresh).
+WARM = os.environ.get("CODEJAIL_LIVE_WARM", "1") != "0"
+# CODEJAIL_ZYGOTE_MAX_RUNS for the service, when set (else its default).
+ZYGOTE_MAX_RUNS = int(os.environ.get("CODEJAIL_LIVE_ZYGOTE_MAX_RUNS", "0"))
 REMOTE_URL = os.environ.get("CODEJAIL_LIVE_URL")
 # A variable in the web app's environment that no sandboxed run may see
 # (the Dockerfile sets it too, for runs against a deployment).
@@ -49,14 +53,16 @@ def pytest_configure(config):
 
 def service_config_with(lines):
     """
-    ``(directory, path)`` of a copy of the host's service config (/etc/codejail-service/config.yml)
-    with ``lines`` added (a YAML key given again replaces the first); the app user can read it.
-    The caller removes the directory.
+    ``(directory, path)`` of a copy of the host's service config (``CODEJAIL_SERVICE_CFG``, else
+    /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the
+    first); the app user can read it. The caller removes the directory.
     """
     directory = tempfile.mkdtemp(prefix="cjlive-cfg.")
     os.chmod(directory, 0o755)
     path = os.path.join(directory, "config.yml")
-    with open("/etc/codejail-service/config.yml", encoding="utf-8") as base, \
+    # The config the service would otherwise read (the AppArmor VM names its own).
+    base_path = os.environ.get("CODEJAIL_SERVICE_CFG", "/etc/codejail-service/config.yml")
+    with open(base_path, encoding="utf-8") as base, \
             open(path, "w", encoding="utf-8") as config:
         config.write(base.read() + "\n" + "\n".join(lines) + "\n")
     os.chmod(path, 0o644)
@@ -110,8 +116,9 @@ def running_service(extra_config=()):
     extra = list(extra_config)
     if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
         extra.append("CODEJAIL_ENFORCE_STARTUP_CHECKS: false")
-    if WARM:
-        extra.append("CODEJAIL_WARM_SANDBOX: true")
+    extra.append(f"CODEJAIL_WARM_SANDBOX: {'true' if WARM else 'false'}")
+    if ZYGOTE_MAX_RUNS:  # recycle zygotes often (the soak of make test-robustness)
+        extra.append(f"CODEJAIL_ZYGOTE_MAX_RUNS: {ZYGOTE_MAX_RUNS}")
     config_dir = None
     if extra:
         config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
@@ -241,6 +248,13 @@ def sandbox_processes():
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
     return [pid for pid in map(int, result.stdout.split()) if not _is_zygote(pid)]
+
+
+def zygotes():
+    """PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host."""
+    result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
+                            check=False)
+    return {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
 
 
 def _stat_fields(pid):

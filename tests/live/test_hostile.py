@@ -12,6 +12,7 @@ import concurrent.futures
 import errno
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -157,15 +158,17 @@ def test_deny_endless_loop_ignoring_signals(run, aftermath, code):
 def test_deny_memory_bomb_touching_pages(run, aftermath):
     """
     RLIMIT_AS (VMEM, 512 MiB) ends allocation with MemoryError, not a kill. Touching 512 MiB costs
-    close to the 1 s CPU limit on a slow host (zeroing pages): the run first lowers its own limit to
-    half, so its MemoryError comes with a margin of 2x before SIGXCPU.
+    close to the 1 s CPU limit on a slow host (zeroing pages): the run first lowers its own limit by
+    half of VMEM, so its MemoryError comes with a margin of 2x before SIGXCPU. Forked by a zygote,
+    the run's limit is VMEM on top of what the zygote had mapped (whose free heap it may reuse).
     """
     result, elapsed = timed(run, "import resource\nvmem = resource.getrlimit(resource.RLIMIT_AS)[0]\n"
-                                 "resource.setrlimit(resource.RLIMIT_AS, (vmem // 2, vmem))\nb = []\ntry:\n"
+                                 "resource.setrlimit(resource.RLIMIT_AS, (vmem - 256 * 1024 * 1024, vmem))\n"
+                                 "b = []\ntry:\n"
                                  "    while True:\n        b.append(bytearray(32 * 1024 * 1024))\n"
                                  "except MemoryError:\n    n = len(b)")
-    assert result.globals.get("vmem") == 512 * 1024 * 1024, result  # the service's default VMEM
-    assert 3 < result.globals.get("n", 0) < 8, result  # stopped near 256 MiB
+    assert result.globals.get("vmem", 0) >= 512 * 1024 * 1024, result  # the service's default VMEM (+ the zygote's)
+    assert 3 < result.globals.get("n", 0) <= 8, result  # stopped near 256 MiB
     assert elapsed < ANSWER_WITHIN
 
 
@@ -179,7 +182,8 @@ def test_allow_memory_across_processes_within_the_run_bound(run, aftermath):
 def test_deny_memory_bomb_across_processes(run, aftermath):
     """Each child under RLIMIT_AS, together far over the run's bound: the reaper ends the run."""
     result, elapsed = timed(run, FORKED_ALLOCATIONS.format(children=10, mib=300))
-    assert result.emsg and "held more than 1024 MiB of memory together" in result.emsg, result
+    # 2 x RLIMIT_AS: 1024 MiB; forked by a zygote, RLIMIT_AS counts from what the zygote had mapped.
+    assert result.emsg and re.search(r"held more than \d+ MiB of memory together", result.emsg), result
     assert result.emsg.endswith("with status code: -9"), result
     assert elapsed < ANSWER_WITHIN
 

@@ -219,3 +219,74 @@ def test_support_a_package_nobody_installed_is_not_importable(run):
     result = run("try:\n    import tabulate_not_installed_here\n    found = True\n"
                  "except ImportError:\n    found = False")
     assert result.globals.get("found") is False, result
+
+
+# What the LMS puts before course code (benchmarks/lms_prolog.py has it verbatim): the parts that
+# change how course packages behave in the sandbox (random2's seeded Random as the random module).
+LMS_CODE_PROLOG = ('import os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\n'
+                   'os.environ["TMPDIR"] = os.getcwd() + "/tmp"\nos.environ["MPLCONFIGDIR"] = os.environ["TMPDIR"]\n'
+                   "import random2 as random_module\nimport sys\nrandom = random_module.Random(4)\n"
+                   "random.Random = random_module.Random\nrandom.SystemRandom = random_module.SystemRandom\n"
+                   "sys.modules['random'] = random\n")
+
+
+@pytest.mark.parametrize(("code", "want"), [
+    ("import io\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+     "fig, ax = plt.subplots()\nax.plot([1, 2], [2, 1])\nbuf = io.BytesIO()\nfig.savefig(buf, format='png')\n"
+     "r = buf.getvalue()[:4] == b'\\x89PNG'", True),
+    ("from scipy import optimize\nr = round(float(optimize.brentq(lambda t: t * t - 2, 0, 2)), 6)", 1.414214),
+    ("import sympy\nx = sympy.symbols('x')\nr = str(sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2))", "1"),
+    ("import calc\nr = calc.evaluator({'x': 2}, {}, 'x^2 + 1')", 5.0),
+    ("import networkx, lxml.etree\nr = networkx.number_of_nodes(networkx.path_graph(4)), "
+     "lxml.etree.fromstring('<a><b/></a>')[0].tag", [4, "b"]),
+], ids=["matplotlib", "scipy", "sympy", "calc", "networkx-lxml"])
+def test_allow_course_packages_under_the_lms_prolog(run, code, want):
+    """
+    What course graders import works under the LMS's prolog, within the limits: preloaded by the
+    zygotes. A fresh interpreter spends 0.3-1.2 s of the 1 s CPU limit importing these (make
+    bench-imports): there, a run may be killed on CPU (-24: SIGXCPU, -9).
+    """
+    _assert_right_or_killed_on_cpu_when_fresh(run(LMS_CODE_PROLOG + code), want)
+
+
+def _assert_right_or_killed_on_cpu_when_fresh(result, want):
+    from .conftest import WARM
+
+    if WARM or result.globals.get("r") == want:
+        assert result.globals.get("r") == want, result
+    else:
+        assert result.emsg and result.emsg.endswith(("with status code: -9", "with status code: -24")), result
+
+
+def test_allow_chemcalc_with_the_warm_sandbox(run):
+    """
+    chem.chemcalc, the LMS's lazy ``chemcalc``: preloaded by the zygotes. A fresh interpreter
+    spends about the 1 s CPU limit importing it (nltk; 1.24 s here): there, the run is killed.
+    """
+    result = run(LMS_CODE_PROLOG + "import chem.chemcalc\n"
+                 "r = chem.chemcalc.chemical_equations_equal('H2 + O2 -> H2O2', '2H2 + 2O2 -> 2H2O2')")
+    _assert_right_or_killed_on_cpu_when_fresh(result, True)
+
+
+def test_support_matplotlib_leaves_no_temporary_directory(run, service):
+    """Neither a run's matplotlib nor a zygote's preload leaves a cache directory in /tmp."""
+    if not service["local"]:
+        pytest.skip("the host's /tmp can only be checked where the service runs")
+    import glob
+    import os
+    import pwd
+
+    def sandbox_owned():
+        owned = set()
+        for path in glob.glob("/tmp/matplotlib-*"):
+            try:
+                if pwd.getpwuid(os.stat(path).st_uid).pw_name.startswith("codejail-sandbox"):
+                    owned.add(path)
+            except (OSError, KeyError):
+                pass
+        return owned
+
+    before = sandbox_owned()
+    result = run("import matplotlib.pyplot as plt\nplt.figure()\nr = 1")
+    assert result.globals.get("r") == 1, result
+    assert sandbox_owned() == before == set()

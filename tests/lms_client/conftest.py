@@ -7,7 +7,7 @@ code the LMS runs for every Python-evaluated problem, installed in its own venv
 Django settings the LMS sets: nothing of it is patched.
 
 - REST mode (``ENABLE_CODEJAIL_REST_SERVICE``): every run goes to the service started by
-  tests/live/conftest.py (fresh interpreters, or the warm sandbox with ``CODEJAIL_LIVE_WARM=1``).
+  tests/live/conftest.py (the warm sandbox, the default, or fresh interpreters with ``CODEJAIL_LIVE_WARM=0``).
 - Darklaunch mode (``ENABLE_CODEJAIL_DARKLAUNCH``): the client runs the code in a local codejail
   *and* in the service, and compares the two after its ``normalize_error_message``; it reports the
   comparison as telemetry custom attributes, which ``telemetry.RecordingBackend`` keeps. The local

@@ -35,9 +35,10 @@ class Service:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{self.port}", "CODEJAIL_SERVICE_WORKERS": "4"}
-        self.config_dir = None
-        if warm:  # runs forked by the slots' zygotes (docs/decisions/0007-warm-sandbox.rst)
-            self.config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(["CODEJAIL_WARM_SANDBOX: true"])
+        # Runs forked by the slots' zygotes (the default; docs/decisions/0007-warm-sandbox.rst), or
+        # fresh interpreters (the opt-out): said either way.
+        self.config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(
+            [f"CODEJAIL_WARM_SANDBOX: {'true' if warm else 'false'}"])
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -18,7 +18,7 @@ import zipfile
 
 import requests
 from live.aftermath import fds_between_runs, rss_mib, run_dirs, service_pids
-from live.conftest import sandbox_processes
+from live.conftest import WARM, ZYGOTE_MAX_RUNS, sandbox_processes, zygotes
 
 RUNS = int(os.environ.get("CODEJAIL_SOAK_RUNS", "300"))
 CONCURRENCY = int(os.environ.get("CODEJAIL_SOAK_CONCURRENCY", "8"))
@@ -159,6 +159,7 @@ def test_soak(service, capsys):
     with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(lambda i: _post(url, (*NORMAL[0][:2], {"x": i}, False, lambda b: True)), range(40)))
     before = _workers_state(url)
+    zygotes_before = zygotes()
     sampler = WorkerSampler(url)
     sampler.start()
 
@@ -174,6 +175,8 @@ def test_soak(service, capsys):
     deadline = time.monotonic() + 10
     while (sandbox_processes() or run_dirs() - dirs_before) and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(3 if ZYGOTE_MAX_RUNS else 0)  # a successor still preloading takes its place
+    zygotes_after = zygotes()
     leaked_dirs = sorted(run_dirs() - dirs_before)
     leaked_procs = sandbox_processes()
 
@@ -192,12 +195,18 @@ def test_soak(service, capsys):
         "rss_mib_max": round(max((s[1] for samples in sampler.samples.values() for s in samples), default=0), 1),
         "worker_generations": len(sampler.samples), "workers_recycled": len(set(before) - set(after)),
         "leaked_run_dirs": len(leaked_dirs), "leaked_processes": len(leaked_procs),
+        "zygotes_before": len(zygotes_before), "zygotes_after": len(zygotes_after),
+        "zygotes_replaced": len(zygotes_before - zygotes_after),
         "slowest": [(name, round(seconds, 2)) for name, _, _, seconds in slowest],
     }
     with capsys.disabled():
         print("\nsoak report: " + json.dumps(report))
     assert errors == [], errors[:10]
     assert leaked_dirs == [] and leaked_procs == [], (leaked_dirs, leaked_procs)
+    if WARM and ZYGOTE_MAX_RUNS and RUNS >= 4 * len(zygotes_before) * ZYGOTE_MAX_RUNS:
+        # Recycled under load, hostile runs and all: every slot's zygote was replaced, none is left over.
+        assert zygotes_before and not zygotes_before & zygotes_after, (zygotes_before, zygotes_after)
+        assert len(zygotes_after) == len(zygotes_before), (zygotes_before, zygotes_after)
     assert drift, "no worker was observed long enough to measure drift"
     # Sockets are not counted (fds_between_runs): pipes and files of runs must not pile up at all.
     assert all(value <= 0 for value in fd_drift.values()), fd_drift

@@ -249,14 +249,16 @@ def _is_zombie(pid):
 def end_leftovers(slot, killed, keep=None):
     """
     After a run, before its slot is released: nothing of the slot's user may be left running
-    but its zygote (``keep``). The run's reaper ends every process of the run before the run's
+    but its zygotes (``keep``: a PID, or PIDs: a zygote and its successor). The run's reaper
+    ends every process of the run before the run's
     answer, so this finds nothing, unless the reaper itself was beaten; then, and after a run
     that was ``killed`` (its time limit, its memory bound), the slot is recovered like one
     whose worker died: every process of its user is killed, zygote included.
     """
     uid = uid_of(slot.user)
+    keep = {keep} if isinstance(keep, int) else set(keep or ())
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-    while left := [pid for pid in processes_of(uid) if pid != keep]:
+    while left := [pid for pid in processes_of(uid) if pid not in keep]:
         if killed or time.monotonic() > deadline:
             log.warning("Sandbox user %s has processes %s left after its run: killing them all", slot.user, left)
             kill_all_processes_of(slot.user)

@@ -133,7 +133,7 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
             backstop.cancel()
     if pooled:
         # No process of the run outlives its answer (recovering the slot if one tried).
-        sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pid", None))
+        sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pids", None))
     if truncated:
         log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "

@@ -193,8 +193,6 @@ def check_confinement_layers():
     skipped): that would fail open. ``mode: off`` is an operator's explicit choice for hosts
     where AppArmor confines (the deny checks above must then pass through AppArmor alone).
     """
-    if settings.CODEJAIL_WARM_SANDBOX and not warm_sandbox.enabled():
-        return CheckResult.fail("CODEJAIL_WARM_SANDBOX needs a sandbox user pool (CODEJAIL_SANDBOX_POOL_SIZE > 0)")
     outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
     if failure is not None:
         return failure
@@ -204,6 +202,9 @@ def check_confinement_layers():
     if details["warm_sandbox"] != warm_sandbox.enabled():
         return CheckResult.fail(f"warm sandbox {'on' if warm_sandbox.enabled() else 'off'}, but the probe "
                                 f"was forked by {outcome.get('forked_by', 'a fresh interpreter')}", **details)
+    if settings.CODEJAIL_WARM_SANDBOX and not warm_sandbox.enabled():  # the default, on a host without a pool
+        details["warm_sandbox_note"] = ("CODEJAIL_WARM_SANDBOX needs a sandbox user pool and "
+                                        "CODEJAIL_ZYGOTE_SCRIPT: fresh interpreters")
     if outcome.get("mode") not in ("enforce", "off"):
         return CheckResult.fail(f"the confinement layer did not run in the sandbox (mode {outcome.get('mode')!r})",
                                 **details)
@@ -288,6 +289,11 @@ def run_startup_checks():
     if _results is not None:
         return _results
     results = {}
+    if warm_sandbox.enabled():
+        try:
+            warm_sandbox.start_all()
+        except Exception:  # noqa: BLE001 -- the checks start any zygote still missing, and say why not
+            log.exception("Could not start the warm sandbox zygotes ahead of the checks")
     for name, check in STARTUP_CHECKS.items():
         result = _run_check_for_every_sandbox_user(name, check)
         results[name] = result

@@ -12,8 +12,17 @@ One zygote per slot, shared by every worker: it listens on ``<slot dir>/<user>.s
 private directory). Whichever worker holds the slot and finds no zygote there starts one. A
 slot's recovery (``sandbox_pool._recover``) kills it with the rest of the user's processes; the
 next run starts a new one.
+
+Recycling (``CODEJAIL_ZYGOTE_MAX_RUNS``, ``CODEJAIL_ZYGOTE_MAX_SECONDS``): a zygote that has
+served its share says so with a run's pid. The worker that hears it starts the successor in a
+background thread, off every request's path (``replace``): the successor listens on
+``<user>.sock.next`` and preloads while its predecessor keeps serving; once it says ``ready``,
+its socket is renamed over ``<user>.sock`` (new connections reach it) and the predecessor is told
+to retire (it serves what was already queued, then exits). One replacement per slot at a time,
+service-wide (an flock on ``<user>.successor.lock``).
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -21,18 +30,25 @@ import select
 import socket
 import subprocess
 import threading
+import time
 
 from django.conf import settings
 
+from codejail_service import gunicorn_config
 from codejail_service.apps.core import sandbox_pool
 
 log = logging.getLogger(__name__)
 
-# How long a run may wait for its zygote to fork it (a new zygote imports numpy first).
-FORK_TIMEOUT_SECONDS = 10
+# How long a run may wait for its zygote to fork it: a new zygote preloads first (PRELOAD in
+# confinement/zygote.py, ~2.5 s of CPU; several at once when the service starts, on a busy host).
+FORK_TIMEOUT_SECONDS = 30
+# How long a successor may take to preload before the replacement is given up (and retried at
+# a later run: its predecessor keeps asking).
+SUCCESSOR_TIMEOUT_SECONDS = 120
 MAX_MESSAGE = 4096
-# Zygotes this process started: it must reap them when they exit.
-_started = {}
+# Users whose zygote's successor a thread of this process is starting.
+_replacing = set()
+_replacing_lock = threading.Lock()
 
 
 class ZygoteError(Exception):
@@ -45,7 +61,8 @@ class ZygoteGone(ZygoteError):
 
 def enabled():
     """True when runs go through the slots' zygotes."""
-    return bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
+    return (bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
+            and bool(settings.CODEJAIL_ZYGOTE_SCRIPT))
 
 
 def is_sandbox_run(cmd):
@@ -57,10 +74,16 @@ def socket_path(user):
     return os.path.join(sandbox_pool.slot_dir(), f"{user}.sock")
 
 
-def start_zygote(user):
-    """Start ``user``'s zygote, listening on a fresh socket at ``socket_path(user)``."""
-    _reap()
-    path = socket_path(user)
+def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
+    """
+    Start ``user``'s zygote, listening on a fresh socket at ``path`` (``socket_path(user)``).
+
+    The zygote forks at once and its first process exits (waited for here): the zygote is then
+    gunicorn's master's child (a child subreaper, gunicorn_config), which reaps it as soon as it
+    ends, and never a zombie of this worker, counted against its sandbox user (RLIMIT_NPROC, and
+    ``sandbox_pool.end_leftovers``) until this worker waits for it.
+    """
+    path = path or socket_path(user)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -70,18 +93,92 @@ def start_zygote(user):
         listener.listen(8)
         # sudo closes every descriptor but 0-2: the listening socket goes in as stdin.
         process = subprocess.Popen(  # noqa: S603 -- a pinned sudoers rule
-            ["sudo", "-n", "-u", user, settings.CODE_JAIL["python_bin"], "-E", "-B", "-S",
-             settings.CODEJAIL_ZYGOTE_SCRIPT],
-            stdin=listener, stdout=subprocess.DEVNULL,
+            ["sudo", "-n", "-u", user, settings.CODEJAIL_ZYGOTE_PYTHON or settings.CODE_JAIL["python_bin"],
+             "-E", "-B", "-S", settings.CODEJAIL_ZYGOTE_SCRIPT],
+            stdin=listener, stdout=stdout,
         )
-    _started[process.pid] = process
-    log.info("Started the warm sandbox zygote of %s (PID %s)", user, process.pid)
+    try:
+        process.wait(FORK_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.error("The zygote of %s did not leave its first process within %s s", user, FORK_TIMEOUT_SECONDS)
+    log.info("Started the warm sandbox zygote of %s", user)
+    return process
 
 
-def _reap():
-    for pid, process in list(_started.items()):
-        if process.poll() is not None:
-            del _started[pid]
+def start_all():
+    """
+    Start the zygote of every free slot that has none, all at once: they preload in parallel
+    (the startup checks, which come next, would otherwise start them one after another).
+
+    Run by the process that runs the startup checks: gunicorn's master, as it preloads the app,
+    before its ``on_starting`` hook. It becomes a child subreaper first, so that it adopts the
+    zygotes (each leaves its first process at once, ``start_zygote``), and gunicorn reaps them.
+    """
+    gunicorn_config.become_child_subreaper()
+    for slot in sandbox_pool.free_slots():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(socket_path(slot.user))  # one there already (another service's): keep it
+        except (FileNotFoundError, ConnectionRefusedError):
+            start_zygote(slot.user)
+        finally:
+            probe.close()
+
+
+def replace(user):
+    """
+    Start ``user``'s zygote's successor in a background thread (a no-op if this process is at it
+    already); see the module's docstring.
+    """
+    with _replacing_lock:
+        if user in _replacing:
+            return
+        _replacing.add(user)
+    threading.Thread(target=_replace, args=(user,), name=f"zygote-successor-{user}", daemon=True).start()
+
+
+def _replace(user):
+    try:
+        lock_path = os.path.join(sandbox_pool.slot_dir(), f"{user}.successor.lock")
+        with open(lock_path, "a", encoding="ascii") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another worker is starting it
+            _hand_over(user)
+    except Exception:  # noqa: BLE001 -- a thread of our own: say it; the old zygote serves on
+        log.exception("Could not replace the warm sandbox zygote of %s", user)
+    finally:
+        with _replacing_lock:
+            _replacing.discard(user)
+
+
+def _hand_over(user):
+    path = socket_path(user)
+    next_path = f"{path}.next"
+    started = time.monotonic()
+    process = start_zygote(user, next_path, stdout=subprocess.PIPE)
+    with process.stdout:
+        ready = select.select([process.stdout], [], [], SUCCESSOR_TIMEOUT_SECONDS)[0]
+        if not ready or process.stdout.readline() != b"ready\n":
+            os.unlink(next_path)  # it exits idle, unreachable; the old zygote serves on
+            raise ZygoteError(f"the successor of {user}'s zygote was not ready in {SUCCESSOR_TIMEOUT_SECONDS} s")
+    predecessor = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        predecessor.settimeout(FORK_TIMEOUT_SECONDS)
+        try:
+            predecessor.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):  # gone meanwhile: nothing to retire
+            predecessor.close()
+            predecessor = None
+        os.rename(next_path, path)  # from now on, runs connect to the successor
+        if predecessor is not None:
+            predecessor.send(json.dumps({"retire": True}).encode())
+    finally:
+        if predecessor is not None:
+            predecessor.close()
+    log.info("Replaced the warm sandbox zygote of %s: its successor was ready in %.2f s",
+             user, time.monotonic() - started)
 
 
 def _connect(user):
@@ -101,9 +198,9 @@ def run(slot, cwd, rlimits):
     try:
         return _run(slot, cwd, rlimits)
     except ZygoteGone:
-        # It exited (idle) as we connected, or was killed with its slot's processes: once more,
-        # with a new one. Nothing of the run had started.
-        start_zygote(slot.user)
+        # It exited (idle, retired, past its lifetime) as we connected, or was killed with its
+        # slot's processes: once more, with its successor, or a new one if there is none.
+        # Nothing of the run had started.
         return _run(slot, cwd, rlimits)
 
 
@@ -114,8 +211,13 @@ def _run(slot, cwd, rlimits):
     stderr_read, stderr_write = os.pipe()
     child_ends, our_ends = [stdin_read, stdout_write, stderr_write], [stdin_write, stdout_read, stderr_read]
     try:
-        request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits]}
-        socket.send_fds(conn, [json.dumps(request).encode()], child_ends)
+        request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits],
+                   "max_runs": settings.CODEJAIL_ZYGOTE_MAX_RUNS,
+                   "max_seconds": settings.CODEJAIL_ZYGOTE_MAX_SECONDS}
+        try:
+            socket.send_fds(conn, [json.dumps(request).encode()], child_ends)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            raise ZygoteGone("the zygote closed the connection") from exc
     except BaseException:
         for fd in our_ends:
             os.close(fd)
@@ -124,7 +226,7 @@ def _run(slot, cwd, rlimits):
     finally:
         for fd in child_ends:
             os.close(fd)
-    warm = WarmRun(conn, *our_ends)
+    warm = WarmRun(conn, *our_ends, uid=_uid_of(slot.user))
     try:
         reply = warm.receive(FORK_TIMEOUT_SECONDS)
         if reply is None or "pid" not in reply:
@@ -134,14 +236,40 @@ def _run(slot, cwd, rlimits):
         raise
     warm.pid = reply["pid"]
     warm.zygote_pid = reply.get("zygote")
+    if reply.get("retire"):
+        replace(slot.user)
     return warm
+
+
+def _uid_of(user):
+    try:
+        return sandbox_pool.uid_of(user)
+    except KeyError:  # no such user (the unit tests' stand-ins)
+        return None
+
+
+def _is_zygote_cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().rstrip(b"\0").endswith(b"/zygote.py")
+    except OSError:
+        return False
+
+
+def _ppid(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class WarmRun:
     """A run forked by a zygote, with what ``run_subprocess`` uses of a ``Popen``."""
 
-    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
+    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd, uid=None):
         self.pid = None
+        self._uid = uid
         self.zygote_pid = None  # left running after the run: it forks the slot's next one
         self.returncode = None
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
@@ -149,6 +277,20 @@ class WarmRun:
         self.stderr = os.fdopen(stderr_fd, "rb", buffering=0)
         self._conn = conn
         self._lock = threading.Lock()  # poll() runs in codejail's killer thread too
+
+    @property
+    def zygote_pids(self):
+        """
+        Every zygote of this run's slot now: the one that forked it, and a successor that may be
+        preloading (``replace``), which another worker may have started. A zygote has the zygote's
+        command line and a parent that has not (a run's processes are forked by a zygote).
+        """
+        pids = {self.zygote_pid} if self.zygote_pid else set()
+        if self._uid is not None:
+            for pid in sandbox_pool.processes_of(self._uid):
+                if _is_zygote_cmdline(pid) and not _is_zygote_cmdline(_ppid(pid)):
+                    pids.add(pid)
+        return pids
 
     def receive(self, timeout):
         """
@@ -165,6 +307,8 @@ class WarmRun:
                 message = self._conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return None
+            except ConnectionResetError:  # queued on a zygote that exited before taking it
+                message = b""
             if not message:
                 raise ZygoteGone("the zygote closed the connection (killed with its slot's processes?)")
             reply = json.loads(message)

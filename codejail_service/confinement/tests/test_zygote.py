@@ -14,7 +14,7 @@ from codejail_service.confinement import zygote
 ENFORCE = dict(confinement.DEFAULTS)
 
 
-def serve_one(cwd, stdin=b"", rlimits=(), fds=None):
+def serve_one(cwd, stdin=b"", rlimits=(), fds=None, lifetime=None, **extra):
     """Serve one request through a socketpair; (messages, stdout, stderr)."""
     app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -23,11 +23,11 @@ def serve_one(cwd, stdin=b"", rlimits=(), fds=None):
     stderr_r, stderr_w = os.pipe()
     os.write(stdin_w, stdin)
     os.close(stdin_w)
-    request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits]}
+    request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits], **extra}
     socket.send_fds(app, [json.dumps(request).encode()], fds if fds is not None else [stdin_r, stdout_w, stderr_w])
     for fd in (stdin_r, stdout_w, stderr_w):
         os.close(fd)
-    zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"})
+    zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, lifetime or zygote.Lifetime())
     messages = []
     app.setblocking(False)
     try:
@@ -131,3 +131,139 @@ def test_a_request_without_its_three_pipes_is_answered_with_an_error(run_dir):
     messages, _, _ = serve_one(run_dir, fds=[read_end])
     os.close(write_end)
     assert messages == [{"error": "expected 3 descriptors, got 1"}]
+
+
+def test_a_zygote_asks_for_its_successor_after_max_runs_and_stops_at_ten_times_that(run_dir):
+    write_code(run_dir, "pass")
+    lifetime = zygote.Lifetime()
+    replies = [serve_one(run_dir, lifetime=lifetime, max_runs=2)[0][0] for _ in range(4)]
+    assert [reply.get("retire", False) for reply in replies] == [False, True, True, True]
+    assert lifetime.runs == 4 and not lifetime.over({"max_runs": 2})
+    lifetime.runs = 19
+    assert not lifetime.over({"max_runs": 2})
+    lifetime.runs = 20
+    assert lifetime.over({"max_runs": 2})
+
+
+def test_a_zygote_asks_for_its_successor_after_max_seconds(run_dir):
+    write_code(run_dir, "pass")
+    lifetime = zygote.Lifetime()
+    assert "retire" not in serve_one(run_dir, lifetime=lifetime, max_seconds=60)[0][0]
+    lifetime.born -= 61
+    assert serve_one(run_dir, lifetime=lifetime, max_seconds=60)[0][0]["retire"] is True
+    assert not lifetime.over({"max_seconds": 60})
+    lifetime.born -= 60
+    assert lifetime.over({"max_seconds": 60})
+
+
+def test_without_bounds_a_zygote_serves_on(run_dir):
+    write_code(run_dir, "pass")
+    lifetime = zygote.Lifetime()
+    lifetime.runs, lifetime.born = 10**6, 0
+    assert "retire" not in serve_one(run_dir, lifetime=lifetime)[0][0]
+
+
+def test_told_to_retire_a_zygote_serves_what_is_queued_then_exits(run_dir, tmp_path):
+    # Its own twin: a run queued before the retire message is still served.
+    write_code(run_dir, "print('served')")
+    path = str(tmp_path / "zygote.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(8)
+    retire = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    retire.connect(path)
+    retire.send(json.dumps({"retire": True}).encode())
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    queued.connect(path)
+    stdout_r, stdout_w = os.pipe()
+    stdin_r, stdin_w = os.pipe()
+    os.close(stdin_w)
+    socket.send_fds(queued, [json.dumps({"cwd": run_dir, "rlimits": []}).encode()], [stdin_r, stdout_w, stdout_w])
+    for fd in (stdin_r, stdout_w):
+        os.close(fd)
+    zygote.serve_forever(listener, confinement, ENFORCE, {"PATH": "/usr/bin"})  # returns: retired
+    assert json.loads(queued.recv(4096))["pid"] > 0
+    assert json.loads(queued.recv(4096)) == {"status": 0}
+    with os.fdopen(stdout_r, "rb") as out:
+        assert out.read() == b"served\n"
+    for sock in (listener, retire, queued):
+        sock.close()
+
+
+def test_a_retire_message_with_descriptors_is_a_malformed_run(run_dir):
+    read_end, write_end = os.pipe()
+    messages, _, _ = serve_one(run_dir, fds=[read_end], retire=True)
+    os.close(write_end)
+    assert messages == [{"error": "expected 3 descriptors, got 1"}]
+
+
+def test_preload_skips_what_cannot_be_imported_and_then_says_ready(capfd, monkeypatch):
+    monkeypatch.setattr(zygote.os, "environ", dict(os.environ))
+    zygote.preload(("json", "codejail_no_such_module"))
+    out, err = capfd.readouterr()
+    assert out == "ready\n"
+    assert "not preloading codejail_no_such_module: ModuleNotFoundError" in err
+    assert zygote.os.environ["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_a_connection_that_sends_nothing_is_no_run(run_dir):
+    app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    app.close()
+    assert zygote.serve(ours, None, confinement, ENFORCE, {}, zygote.Lifetime()) is None
+    ours.close()
+
+
+def test_a_runs_address_space_limit_counts_from_what_the_zygote_has_mapped(run_dir):
+    """codejail's VMEM is what a run may allocate, preloaded modules or not (an allow twin: 64 MiB)."""
+    mapped = zygote.address_space()
+    assert mapped > 10 * 2**20
+    limits = list(zygote.run_rlimits([(resource.RLIMIT_AS, 2**26, 2**26), (resource.RLIMIT_NPROC, 15, 15),
+                                      (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)], mapped))
+    assert limits == [(resource.RLIMIT_AS, 2**26 + mapped, 2**26 + mapped), (resource.RLIMIT_NPROC, 15, 15),
+                      (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)]
+    write_code(run_dir, "b = bytearray(48 * 1024 * 1024)\nprint(len(b) // 2**20)\n")
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
+    assert messages[1] == {"status": 0}, err
+    assert out == b"48\n"
+    write_code(run_dir, "try:\n    b = bytearray(80 * 1024 * 1024)\nexcept MemoryError:\n    print('denied')\n")
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
+    assert out == b"denied\n", err
+
+
+def test_apparmor_moves_a_run_from_the_zygote_profile_to_the_sandbox_profile(tmp_path):
+    attr = tmp_path / "current"
+    attr.write_text("openedx_codejail_service//codejail_zygote (enforce)\n")
+    zygote.apparmor_enter_sandbox([str(tmp_path / "missing"), str(attr)])
+    assert attr.read_text() == "changeprofile openedx_codejail_service//codejail_sandbox"
+
+
+@pytest.mark.parametrize("label", ["unconfined\n", "openedx_codejail_service//codejail_sandbox (enforce)\n",
+                                   "system_u:system_r:unconfined_t:s0\n"])
+def test_apparmor_leaves_a_run_alone_unless_it_is_in_the_zygote_profile(tmp_path, label):
+    attr = tmp_path / "current"
+    attr.write_text(label)
+    zygote.apparmor_enter_sandbox([str(attr)])
+    assert attr.read_text() == label
+    zygote.apparmor_enter_sandbox([str(tmp_path / "missing")])  # no AppArmor at all
+
+
+def test_apparmor_that_cannot_be_read_stops_the_run(tmp_path):
+    attr = tmp_path / "current"
+    attr.mkdir()  # reading it fails with something else than "not there"
+    with pytest.raises(OSError):
+        zygote.apparmor_enter_sandbox([str(attr)])
+
+
+def test_this_host_runs_are_left_in_their_profile():
+    zygote.apparmor_enter_sandbox()  # the unit tests run unconfined (or in a profile of another name)
+
+
+def test_warm_up_runs_each_preloaded_packages_code_and_skips_what_fails(capsys):
+    import json as json_module
+
+    json_module.codejail_warmed = 0
+    zygote.warm_up(("json", "os"), {"json": "json.codejail_warmed += 1", "os": "raise ValueError('x')",
+                                       "codejail_not_preloaded": "raise SystemExit"})
+    assert json_module.codejail_warmed == 1
+    del json_module.codejail_warmed
+    assert "not warming up os: ValueError('x')" in capsys.readouterr().err

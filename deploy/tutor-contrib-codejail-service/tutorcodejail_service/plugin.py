@@ -37,7 +37,7 @@ DEFAULTS = {
     "SANDBOX_POOL_SIZE": 4,
     "RUN_DIR_MIB": 64,
     "WORKERS": 4,
-    "WARM_SANDBOX": False,
+    "WARM_SANDBOX": True,
     "ENABLED": True,
     # codejail's limits per run (CODE_JAIL["limits"]) and per limit_overrides_context.
     "LIMITS": {"CPU": 1, "REALTIME": 3, "VMEM": 536870912, "FSIZE": 1048576, "NPROC": 15, "PROXY": 0},

@@ -372,3 +372,11 @@ def test_recovery_removes_a_run_dir_in_the_slots_own_directory(pool_of_three, se
         sandbox_pool.recover_free_slots()
     assert run.call_args.args[0][:5] == ["sudo", "-n", "-u", "sbx-1", "/usr/bin/find"]
     assert not run_dir.exists()
+
+
+def test_end_leftovers_keeps_every_zygote_named(slot_of_sbx):
+    """A zygote and its successor (warm_sandbox.replace) both stay; anything else is a leftover."""
+    slot, kill = slot_of_sbx
+    with mock.patch.object(sandbox_pool, "processes_of", return_value=[77, 78]):
+        sandbox_pool.end_leftovers(slot, killed=False, keep={77, 78})
+    kill.assert_not_called()

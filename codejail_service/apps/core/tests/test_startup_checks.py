@@ -242,7 +242,8 @@ LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
 BOUND = {"kind": "watchdog", "bytes": 1 << 30}
 
 
-def test_confinement_layers_passes_and_reports_when_enforced():
+def test_confinement_layers_passes_and_reports_when_enforced(settings):
+    settings.CODEJAIL_WARM_SANDBOX = False
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": BOUND}):
         result = check_confinement_layers()
@@ -250,7 +251,8 @@ def test_confinement_layers_passes_and_reports_when_enforced():
                                     warm_sandbox=False)
 
 
-def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory():
+def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory(settings):
+    settings.CODEJAIL_WARM_SANDBOX = False
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": None}):
         result = check_confinement_layers()
@@ -284,11 +286,23 @@ def test_confinement_layers_fails_when_the_warm_sandbox_is_on_but_runs_are_fresh
     assert not result.passed and "forked by a fresh interpreter" in result.reason
 
 
-def test_confinement_layers_fails_when_the_warm_sandbox_has_no_pool(settings):
+def test_without_a_pool_the_warm_sandbox_default_means_fresh_interpreters_and_says_so(settings):
     settings.CODEJAIL_WARM_SANDBOX = True
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
-    result = check_confinement_layers()
-    assert not result.passed and "needs a sandbox user pool" in result.reason
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
+        result = check_confinement_layers()
+    assert result.passed and result.details["warm_sandbox"] is False
+    assert "needs a sandbox user pool" in result.details["warm_sandbox_note"]
+
+
+def test_with_a_pool_and_the_opt_out_the_check_says_nothing_of_the_warm_sandbox(settings):
+    settings.CODEJAIL_WARM_SANDBOX = False
+    settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
+    with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
+                                  "memory_bound": BOUND}):
+        result = check_confinement_layers()
+    assert result.passed and "warm_sandbox_note" not in result.details
 
 
 def test_confinement_layers_passes_and_says_so_when_switched_off(settings):
