@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # codejail-service image. Every provisioning step lives in deploy/provision.sh,
 # the script CI runs on each change; this file only orders the steps and sets
 # the runtime defaults. Two targets:
@@ -7,13 +5,20 @@
 #   docker build -t codejail-service .                          # the service
 #   docker build --target apparmor-loader -t codejail-service-apparmor-loader .
 #
-# The service needs its AppArmor profile loaded on the host and applied:
+# (No "# syntax=" line: BuildKit would fetch that frontend from Docker Hub; the
+# builder built into Docker 20.10 and later reads this file, RUN --mount included.)
 #
-#   sudo apparmor_parser -r apparmor/openedx_codejail_service
-#   docker run --security-opt apparmor=openedx_codejail_service \
+# Run it with a size-limited tmpfs per sandbox pool slot, owned by the app user,
+# where each run's directory is made (the run_dir_cap startup check refuses to run
+# code without), on a read-only root filesystem:
+#
+#   docker run --read-only --tmpfs /tmp:size=64m,mode=1777 \
+#       --tmpfs /var/lib/codejail-service/runs/0:size=64m,nr_inodes=16384,uid=180001,gid=180001,mode=0755,noexec,nosuid,nodev \
+#       ... (one per slot, 0 to SANDBOX_POOL_SIZE-1) \
+#       --cap-drop ALL --cap-add SETUID --cap-add SETGID --cap-add KILL --cap-add AUDIT_WRITE \
 #       -p 127.0.0.1:8550:8550 codejail-service
 #
-# See docs/deployment.rst.
+# See docs/deployment.rst (and docs/tutor.rst for the Tutor plugin).
 
 # Debian 12.11 (bookworm) from the 2025-05-20 snapshot, the release CI runs
 # deploy/provision.sh on. Pinned by dated tag; pin by digest in your own registry.
@@ -41,6 +46,11 @@ ARG SANDBOX_UID=180100
 # One sandbox user per gunicorn worker (UIDs SANDBOX_UID+1 ..): fixed here so the
 # image does not depend on the build machine's CPU count. Run at most this many workers.
 ARG SANDBOX_POOL_SIZE=4
+# The runtime's tmpfs per pool slot is at most this big (run_dir_cap checks it).
+ARG RUN_DIR_MIB=64
+# More packages for the sandbox venv (pip requirement specifiers, space-separated),
+# held to the sandbox's pinned versions: e.g. --build-arg CODEJAIL_EXTRA_PIP_REQUIREMENTS="tabulate==0.9.0".
+ARG CODEJAIL_EXTRA_PIP_REQUIREMENTS=""
 # Extra pip options for deploy/provision.sh, e.g. a package mirror or a wheelhouse
 # in the build context: --build-arg CODEJAIL_PIP_OPTIONS="--no-index --find-links /src/wheelhouse".
 # Build args are recorded in the image history: no credentials here.
@@ -49,12 +59,13 @@ ARG CODEJAIL_PIP_OPTIONS=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The checkout is bind-mounted for this one step, so no source tree, build
-# directory or pip cache ends up in a layer. No tmpfs per pool slot for the run
-# directories (CODEJAIL_RUN_DIR_MIB=0): a build cannot mount, so in the image runs
-# write to the container's /tmp with no total cap per run (RLIMIT_FSIZE per file).
+# directory or pip cache ends up in a layer. A build cannot mount: the pool slots'
+# tmpfs mounts (CODEJAIL_RUN_DIR_MOUNT=runtime) are the container runtime's job.
 RUN --mount=type=bind,target=/src \
     CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" \
-    CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" CODEJAIL_RUN_DIR_MIB=0 \
+    CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" \
+    CODEJAIL_RUN_DIR_MIB="${RUN_DIR_MIB}" CODEJAIL_RUN_DIR_MOUNT=runtime \
+    CODEJAIL_EXTRA_PIP_REQUIREMENTS="${CODEJAIL_EXTRA_PIP_REQUIREMENTS}" \
     CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*
 

@@ -30,9 +30,10 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
 	$(PIP_COMPILE) -o requirements/docs.txt requirements/docs.in
 	$(PIP_COMPILE) -o requirements/deploy.txt requirements/deploy.in
+	$(PIP_COMPILE) -o requirements/tutor.txt requirements/tutor.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
@@ -61,7 +62,11 @@ clean: ## remove caches and reports (keeps .venv)
 .PHONY: provision test-live test-live-fresh test-sabotage bench-confinement bench-zygote bench-imports audit
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
-PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
+# An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
+EXTRA_SANDBOX_PACKAGE := tabulate==0.9.0
+PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET) \
+	CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
+export CODEJAIL_LIVE_EXTRA_PACKAGE := $(EXTRA_SANDBOX_PACKAGE)
 LIVE_PYTEST_ONLY := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning
 LIVE_PYTEST := $(LIVE_PYTEST_ONLY) tests/live
 
@@ -97,7 +102,22 @@ bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's 
 bench-imports: provision ## (root) what importing each course package costs a fresh sandbox run (chooses the zygote's PRELOAD)
 	cd benchmarks && $(PYTHON) import_cost.py --runs $${RUNS:-5}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-fresh test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image ## (root) every test (about 25 min here)
+test: test-unit apparmor-compile docs validate-deploy test-live test-live-fresh test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 40 min here)
+
+# --- The LMS's own client (issue 12): xblocks-contrib's capa safe_exec against the live service --
+.PHONY: test-lms-client
+LMS_CLIENT_VENV := .cache/venv-lms-client
+
+# --no-deps: xblocks-contrib declares the platform's whole stack; requirements/lms-client.txt
+# lists what the client needs, explicitly.
+$(LMS_CLIENT_VENV)/.installed: requirements/lms-client.txt
+	test -x $(LMS_CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(LMS_CLIENT_VENV)
+	$(LMS_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lms-client.txt
+	touch $@
+
+test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own client (REST and darklaunch vs a local codejail) against the service, warm (the default) and fresh
+	$(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
+	CODEJAIL_LIVE_WARM=0 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults
@@ -119,8 +139,14 @@ test-faults: provision $(VENV_STAMP) ## (root) kill a worker mid-run, break the 
 	$(ROBUST_PYTEST) tests/robustness/test_faults.py
 
 # --- Performance (issue 6) -----------------------------------------------------------
-.PHONY: bench
+.PHONY: bench bench-timeout bench-globals
 BENCH_ARGS ?=
+bench-timeout: provision ## (root) how long a run killed at REALTIME takes to be answered, at c=1 and at capacity, fresh and warm
+	$(PYTHON) benchmarks/timeout_answer.py
+
+bench-globals: provision ## (root) worker memory and answer time for globals of 1 to 9 MiB, which come back whole
+	$(PYTHON) benchmarks/globals_memory.py
+
 bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table + .cache/bench/latest.json (BENCH_ARGS)
 	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
 
@@ -153,7 +179,7 @@ validate-deploy: lint-docker ## Dockerfile + Kubernetes manifests: schemas (1.30
 	for v in 1.30.0 1.37.0; do \
 		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet -k $$v .cache/kubernetes-rendered.yaml || exit 1; \
 	done
-	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host"
+	$(DEPLOY_VENV)/bin/pytest tests/deploy -m "not host and not tutor"
 
 test-deploy-host: $(DEPLOY_VENV)/.installed ## as root after deploy/provision.sh: the pod's capabilities against the real sudo
 	$(DEPLOY_VENV)/bin/pytest tests/deploy -m host
@@ -166,5 +192,9 @@ apparmor-compile: ## compile the AppArmor profiles in apparmor/ without loading 
 test-apparmor: ## (root) boot Debian's kernel under QEMU (tcg), run the live suite with AppArmor as the only confinement
 	bash tests/apparmor_vm/run.sh
 
-test-image: $(VENV_STAMP) ## (root) build the Dockerfile with buildah, run it as the Deployment does, live suite against it
-	tests/deploy/image-rehearsal.sh
+test-image: $(VENV_STAMP) ## (root) build the image on Debian's Docker engine, run it as the Deployment does, live suite (fresh, warm) against it
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/image-test.sh
+
+.PHONY: test-tutor
+test-tutor: $(VENV_STAMP) $(DEPLOY_VENV)/.installed ## (root) the Tutor plugin with the real Tutor: rendered env checked, image built by `tutor images build`, its compose service runs a problem
+	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/tutor-test.sh

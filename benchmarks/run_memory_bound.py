@@ -85,6 +85,8 @@ def main():
         jailed.write(CODE.format(children=args.children, mib=args.mib))
     for path in (run_dir, os.path.join(run_dir, "tmp"), os.path.join(run_dir, "jailed_code")):
         os.chown(path, app.pw_uid, app.pw_gid)
+    os.chmod(run_dir, 0o755)  # as codejail leaves it: the sandbox user reads jailed_code
+    os.chmod(os.path.join(run_dir, "jailed_code"), 0o644)
     uid = pwd.getpwnam(USER).pw_uid
     peak, done = [0, 0.0], threading.Event()
     started = time.monotonic()

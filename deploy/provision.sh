@@ -19,6 +19,13 @@
 #   CODEJAIL_RUN_MEMORY_FACTOR [2]      a run's processes together may hold at most this many
 #                                       times its VMEM (the layer's reaper ends it past that; 0: off)
 #   CODEJAIL_PIP_OPTIONS     []         extra pip options (e.g. --no-index --find-links DIR)
+#   CODEJAIL_EXTRA_PIP_REQUIREMENTS []  more packages for the sandbox venv, the operator's own
+#                                       (pip requirement specifiers, space-separated)
+#   CODEJAIL_RUN_DIR_MIB     [64]       size of each pool slot's tmpfs for its runs; 0: none
+#   CODEJAIL_RUN_DIR_MOUNT   [host]     "host": this script mounts the slots' tmpfs; "runtime":
+#                                       the container runtime does (docker run --tmpfs, compose
+#                                       tmpfs:, a Kubernetes emptyDir), so an image build only
+#                                       makes the mount points and points the service at them
 #   CODEJAIL_SKIP_APT        []         1: the packages are known to be there
 #   CODEJAIL_BLOCK_APP_EGRESS [0]       1: nftables drops all the app user sends but to loopback
 #                                       (plain hosts; on Kubernetes the NetworkPolicy does it)
@@ -38,6 +45,8 @@ confinement="${CODEJAIL_CONFINEMENT:-enforce}"
 # A size-limited tmpfs per pool slot for its runs' directories (MiB; 0: none, runs write to /tmp).
 run_dir_mib="${CODEJAIL_RUN_DIR_MIB:-64}"
 run_root="${CODEJAIL_RUN_DIR_ROOT:-/var/lib/codejail-service/runs}"
+run_dir_mount="${CODEJAIL_RUN_DIR_MOUNT:-host}"
+read -r -a extra_pip <<< "${CODEJAIL_EXTRA_PIP_REQUIREMENTS:-}"
 allow_degraded="${CODEJAIL_ALLOW_DEGRADED:-false}"
 run_memory_factor="${CODEJAIL_RUN_MEMORY_FACTOR:-2}"
 read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
@@ -51,6 +60,7 @@ log() { echo "provision: $*" >&2; }
 case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enforce or off"; exit 1;; esac
 [[ "$pool_size" =~ ^[0-9]+$ ]] || { log "CODEJAIL_SANDBOX_POOL_SIZE must be a number"; exit 1; }
 [[ "$run_dir_mib" =~ ^[0-9]+$ ]] || { log "CODEJAIL_RUN_DIR_MIB must be a number"; exit 1; }
+case "$run_dir_mount" in host|runtime) ;; *) log "CODEJAIL_RUN_DIR_MOUNT must be host or runtime"; exit 1;; esac
 [[ "$run_memory_factor" =~ ^[0-9]+([.][0-9]+)?$ ]] || { log "CODEJAIL_RUN_MEMORY_FACTOR must be a number"; exit 1; }
 [ "$run_dir_mib" = 0 ] || [ "$pool_size" -gt 0 ] || { log "CODEJAIL_RUN_DIR_MIB needs a sandbox pool"; exit 1; }
 
@@ -94,7 +104,9 @@ done
 # slot a tmpfs of its own (codejail_service/apps/core/sandbox_pool.py, run_dir_parent), which
 # also caps its inodes (kernel memory the size does not count). Mounted here, so again after
 # a reboot by `make run`/provisioning; the run_dir_cap startup check refuses to run without.
-# Containers cannot mount: give the pod one emptyDir (medium Memory, sizeLimit) per slot.
+# An image build cannot mount (CODEJAIL_RUN_DIR_MOUNT=runtime): it makes the mount points, and
+# the container runtime mounts a size-limited tmpfs on each, owned by the app user (docs/
+# deployment.rst: docker run --tmpfs, compose tmpfs:, a Kubernetes emptyDir of medium Memory).
 run_dir_parents='"/tmp"'
 if [ "$run_dir_mib" != 0 ]; then
     install -d -m 0755 -o root -g root "$run_root"
@@ -102,7 +114,9 @@ if [ "$run_dir_mib" != 0 ]; then
     for ((i = 0; i < pool_size; i++)); do
         dir="$run_root/$i"
         install -d -m 0755 "$dir"
-        if mountpoint -q "$dir"; then
+        if [ "$run_dir_mount" = runtime ]; then
+            :  # the runtime's tmpfs hides this directory; without one, run_dir_cap fails
+        elif mountpoint -q "$dir"; then
             mount -o "remount,size=${run_dir_mib}m,nr_inodes=16384" "$dir"
         else
             mount -t tmpfs -o "size=${run_dir_mib}m,nr_inodes=16384,nosuid,nodev,noexec" "codejail-run-$i" "$dir"
@@ -118,13 +132,25 @@ fi
 # Root-owned and read-only to the sandbox user.
 stamp() { cat "$@" | sha256sum | cut -d' ' -f1; }
 sandbox_reqs="$src/requirements/sandbox/base.txt"
-if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-stamp" 2>/dev/null)" != "$(stamp "$sandbox_reqs")" ]; then
+extra_stamp="$sandbox_venv/.extra-requirements"
+if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-stamp" 2>/dev/null)" != "$(stamp "$sandbox_reqs")" ] \
+        || { [ -f "$extra_stamp" ] && [ "$(cat "$extra_stamp")" != "${extra_pip[*]}" ]; }; then
     log "building the sandbox venv in $sandbox_venv"
     rm -rf "$sandbox_venv"
     "$python" -m venv --copies "$sandbox_venv"
     "$sandbox_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" \
         -r "$sandbox_reqs"
     stamp "$sandbox_reqs" > "$sandbox_venv/.requirements-stamp"
+fi
+# The operator's extra packages (CODEJAIL_EXTRA_PIP_REQUIREMENTS), on top. A changed list
+# rebuilds the venv above (so a package dropped from the list is gone); an unchanged one costs nothing.
+if [ ! -f "$extra_stamp" ]; then
+    if [ ${#extra_pip[@]} -gt 0 ]; then
+        log "installing the extra sandbox packages: ${extra_pip[*]}"
+        "$sandbox_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" \
+            -c "$sandbox_reqs" "${extra_pip[@]}"
+    fi
+    echo "${extra_pip[*]}" > "$extra_stamp"
 fi
 site_packages="$("$sandbox_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 # The warm sandbox's zygotes start as this one (the same binary, by another path): AppArmor gives

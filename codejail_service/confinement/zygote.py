@@ -352,17 +352,24 @@ def run_jailed_code():  # pragma: no cover -- in the forked child
                                                 closefd=False, buffering=1)
     sys.argv = ["jailed_code"]
     sys.path.insert(0, os.getcwd())  # as for a script: its directory first
+    path = os.path.join(os.getcwd(), "jailed_code")  # absolute, as python names a script's file since 3.9
+    # The code's first frame sits on ours and runpy's: give it the stack depth it would have as
+    # a script, so a runaway recursion ends where a fresh interpreter's does (and says so alike).
+    sys.setrecursionlimit(sys.getrecursionlimit() + _recursion_depth() + RUNPY_DEPTH)
     status = 0
     try:
-        runpy.run_path("jailed_code", run_name="__main__")
+        runpy.run_path(path, run_name="__main__")
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             status = exc.code or 0
         else:
             print(exc.code, file=sys.stderr)
             status = 1
-    except BaseException:  # noqa: BLE001 -- as the interpreter: print it, exit 1
-        traceback.print_exc()
+    except BaseException as exc:  # noqa: BLE001 -- as the interpreter: print it, exit 1
+        # From the code's own first frame, as a fresh interpreter's traceback starts: none of ours.
+        # (The default hook prints the exception's own __traceback__, not its argument.)
+        exc.__traceback__ = code_traceback(exc.__traceback__, path)
+        sys.excepthook(type(exc), exc, exc.__traceback__)
         status = 1
     # Ours, whatever the code put in sys.stdout (codejail's wrapper writes to sys.__stdout__).
     for stream in (stdout, stderr):
@@ -371,6 +378,34 @@ def run_jailed_code():  # pragma: no cover -- in the forked child
         except OSError:
             status = status or 120  # as the interpreter, when it cannot flush at exit
     return status
+
+
+# What runpy.run_path and exec add to the recursion depth between their caller and the code's
+# first frame, less that frame's own 1 in a fresh interpreter (test_zygote compares the two).
+RUNPY_DEPTH = 3
+
+
+def _recursion_depth():
+    """The caller's recursion depth as the recursion limit counts it (Python frames and C calls)."""
+    headroom = 0
+
+    def deeper():
+        nonlocal headroom
+        headroom += 1
+        deeper()
+
+    try:
+        deeper()
+    except RecursionError:
+        pass
+    return sys.getrecursionlimit() - headroom
+
+
+def code_traceback(tb, path):
+    """``tb`` from its first frame in ``path`` on (None if it has none: e.g. a SyntaxError in it)."""
+    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+        tb = tb.tb_next
+    return tb
 
 
 if __name__ == "__main__":

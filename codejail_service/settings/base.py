@@ -52,10 +52,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
     # Every answer is JSON, whatever the client's Accept header says.
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # Strict JSON with non-finite floats as null: the LMS's parser (requests + simplejson) refuses
+    # bare NaN / Infinity. Requests may carry them (Python's JSON).
+    "DEFAULT_RENDERER_CLASSES": ["codejail_service.apps.core.renderers.StrictJSONRenderer"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "codejail_service.apps.core.negotiation.AlwaysJSONNegotiation",
-    # NaN / Infinity occur in course globals and must round-trip (Python's JSON).
-    "STRICT_JSON": False,
+    "STRICT_JSON": True,
     # Escape non-ASCII as \uXXXX: plain ASCII bodies, and lone surrogates that
     # codejail lets through cannot break UTF-8 encoding of the response.
     "UNICODE_JSON": False,
@@ -117,7 +118,10 @@ CODE_JAIL = {
         "CPU": 1,
         # Wall-clock seconds. Must stay under the LMS read timeout (3.5 s); the cold-cache
         # slowness operators met with 3 s is absorbed by the startup checks, which run the
-        # sandbox python before the first request.
+        # sandbox python before the first request. A run killed at 3 s is answered at 3.03-3.08 s,
+        # one at a time and with every slot busy (make bench-timeout): about 0.42 s to spare.
+        # Raise the LMS's CODE_JAIL_REST_SERVICE_READ_TIMEOUT with it, or students get "service
+        # unavailable" instead of the time-limit message.
         "REALTIME": 3,
         # Address space. matplotlib needs about 300-512 MB; well under 1 GiB so that a huge
         # allocation ends in MemoryError instead of SIGXCPU from page-zeroing time.
@@ -143,9 +147,14 @@ CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
 
 # .. setting_name: CODEJAIL_MAX_OUTPUT_BYTES
 # .. setting_default: 1 MiB
-# .. setting_description: Most output read from one run, stdout and stderr together (the globals
-#   come back on stdout). Past it the service stops reading, the run fails, and its emsg says the
-#   output was truncated; a flood can then neither grow a worker nor the answer beyond this.
+# .. setting_description: How much output of one run is kept beyond what its globals need. stdout
+#   (which carries the globals back) may be as long as the run's input (codejail's JSON of the code
+#   and the request's globals) plus this, so any globals a request brought come back whole; past
+#   that the service stops reading, the run fails, and its emsg says stdout was truncated. stderr
+#   keeps its first and last halves of this, with a note of how much was left out between them
+#   (the traceback comes last); it is read to its end unless it exceeds 64 times this, a flood whose
+#   pipe is then closed. A flood can then grow a worker by at most the request's own size plus
+#   twice this.
 CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 
 # .. setting_name: CODEJAIL_ADMISSION

@@ -1,9 +1,9 @@
 """
-The Dockerfile's invariants, checked without a Docker engine.
+The Dockerfile's invariants, checked without a Docker engine (``make test-image`` builds and
+runs it on one).
 
-No engine runs in CI, so the image's logic lives in deploy/provision.sh (which CI
-runs for real) and this file checks that the Dockerfile only wires it up
-correctly: pinned base, provisioning script, non-root user, health check, port,
+The image's logic lives in deploy/provision.sh (which CI runs for real) and this file checks
+that the Dockerfile only wires it up correctly: pinned base, provisioning script, non-root user, health check, port,
 command, no secrets. hadolint lints it as well (``make lint-docker``).
 
 Each check is a function returning the problems it finds, tested on the real

@@ -139,7 +139,7 @@ def test_serving_environment(container):
 def test_config_map_is_mounted_as_the_service_config(rendered, deployment, container):
     (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    (mount,) = container["volumeMounts"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "config"]
     assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]
     assert mount["mountPath"] == "/etc/codejail-service/config.yml" and mount["subPath"] == "config.yml"
     config = yaml.safe_load(config_map["data"]["config.yml"])
@@ -157,8 +157,13 @@ def test_memory_limit_covers_every_run_at_its_vmem_limit_and_every_worker(render
     workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
     limit = container["resources"]["limits"]["memory"]
     assert limit.endswith("Mi")
-    # At most one run per pool slot at once, each up to VMEM; each worker ~100 MiB.
-    assert int(limit[:-2]) * 2**20 >= slots * vmem + workers * 100 * 2**20
+    # At most one run per pool slot at once, each up to VMEM; each worker ~100 MiB; and what the
+    # memory-backed emptyDirs (each slot's run directory, /tmp) hold counts against the pod too.
+    pod = rendered[("Deployment", "codejail-service")]["spec"]["template"]["spec"]
+    tmpfs = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
+                if v.get("emptyDir", {}).get("medium") == "Memory")
+    assert tmpfs >= slots * 64
+    assert int(limit[:-2]) * 2**20 >= slots * vmem + workers * 100 * 2**20 + tmpfs * 2**20
 
 
 def test_liveness_accepts_503_but_readiness_does_not(container):
@@ -188,6 +193,90 @@ def test_one_replica_per_node(deployment):
         "requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"] == POD_LABELS
+
+
+def mebibytes(quantity):
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2])
+
+
+def run_dir_problems(deployment, config):
+    """
+    What keeps the run_dir_cap startup check from passing in a pod of this Deployment: each pool
+    slot needs a memory-backed emptyDir (a tmpfs of sizeLimit) at <CODEJAIL_RUN_DIR_ROOT>/<i>, at
+    most CODEJAIL_RUN_DIR_MAX_BYTES, made the app user's with mode 0755 by the init container.
+    """
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    root, limit = config.get("CODEJAIL_RUN_DIR_ROOT"), config.get("CODEJAIL_RUN_DIR_MAX_BYTES")
+    if not root or not limit:
+        return ["config.yml sets no CODEJAIL_RUN_DIR_ROOT / CODEJAIL_RUN_DIR_MAX_BYTES: runs are not capped"]
+    problems = []
+    init_script = " ".join(" ".join(c.get("command", []) + c.get("args", [])) for c in pod.get("initContainers", []))
+    uid = pod["securityContext"]["runAsUser"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for i in range(config["CODEJAIL_SANDBOX_POOL_SIZE"]):
+        path = f"{root}/{i}"
+        empty_dir = volumes.get(mounts.get(path), {}).get("emptyDir")
+        if not empty_dir or empty_dir.get("medium") != "Memory" or "sizeLimit" not in empty_dir:
+            problems.append(f"{path}: not a memory-backed emptyDir with a sizeLimit")
+            continue
+        if mebibytes(empty_dir["sizeLimit"]) * 2**20 > limit:
+            problems.append(f"{path}: sizeLimit {empty_dir['sizeLimit']} is over CODEJAIL_RUN_DIR_MAX_BYTES")
+        if not re.search(rf"chown {uid}:{uid} [^&]*{re.escape(path)}\b", init_script) or \
+                not re.search(rf"chmod 0755 [^&]*{re.escape(path)}\b", init_script):
+            problems.append(f"{path}: no init container makes it the app user's (chown {uid}, chmod 0755)")
+    return problems
+
+
+def volume(deployment, name):
+    (found,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
+    return found
+
+
+@pytest.fixture(scope="module")
+def service_config(rendered):
+    (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
+    return yaml.safe_load(config_map["data"]["config.yml"])
+
+
+def test_each_slot_has_a_capped_run_directory(deployment, service_config):
+    assert run_dir_problems(deployment, service_config) == []
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    (lambda d, c: d["spec"]["template"]["spec"]["volumes"].pop(), "runs/3: not a memory-backed emptyDir"),
+    (lambda d, c: volume(d, "runs-0")["emptyDir"].pop("medium"), "runs/0: not a memory-backed emptyDir"),
+    (lambda d, c: volume(d, "runs-1")["emptyDir"].update(sizeLimit="1024Mi"), "runs/1: sizeLimit 1024Mi is over"),
+    (lambda d, c: d["spec"]["template"]["spec"].pop("initContainers"), "runs/0: no init container"),
+    (lambda d, c: c.pop("CODEJAIL_RUN_DIR_ROOT"), "runs are not capped"),
+    (lambda d, c: c.update(CODEJAIL_SANDBOX_POOL_SIZE=5), "runs/4: not a memory-backed emptyDir"),
+])
+def test_run_directory_problems_are_reported(deployment, service_config, breakage, expected):
+    import copy
+
+    deployment, config = copy.deepcopy(deployment), copy.deepcopy(service_config)
+    breakage(deployment, config)
+    assert any(expected in problem for problem in run_dir_problems(deployment, config))
+
+
+def test_root_filesystem_is_read_only_and_tmp_is_a_sized_tmpfs(deployment, container):
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (tmp,) = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert volumes[tmp]["emptyDir"]["medium"] == "Memory" and "sizeLimit" in volumes[tmp]["emptyDir"]
+
+
+def test_init_container_has_only_chown_and_fowner(deployment, container):
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    security = init["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]}
+    assert security["allowPrivilegeEscalation"] is False and security["privileged"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert init["image"] == container["image"]
+    assert "chmod 1777 /tmp" in init["args"][0]  # emptyDirs are 0777 without the sticky bit
 
 
 # --- Service, NetworkPolicy, PDB, HPA, AppArmor loader -------------------------------------

@@ -16,6 +16,7 @@ user, our kernel confinement), tested over HTTP the way the LMS calls it.
 Test names: ``test_deny_*`` (an attack refused), ``test_allow_*`` (its nearest
 allowed twin), ``test_support_*`` (what graders need).
 """
+import contextlib
 import json
 import os
 import pwd
@@ -93,6 +94,16 @@ def _wait_for_health(url, process, want_ok, timeout=90):
 @pytest.fixture(scope="session")
 def service():
     """Base URL of a running service (started here unless CODEJAIL_LIVE_URL is set)."""
+    with running_service() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def running_service(extra_config=()):
+    """
+    ``{"url", "local"}`` of the service: the one at CODEJAIL_LIVE_URL, else deploy/serve.sh started
+    here (with the host's config plus ``extra_config`` lines) and stopped on exit.
+    """
     if REMOTE_URL:
         _wait_for_health(REMOTE_URL.rstrip("/"), None, want_ok=not SABOTAGE)
         yield {"url": REMOTE_URL.rstrip("/"), "local": False}
@@ -102,7 +113,7 @@ def service():
     port = _free_port()
     env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{port}",
            CANARY_NAME: "canary-" + secrets.token_hex(8), "CODEJAIL_SERVICE_WORKERS": "4"}
-    extra = []
+    extra = list(extra_config)
     if SABOTAGE:  # execute although the startup checks fail: that is the point of this run
         extra.append("CODEJAIL_ENFORCE_STARTUP_CHECKS: false")
     extra.append(f"CODEJAIL_WARM_SANDBOX: {'true' if WARM else 'false'}")

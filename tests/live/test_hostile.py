@@ -261,6 +261,15 @@ def test_deny_output_flood(run, aftermath, fd):
     assert elapsed < ANSWER_WITHIN, f"answered after {elapsed:.1f} s"
 
 
+def test_allow_stderr_flood_keeps_the_traceback(run, aftermath):
+    """stderr keeps its head and tail: the exception at the end of a 40 MiB flood is in emsg."""
+    result = run("import sys\nfor _ in range(40):\n    sys.stderr.write('e' * (1 << 20))\nraise ValueError('the end')")
+    # The service's own note sits mid-stderr, which emsg's cap (CODEJAIL_MAX_EMSG_CHARS) leaves out too.
+    assert "characters left out" in result.emsg, result
+    assert "ValueError: the end" in result.emsg and result.emsg.endswith("with status code: 1"), result
+    assert len(result.emsg) < 200_000
+
+
 def test_allow_moderate_output_in_emsg(run, aftermath):
     result = run("import sys\nsys.stderr.write('e' * 200_000)\nraise ValueError('end')")
     assert "left out" in result.emsg and result.emsg.endswith("with status code: 1"), result

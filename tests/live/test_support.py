@@ -1,6 +1,7 @@
 """What graders need, the LMS protocol, and the limits that end runaway code."""
 import io
 import json
+import os
 import time
 import zipfile
 
@@ -18,14 +19,28 @@ def test_support_globals_in_and_out(run):
     assert result.globals == {"x": 21, "y": 42, "z": {"k": [1, 2.5, None, "é𝄞"]}}
 
 
-def test_support_nan_and_infinity_round_trip(run, service):
+def test_support_nan_and_infinity_in_come_back_as_null(run, service):
     import requests
     payload = ('{"code": "b = a", "globals_dict": {"a": [NaN, Infinity, -Infinity]}, '
                '"python_path": [], "limit_overrides_context": null, "slug": null, "unsafely": false}')
     response = requests.post(service["url"] + "/api/v0/code-exec", data={"payload": payload}, timeout=30)
     assert response.status_code == 200, response.text
-    body = json.loads(response.text)  # Python's json, like the LMS
-    assert str(body["globals_dict"]["b"]) == "[nan, inf, -inf]", body
+    # As the LMS parses it (requests + simplejson 3.20): bare NaN / Infinity would be refused.
+    body = json.loads(response.text, parse_constant=lambda token: pytest.fail(f"bare {token} in the answer"))
+    assert body["globals_dict"] == {"a": [None, None, None], "b": [None, None, None]}, body
+    # In: the code saw real floats.
+    result = run("import math\nok = [math.isnan(a[0]), a[1] == math.inf, a[2] == -math.inf]",
+                 globals_dict={"a": [float("nan"), float("inf"), float("-inf")]})
+    assert result.globals["ok"] == [True, True, True], result
+
+
+def test_support_globals_as_large_as_a_request_allows_come_back_whole(run):
+    """Any globals a request within CODEJAIL_MAX_REQUEST_BYTES brings come back (stdout's cap scales)."""
+    big = "é" * (512 * 1024) + "x" * (4 * 1024 * 1024)  # about 8 MiB as sent (JSON escapes, then urlencoded)
+    result = run("n = len(big)\nmade = 'y' * (512 * 1024)", globals_dict={"big": big}, timeout=(0.5, 60))
+    assert result.emsg is None, str(result)[:2000]
+    assert result.globals["big"] == big and result.globals["n"] == len(big)
+    assert result.globals["made"] == "y" * (512 * 1024)
 
 
 def test_support_traceback_in_emsg(run):
@@ -98,7 +113,8 @@ def test_deny_processes_outliving_the_run(run, service):
     # Children left sleeping must not hold the response open (codejail reads its
     # pipes to EOF) nor keep the sandbox UID's NPROC budget for the next runs.
     start = time.monotonic()
-    result = run("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n"
+    # 10: of NPROC 15, the run's leader and reaper take two, the code one, a warm zygote one.
+    result = run("import os, time\nfor _ in range(10):\n    if os.fork() == 0:\n"
                  "        time.sleep(2.5)\n        os._exit(0)\nr = 1")
     elapsed = time.monotonic() - start
     left = sandbox_processes() if service["local"] else []
@@ -170,6 +186,39 @@ def test_support_health_reports_the_confinement_layers(service):
         assert health.status_code == 200, health.text
         assert layers["mode"] == "enforce" and layers["missing"] == [], layers
         assert layers["layers"] == ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
+
+
+def test_support_health_reports_each_slot_capped(service):
+    # Every deployment we test (a host provisioned by deploy/provision.sh, the image with the
+    # runtime's tmpfs per slot, the Tutor plugin's compose service) caps what a run writes; the
+    # deny test test_deny_filling_tmp_beyond_a_total_cap shows the cap holds.
+    import requests
+
+    cap = requests.get(service["url"] + "/health/", timeout=10).json()["checks"]["run_dir_cap"]
+    assert cap["passed"] is True and cap["capped"] is True, cap
+    assert 0 < cap["bytes_per_run"] <= 64 * 1024 * 1024, cap
+
+
+# The operator's extra sandbox package (CODEJAIL_EXTRA_PIP_REQUIREMENTS): `make test-live` provisions
+# the host with it and `make test-image` builds the image with it; each names it here.
+EXTRA_PACKAGE = os.environ.get("CODEJAIL_LIVE_EXTRA_PACKAGE", "")
+
+
+@pytest.mark.skipif(not EXTRA_PACKAGE, reason="CODEJAIL_LIVE_EXTRA_PACKAGE names no extra sandbox package")
+def test_support_operator_extra_package(run):
+    name, _, version = EXTRA_PACKAGE.partition("==")
+    result = run(f"import importlib.metadata, {name}\nversion = importlib.metadata.version({name!r})\n"
+                 f"where = {name}.__file__")
+    assert result.emsg is None, result
+    assert result.globals["version"] == version, result
+    assert result.globals["where"].startswith("/opt/codejail-service/sandbox-venv/"), result
+
+
+def test_support_a_package_nobody_installed_is_not_importable(run):
+    # The twin: a package nobody installed is not importable, so the test above proves the install.
+    result = run("try:\n    import tabulate_not_installed_here\n    found = True\n"
+                 "except ImportError:\n    found = False")
+    assert result.globals.get("found") is False, result
 
 
 # What the LMS puts before course code (benchmarks/lms_prolog.py has it verbatim): the parts that

@@ -9,17 +9,34 @@ output capped and no cleanup process when there is nothing to clean.
 ``run_subprocess`` below, which differs from codejail's in two ways (see
 docs/decisions/0005-run-cost-and-overload.rst):
 
-- **Output cap.** codejail reads stdout and stderr whole into the worker's memory: a run that
-  floods them grows the worker by hundreds of MB. Here at most ``CODEJAIL_MAX_OUTPUT_BYTES`` are
-  read, both streams together; past that the pipes are closed (the run's next write fails, so
-  it ends, or codejail's time limit ends it), a note is added to stderr, and the run counts as
-  failed, so the LMS sees the note in ``emsg``.
+- **Output caps.** codejail reads stdout and stderr whole into the worker's memory: a run that
+  floods them grows the worker by hundreds of MB. Here each stream has a cap of its own:
+
+  - stdout carries the globals back, so its cap scales with what they need: the run's stdin
+    (codejail's JSON of the code and the input globals, encoded as the sandbox encodes them
+    back) plus ``CODEJAIL_MAX_OUTPUT_BYTES`` for what the code adds. Whatever globals a request
+    brought come back whole. Past the cap the pipes are closed (the run's next write fails, so
+    it ends, or codejail's time limit ends it), a note is added to stderr, and the run counts as
+    failed, so the LMS sees the note in ``emsg``.
+  - stderr (only ever shown in ``emsg``) keeps its first and last ``CODEJAIL_MAX_OUTPUT_BYTES / 2``
+    bytes, with a note of how much was left out between them, and is read to its end (the
+    traceback, where the exception is, comes last) unless the run writes more than
+    ``STDERR_DRAIN_FACTOR`` times the cap: then it is a flood, its pipe is closed (the worker
+    would otherwise spend its CPU reading until the time limit) and a note says so. This alone
+    does not fail a run.
+- **Run directory in messages.** Our run directories live in the slot's capped filesystem
+  (``temp_directory``), but the LMS's darklaunch normaliser and operators' tooling know only
+  codejail's ``/tmp/codejail-<name>``. In the output of a *failed* run (which becomes ``emsg``)
+  the run directory's path is written as codejail's would be, ``/tmp/<its own name>``: the same
+  random name, so still unique; the real path is in the log line of the run. A successful run's
+  stdout (the globals) is never changed.
 - **Cleanup.** Most runs leave ``tmp/`` empty, and the sudo + find pair costs about 6 ms of CPU
   (plus one ``rm`` process per entry). The app user owns ``tmp/`` (codejail makes it 0777,
   without the sticky bit), so it may unlink any entry there itself; only directories the sandbox
   made (whose contents the app may not remove) still need codejail's cleanup as the sandbox user.
 """
 
+import collections
 import contextlib
 import functools
 import logging
@@ -42,6 +59,8 @@ from codejail_service.apps.core import sandbox_pool, warm_sandbox
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+# stderr is read to its end (for the traceback) up to this many times CODEJAIL_MAX_OUTPUT_BYTES.
+STDERR_DRAIN_FACTOR = 64
 # Seconds past REALTIME after which the slot's every process is killed, if the run still holds
 # its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin's reach.
 BACKSTOP_SECONDS = 0.5
@@ -104,9 +123,10 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
             backstop.daemon = True
             backstop.start()
 
-    limit = settings.CODEJAIL_MAX_OUTPUT_BYTES
+    margin = settings.CODEJAIL_MAX_OUTPUT_BYTES
+    stdout_limit = len(stdin or b"") + margin
     try:
-        stdout, stderr, truncated = _communicate_capped(process, stdin, limit)
+        stdout, stderr, truncated = _communicate_capped(process, stdin, stdout_limit, margin)
         status = process.wait()
     finally:
         if backstop is not None:
@@ -115,22 +135,75 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
         # No process of the run outlives its answer (recovering the slot if one tried).
         sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pids", None))
     if truncated:
-        log.warning("Output of %r exceeded %d bytes: truncated (status %s)", slug, limit, status)
-        stderr += (f"\n[codejail-service: output truncated: the run wrote more than {limit} bytes to "
-                   "stdout and stderr; the rest was not read]").encode()
+        log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
+        stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "
+                   "stdout; the rest was not read]").encode()
         # Its globals (on stdout) cannot be read whole: never a success.
         status = status or 1
+    if status != 0 and tmp_dir is None and cwd is not None:
+        stdout, stderr = (_as_codejail_names_it(cwd, stream) for stream in (stdout, stderr))
     return status, stdout, stderr
 
 
-def _communicate_capped(process, stdin, limit):
-    """
-    Feed ``stdin`` and read stdout and stderr until both close or ``limit`` bytes were read.
+# Where codejail makes its run directories by default, and so the only place the LMS's darklaunch
+# normaliser (``/tmp/codejail-[0-9a-zA-Z_]+``) knows them in.
+CODEJAIL_RUN_DIR_PARENT = "/tmp"  # noqa: S108 -- a name written in messages, never a path opened
 
-    Returns ``(stdout, stderr, truncated)``; on truncation every pipe to the process is closed.
+
+def _as_codejail_names_it(run_dir, output):
+    """``output`` with the path of ``run_dir`` (a codejail run directory) as codejail's default would be."""
+    name = os.path.basename(run_dir)
+    if not name.startswith(sandbox_pool.RUN_DIR_PREFIX) or os.path.dirname(run_dir) == CODEJAIL_RUN_DIR_PARENT:
+        return output
+    return output.replace(os.fsencode(run_dir), os.fsencode(os.path.join(CODEJAIL_RUN_DIR_PARENT, name)))
+
+
+class _HeadAndTail:
+    """A stream kept as its first and last ``limit / 2`` bytes, with a note of what was left out."""
+
+    def __init__(self, limit):
+        self.keep = limit // 2
+        self.head = b""
+        self.tail = collections.deque()  # chunks; whole chunks are dropped once the rest covers `keep`
+        self.tail_bytes = 0
+        self.total = 0
+
+    def append(self, data):
+        self.total += len(data)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if data:
+            self.tail.append(data)
+            self.tail_bytes += len(data)
+            while self.tail_bytes - len(self.tail[0]) >= self.keep:
+                self.tail_bytes -= len(self.tail.popleft())
+
+    def value(self, closed=False):
+        tail = b"".join(self.tail)[-self.keep:] if self.keep else b""
+        left_out = self.total - len(self.head) - len(tail)
+        value = self.head + tail
+        if left_out:
+            value = self.head + f"\n[codejail-service: {left_out} bytes of stderr left out]\n".encode() + tail
+        if closed:
+            value += f"\n[codejail-service: stderr closed after {self.total} bytes: a flood]".encode()
+        return value
+
+
+def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
     """
-    out = {process.stdout: [], process.stderr: []}
-    total = 0
+    Feed ``stdin``, read stdout until it closes or ``stdout_limit`` bytes were read, and read stderr
+    to its end (or ``STDERR_DRAIN_FACTOR`` times ``stderr_limit``) keeping its head and tail
+    (``stderr_limit`` bytes in all).
+
+    Returns ``(stdout, stderr, truncated)``; when stdout is truncated every pipe to the process is
+    closed.
+    """
+    stdout = []
+    stdout_read = 0
+    stderr = _HeadAndTail(stderr_limit)
+    stderr_closed = False
     truncated = False
     pending = memoryview(stdin or b"")
     with selectors.DefaultSelector() as selector:
@@ -158,18 +231,25 @@ def _communicate_capped(process, stdin, limit):
                     selector.unregister(pipe)
                     pipe.close()
                     continue
-                if total + len(data) > limit:
-                    data = data[:limit - total]
+                if pipe is process.stderr:
+                    stderr.append(data)
+                    if stderr.total > STDERR_DRAIN_FACTOR * stderr_limit:
+                        selector.unregister(pipe)
+                        pipe.close()
+                        stderr_closed = True
+                    continue
+                if stdout_read + len(data) > stdout_limit:
+                    data = data[:stdout_limit - stdout_read]
                     truncated = True
-                out[pipe].append(data)
-                total += len(data)
+                stdout.append(data)
+                stdout_read += len(data)
                 if truncated:
                     break
         if truncated:
             for key in list(selector.get_map().values()):
                 selector.unregister(key.fileobj)
                 key.fileobj.close()
-    return b"".join(out[process.stdout]), b"".join(out[process.stderr]), truncated
+    return b"".join(stdout), stderr.value(closed=stderr_closed), truncated
 
 
 def _cleanup_target(cmd, cwd):

@@ -3,6 +3,8 @@ import json
 import os
 import resource
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -87,6 +89,34 @@ def test_the_run_ends_as_the_interpreter_would(run_dir, code, status, in_stderr)
     messages, _, err = serve_one(run_dir)
     assert messages[1] == {"status": status}
     assert in_stderr in err
+
+
+FAILURES = {
+    "raised_in_a_function": "def grade(x):\n    return {}[x]\n\ngrade('answer')\n",
+    "chained": "try:\n    1 / 0\nexcept ZeroDivisionError as exc:\n    raise ValueError('no') from exc\n",
+    "in_handling": "try:\n    int('x')\nexcept ValueError:\n    [][1]\n",
+    "syntax_error": "x = (1,\n",
+    "in_an_imported_module": "import sys\nsys.path.insert(0, 'tmp')\nimport course_lib\ncourse_lib.check()\n",
+    "recursion": "def f(n):\n    return f(n + 1)\nf(0)\n",
+    "exception_group": "raise ExceptionGroup('many', [ValueError(1), TypeError(2)])\n",
+    "excepthook_of_the_code": ("import sys\nsys.excepthook = lambda t, v, tb: print('hooked', t.__name__, "
+                               "tb.tb_frame.f_code.co_filename.endswith('/jailed_code'), file=sys.stderr)\n1 / 0\n"),
+}
+
+
+@pytest.mark.parametrize("code", FAILURES.values(), ids=FAILURES.keys())
+def test_a_failed_run_prints_what_a_fresh_interpreter_prints(run_dir, code):
+    """The traceback starts at the code's own first frame, with no frame of the zygote or runpy."""
+    write_code(run_dir, code)
+    with open(os.path.join(run_dir, "tmp", "course_lib.py"), "w", encoding="utf-8") as lib:
+        lib.write("def check():\n    raise RuntimeError('in the library')\n")
+    fresh = subprocess.run([sys.executable, "-E", "-B", "jailed_code"], cwd=run_dir, capture_output=True,
+                           check=False)
+    messages, _, err = serve_one(run_dir)
+    assert messages[1] == {"status": fresh.returncode}
+    assert err.decode() == fresh.stderr.decode()
+    assert b"zygote" not in err and b"runpy" not in err
+    assert fresh.returncode == 1 and err  # it did fail, as the case means to
 
 
 def test_a_directory_that_is_not_a_run_dir_is_refused_before_any_code(tmp_path):

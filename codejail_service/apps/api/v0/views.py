@@ -43,6 +43,10 @@ PAYLOAD_VALIDATOR = Draft202012Validator(PAYLOAD_SCHEMA)
 # it was not given as files from the web app's own disk, and writes uploaded files under their
 # given names: any other name would let a caller read or write files as the app user.
 ALLOWED_FILE_NAME = "python_lib.zip"
+# The reference service's words for refusing anything else (operators' tooling and its API tests
+# match them exactly); what was refused goes to the log only.
+PYTHON_PATH_REFUSAL = f"Only allowed entry in 'python_path' is {ALLOWED_FILE_NAME!r}"
+FILE_NAME_REFUSAL = f"Only allowed name for uploaded file is {ALLOWED_FILE_NAME!r}"
 
 
 # Lists/objects within each other in the payload; course globals are a few levels deep. Python's
@@ -75,15 +79,16 @@ def nesting_depth(value):
 #   middleware), overloaded (503 + Retry-After: the worker's queue was full or the wait too long;
 #   see CODEJAIL_ADMISSION), executed.success, or
 #   executed.error (the code raised, was killed or broke the protocol; 200 with emsg).
-def _refuse(status_slug, message, status=400):
-    """One refused request: telemetry status, log line, JSON error answer."""
+def _refuse(status_slug, message, status=400, detail=None):
+    """One refused request: telemetry status, log line (with ``detail``, if any), JSON error answer."""
     set_custom_attribute("codejail_service.status", status_slug)
-    log.info("Refused code-exec request (%s): %s", status_slug, message)
+    log.info("Refused code-exec request (%s): %s%s", status_slug, message, f" ({detail})" if detail else "")
     return Response({"error": message}, status=status)
 
 
 # The OpenAPI description of the request and the answers (GET /api/schema/, docs/openapi.yaml).
-# `payload` is a JSON part (Python's JSON: NaN and Infinity are accepted).
+# `payload` is a JSON part (Python's JSON: NaN and Infinity are accepted); answers are strict JSON
+# (non-finite floats as null: codejail_service/apps/core/renderers.py).
 CODE_EXEC_PAYLOAD = inline_serializer(
     name="CodeExecPayload",
     fields={
@@ -111,8 +116,11 @@ CODE_EXEC_REQUEST = inline_serializer(
 CODE_EXEC_ANSWER = inline_serializer(
     name="CodeExecAnswer",
     fields={
-        "globals_dict": serializers.DictField(help_text="The JSON-safe globals after the run (the input ones "
-                                              "when it failed)."),
+        "globals_dict": serializers.DictField(
+            help_text="The JSON-safe globals after the run (the input ones when it failed). Strict JSON: "
+            "non-finite floats (NaN, Infinity, -Infinity) are answered as null, which every JSON parser "
+            "reads (the LMS's simplejson refuses the bare tokens)."
+        ),
         "emsg": serializers.CharField(required=False, help_text="Present when the code raised, was killed or "
                                       "broke the protocol: codejail's message, with the sandbox's output."),
     },
@@ -211,12 +219,11 @@ class CodeExecView(APIView):
             return _refuse("invalid.file_not_upload", f"{ALLOWED_FILE_NAME!r} must be a file upload, not a form field")
 
         # Only the course library zip may be uploaded, once; codejail writes it under this name.
+        # The reference service's wording, which operators' tooling checks; the name goes to the log.
         extra_files = []
         for name, uploads in request.FILES.lists():
             if name != ALLOWED_FILE_NAME:
-                return _refuse(
-                    "invalid.file_name", f"Uploaded file name {name!r} is not allowed; only {ALLOWED_FILE_NAME!r} is"
-                )
+                return _refuse("invalid.file_name", FILE_NAME_REFUSAL, detail=f"uploaded file name {name!r}")
             if len(uploads) > 1:
                 return _refuse("invalid.file_duplicated", f"File {name!r} uploaded more than once")
             extra_files.append((name, uploads[0].read()))
@@ -226,9 +233,7 @@ class CodeExecView(APIView):
         python_path = payload.get("python_path") or []
         for entry in python_path:
             if entry != ALLOWED_FILE_NAME:
-                return _refuse(
-                    "invalid.python_path", f"python_path entry {entry!r} is not allowed; only {ALLOWED_FILE_NAME!r} is"
-                )
+                return _refuse("invalid.python_path", PYTHON_PATH_REFUSAL, detail=f"python_path entry {entry!r}")
         uploaded_names = {name for name, _ in extra_files}
         if python_path and ALLOWED_FILE_NAME not in uploaded_names:
             return _refuse(

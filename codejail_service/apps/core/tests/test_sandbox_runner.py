@@ -5,6 +5,7 @@ These start real (unprivileged, unsandboxed) python processes: the pipes are the
 """
 
 import os
+import re
 import sys
 import tempfile
 from unittest import mock
@@ -73,7 +74,7 @@ def test_output_under_the_cap_is_returned_whole_with_the_status(cap):
     assert (status, stdout, stderr) == (3, b"o" * 4000, b"e" * 4000)
 
 
-def test_flood_is_cut_at_the_cap_and_the_run_fails_saying_so(cap):
+def test_stdout_flood_is_cut_at_the_cap_and_the_run_fails_saying_so(cap):
     code = "import sys\nwhile True:\n    sys.stdout.write('x' * 1000); sys.stdout.flush()"
     status, stdout, stderr = run_subprocess(PYTHON + [code])
     assert len(stdout) + len(stderr.split(b"\n[codejail-service")[0]) == cap
@@ -82,14 +83,41 @@ def test_flood_is_cut_at_the_cap_and_the_run_fails_saying_so(cap):
     assert status != 0  # its next write failed: the flood ended with the run
 
 
-def test_stdout_and_stderr_count_against_one_cap(cap):
-    # Each stream alone is under the cap; together they are over it.
-    code = "import sys; sys.stderr.write('e' * 6000); sys.stderr.flush(); sys.stdout.write('o' * 6000)"
+def test_stdout_may_carry_back_as_much_as_the_run_was_given_plus_the_cap(cap):
+    """The globals a request brought (on stdin) come back whole, however large."""
+    given = b"g" * 50_000
+    echo = "import sys; sys.stdout.write(sys.stdin.read() + 'n' * 10_000)"
+    assert run_subprocess(PYTHON + [echo], stdin=given) == (0, given + b"n" * cap, b"")
+    status, stdout, stderr = run_subprocess(PYTHON + [echo.replace("10_000", "10_001")], stdin=given)
+    assert len(stdout) == len(given) + cap and status != 0
+    assert b"wrote more than 60000 bytes to stdout" in stderr
+
+
+def test_stderr_flood_keeps_its_head_and_its_last_lines_and_does_not_fail_the_run(cap):
+    code = ("import sys\nfor i in range(2000): sys.stderr.write('noise %05d\\n' % i)\n"
+            "sys.stderr.write('Traceback: the end'); sys.stdout.write('{\"x\": 1}')")
     status, stdout, stderr = run_subprocess(PYTHON + [code])
-    captured_stderr = stderr.split(b"\n[codejail-service")[0]
-    assert len(stdout) + len(captured_stderr) == cap
-    assert b"output truncated" in stderr
+    assert (status, stdout) == (0, b'{"x": 1}')
+    head, rest = stderr.split(b"\n[codejail-service: ")
+    note, tail = rest.split(b"]\n")
+    assert head.startswith(b"noise 00000\n") and len(head) == cap // 2
+    assert tail.endswith(b"noise 01999\nTraceback: the end") and len(tail) == cap // 2
+    assert note == f"{2000 * 12 + 18 - cap} bytes of stderr left out".encode()
+
+
+def test_stderr_flood_beyond_the_drain_limit_is_closed_saying_so(cap):
+    # 64 x the cap (640 kB here): then the pipe is closed; the run's next write fails.
+    code = "import os\nwhile True:\n    os.write(2, b'x' * 1000)"
+    status, _, stderr = run_subprocess(PYTHON + [code])
     assert status != 0
+    closed = re.search(rb"\n\[codejail-service: stderr closed after ([0-9]+) bytes: a flood\]$", stderr)
+    assert closed and 640_000 < int(closed[1]) <= 640_000 + sandbox_runner.READ_SIZE, stderr[-200:]
+    assert b"bytes of stderr left out" in stderr and len(stderr) < cap + 200
+
+
+def test_stderr_within_its_cap_is_kept_whole(cap):
+    code = f"import sys; sys.stderr.write('e' * {cap}); sys.exit(2)"
+    assert run_subprocess(PYTHON + [code]) == (2, b"", b"e" * cap)
 
 
 def test_truncated_run_that_exits_zero_still_fails(cap):
@@ -213,3 +241,35 @@ def test_cleanup_without_a_cwd_is_run_as_given(run_dir, cap):
         with pytest.raises(OSError, match="ran"):
             run_subprocess(cleanup_cmd(str(run_dir)))
     popen.assert_called_once()
+
+
+# --- the run directory in a failed run's messages -----------------------------------------------
+
+
+@pytest.fixture
+def codejail_run_dir(tmp_path):
+    path = tmp_path / "codejail-a1B2_c3"
+    path.mkdir()
+    return str(path)
+
+
+def test_a_failed_runs_output_names_its_run_dir_as_codejail_would(cap, codejail_run_dir):
+    code = "import os, sys; print(os.getcwd() + '/jailed_code'); sys.exit(os.getcwd() + '/x')"
+    status, stdout, stderr = run_subprocess(PYTHON + [code], cwd=codejail_run_dir)
+    assert status == 1
+    assert stdout == b"/tmp/codejail-a1B2_c3/jailed_code\n"
+    assert stderr == b"/tmp/codejail-a1B2_c3/x\n"
+
+
+def test_a_successful_runs_output_is_never_changed(cap, codejail_run_dir):
+    status, stdout, _ = run_subprocess(PYTHON + ["import os; print(os.getcwd())"], cwd=codejail_run_dir)
+    assert (status, stdout) == (0, f"{codejail_run_dir}\n".encode())
+
+
+def test_other_directories_are_not_renamed_in_messages(cap, tmp_path):
+    code = "import os, sys; sys.exit(os.getcwd())"
+    assert run_subprocess(PYTHON + [code], cwd=str(tmp_path))[2] == f"{tmp_path}\n".encode()
+
+
+def test_a_run_dir_already_in_tmp_is_left_as_it_is(cap):
+    assert sandbox_runner._as_codejail_names_it("/tmp/codejail-x", b"/tmp/codejail-x/y") == b"/tmp/codejail-x/y"

@@ -171,18 +171,30 @@ def test_telemetry_records_request_details(client, enabled, safe_exec, attribute
 # --- JSON fidelity ------------------------------------------------------------------------------
 
 
-def test_nan_and_infinity_round_trip_both_ways(client, enabled, safe_exec):
-    raw = '{"code": "z = [a, b, c]", "globals_dict": {"a": NaN, "b": Infinity, "c": -Infinity}}'
+def strict_json(content):
+    """Parse as the LMS does (requests + simplejson 3.20): bare NaN / Infinity tokens are refused."""
+    def refuse(token):
+        raise ValueError(f"bare {token} in the answer")
+    return json.loads(content, parse_constant=refuse)
+
+
+def test_nan_and_infinity_in_are_floats_and_come_back_as_null(client, enabled, safe_exec):
+    raw = '{"code": "z = [a, b, c, 1.5]", "globals_dict": {"a": NaN, "b": Infinity, "c": -Infinity}}'
     response = post(client, {"payload": raw})
     assert response.status_code == 200
     # In: safe_exec saw real floats.
     seen = safe_exec.call_args.args[1]
     assert math.isnan(seen["a"]) and seen["b"] == math.inf and seen["c"] == -math.inf
-    # Out: Python's JSON literals, which the LMS's json.loads reads back.
-    assert b"NaN" in response.content and b"-Infinity" in response.content
-    body = json.loads(response.content)
-    assert math.isnan(body["globals_dict"]["z"][0])
-    assert body["globals_dict"]["z"][1:] == [math.inf, -math.inf]
+    # Out: null, which a strict parser reads; finite floats are untouched.
+    body = strict_json(response.content)
+    assert body["globals_dict"] == {"a": None, "b": None, "c": None, "z": [None, None, None, 1.5]}
+
+
+def test_non_finite_input_globals_of_a_failed_run_come_back_as_null(client, enabled):
+    with mock.patch(SAFE_EXEC, side_effect=SafeExecException(FAILED_RUN)):
+        response = post(client, {"payload": '{"code": "1/0", "globals_dict": {"a": [NaN, 2.0]}}'})
+    body = strict_json(response.content)
+    assert body == {"globals_dict": {"a": [None, 2.0]}, "emsg": FAILED_RUN}
 
 
 def test_non_bmp_unicode_round_trips(client, enabled, safe_exec):
@@ -317,12 +329,17 @@ def test_unsafely_false_is_accepted(client, enabled, safe_exec):
 @pytest.mark.parametrize(
     "entry", ["/etc/passwd", "../python_lib.zip", "python_lib.zip/../../x", "lib.zip", "", "./python_lib.zip"]
 )
-def test_python_path_entries_other_than_python_lib_zip_are_refused(client, enabled, safe_exec, attributes, entry):
+def test_python_path_entries_other_than_python_lib_zip_are_refused(
+    client, enabled, safe_exec, attributes, caplog, entry
+):
     data = {
         "payload": payload(python_path=["python_lib.zip", entry]),
         "python_lib.zip": SimpleUploadedFile("python_lib.zip", b"zip"),
     }
-    assert_refused(post(client, data), "invalid.python_path", attributes, repr(entry), safe_exec=safe_exec)
+    body = assert_refused(post(client, data), "invalid.python_path", attributes, safe_exec=safe_exec)
+    # The reference service's exact words; the entry itself goes to the log only.
+    assert body["error"] == "Only allowed entry in 'python_path' is 'python_lib.zip'"
+    assert f"python_path entry {entry!r}" in caplog.text
 
 
 def test_python_path_naming_a_file_that_was_not_uploaded_is_refused(client, enabled, safe_exec, attributes):
@@ -332,9 +349,13 @@ def test_python_path_naming_a_file_that_was_not_uploaded_is_refused(client, enab
 
 
 @pytest.mark.parametrize("name", ["other.zip", "../python_lib.zip", "jailed_code", "python_lib.zip.py"])
-def test_uploaded_file_names_other_than_python_lib_zip_are_refused(client, enabled, safe_exec, attributes, name):
+def test_uploaded_file_names_other_than_python_lib_zip_are_refused(
+    client, enabled, safe_exec, attributes, caplog, name
+):
     data = {"payload": payload(), name: SimpleUploadedFile(name, b"data")}
-    assert_refused(post(client, data), "invalid.file_name", attributes, repr(name), safe_exec=safe_exec)
+    body = assert_refused(post(client, data), "invalid.file_name", attributes, safe_exec=safe_exec)
+    assert body["error"] == "Only allowed name for uploaded file is 'python_lib.zip'"
+    assert f"uploaded file name {name!r}" in caplog.text
 
 
 def test_python_lib_zip_uploaded_without_python_path_is_accepted(client, enabled, safe_exec):
