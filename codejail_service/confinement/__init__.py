@@ -38,6 +38,10 @@ REQUIRED_ABI = {"landlock.fs": 1, "landlock.net": 4, "landlock.scope": 6}
 # Exit status of a run the layer refused to start (shown in codejail's emsg).
 EXIT_REFUSED = 97
 
+# Set by a warm sandbox's zygote in each run it forks: the address space it had mapped, which the
+# run's RLIMIT_AS counts on top of (zygote.run_rlimits); the run's memory bound does not.
+ADDRESS_SPACE_OFFSET = 0
+
 # What was applied to this process; sandboxed code (and /health/) can read it.
 STATUS = {"mode": "not-run", "layers": [], "missing": [], "landlock_abi": None}
 
@@ -92,7 +96,7 @@ def confine(config):
     process.set_not_dumpable()
     if abi:
         status["layers"] += landlock.restrict_self(policy["landlock"], abi, reaper=True)
-    bound = reaper.memory_bound(config)
+    bound = reaper.memory_bound(config, ADDRESS_SPACE_OFFSET)
     status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
     # Three processes (reaper.py): this one, the leader, is what codejail's time limit kills;
     # the reaper outlives that kill and ends the run's every process; the code runs below it.

@@ -88,10 +88,11 @@ def empty_run_tmp(path="tmp"):
             pass
 
 
-def memory_bound(config):
+def memory_bound(config, address_space_offset=0):
     """
-    The most memory (bytes) all of a run's processes may hold together, or None for no bound:
-    ``run_memory_factor`` x the run's RLIMIT_AS (codejail's VMEM, so a course's limit override
+    The most memory (bytes) all of a run's processes may take together, or None for no bound:
+    ``run_memory_factor`` x the run's VMEM (its RLIMIT_AS, less ``address_space_offset``: what a
+    warm sandbox's zygote had mapped, which RLIMIT_AS counts on top of; a course's limit override
     scales it), or ``run_memory_bytes`` when given.
     """
     if config.get("run_memory_bytes"):
@@ -100,19 +101,24 @@ def memory_bound(config):
     factor = config.get("run_memory_factor", 2)
     if not factor or soft == resource.RLIM_INFINITY:
         return None
-    return int(factor * soft)
+    return int(factor * (soft - address_space_offset))
 
 
 class MemoryWatchdog:
-    """Sums the resident anonymous and shared memory of the reaper's descendants."""
+    """
+    Sums the resident anonymous and shared memory the reaper's descendants took beyond what each
+    was born with: the reaper's own (the interpreter, and a warm sandbox's preloaded modules,
+    shared copy-on-write and counted in every process that maps them).
+    """
 
     def __init__(self, bound):
         self.bound = bound
+        self.baseline = _private_and_shared_bytes(os.getpid())
         self.peak = 0
 
     def over(self):
         """True when the run's processes hold more than the bound now."""
-        total = sum(map(_private_and_shared_bytes, _descendants(os.getpid())))
+        total = sum(max(0, _private_and_shared_bytes(pid) - self.baseline) for pid in _descendants(os.getpid()))
         self.peak = max(self.peak, total)
         return total > self.bound
 

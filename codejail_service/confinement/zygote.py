@@ -326,6 +326,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
         apparmor_enter_sandbox()  # where AppArmor confines: the profile a fresh run would get
+        layer.ADDRESS_SPACE_OFFSET = mapped  # the run's memory bound counts from its VMEM, as RLIMIT_AS
         layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
     except BaseException:  # noqa: BLE001 -- the zygote's own failure: say it where the app looks
