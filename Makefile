@@ -123,9 +123,9 @@ test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own
 .PHONY: test-robustness fuzz soak test-faults
 ROBUST_PYTEST := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning -s
 
-test-robustness: provision $(VENV_STAMP) ## (root) schemathesis + hypothesis against the live API (bounded), and a 300-run soak (zygotes recycled every 15 runs)
+test-robustness: provision $(VENV_STAMP) ## (root) schemathesis + hypothesis against the live API (bounded), and a 300-run soak
 	$(ROBUST_PYTEST) tests/robustness/test_fuzz_api.py tests/robustness/test_properties.py
-	CODEJAIL_LIVE_ZYGOTE_MAX_RUNS=15 $(ROBUST_PYTEST) tests/robustness/test_soak.py
+	$(ROBUST_PYTEST) tests/robustness/test_soak.py
 
 fuzz: provision $(VENV_STAMP) ## (root) deeper fuzzing: FUZZ_EXAMPLES (2000) per operation and per property
 	CODEJAIL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-2000} CODEJAIL_PROPERTY_EXAMPLES=$${FUZZ_EXAMPLES:-2000} \

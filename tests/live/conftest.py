@@ -51,13 +51,14 @@ def pytest_configure(config):
                             "itself cover, not our confinement layer (must pass in sabotage mode too)")
 
 
-def service_config_with(lines):
+def service_config_with(lines, parent=None):
     """
     ``(directory, path)`` of a copy of the host's service config (``CODEJAIL_SERVICE_CFG``, else
     /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the
-    first); the app user can read it. The caller removes the directory.
+    first); the app user can read it. The caller removes the directory. ``parent``: where to make
+    it (default: the temp directory).
     """
-    directory = tempfile.mkdtemp(prefix="cjlive-cfg.")
+    directory = tempfile.mkdtemp(prefix="cjlive-cfg.", dir=parent)
     os.chmod(directory, 0o755)
     path = os.path.join(directory, "config.yml")
     # The config the service would otherwise read (the AppArmor VM names its own).

@@ -37,8 +37,9 @@ class Service:
         env = {**os.environ, "CODEJAIL_SERVICE_BIND": f"127.0.0.1:{self.port}", "CODEJAIL_SERVICE_WORKERS": "4"}
         # Runs forked by the slots' zygotes (the default; docs/decisions/0007-warm-sandbox.rst), or
         # fresh interpreters (the opt-out): said either way.
+        # In /run, not /tmp: a wrapped service may get a /tmp of its own (test_fault_tmp_full).
         self.config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(
-            [f"CODEJAIL_WARM_SANDBOX: {'true' if warm else 'false'}"])
+            [f"CODEJAIL_WARM_SANDBOX: {'true' if warm else 'false'}"], parent="/run")
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
