@@ -174,8 +174,8 @@ def test_deny_memory_bomb_touching_pages(run, aftermath):
 
 def test_allow_memory_across_processes_within_the_run_bound(run, aftermath):
     """
-    Two children of 200 MiB each: within the run's bound (2 x VMEM), as RLIMIT_AS alone allows. (Not
-    300: with four warm zygotes, a pod at the Deployment's memory limit has no room for that.)
+    Two children of 200 MiB each: within the run's bound (2 x VMEM), as RLIMIT_AS alone allows. (With
+    300, the warm container under the Deployment's limits SIGKILLed the run: not diagnosed.)
     """
     result, elapsed = timed(run, FORKED_ALLOCATIONS.format(children=2, mib=200))
     assert result.globals.get("codes") == [0, 0], result
