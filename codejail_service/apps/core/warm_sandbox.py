@@ -181,16 +181,24 @@ def _hand_over(user):
              user, time.monotonic() - started)
 
 
-def _connect(user):
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        conn.connect(socket_path(user))
-    except (FileNotFoundError, ConnectionRefusedError):
-        conn.close()
-        start_zygote(user)
+def _connect(user, starts=2):
+    """
+    A connection to ``user``'s zygote, starting one if none listens (at most ``starts`` times: a
+    zygote just started was seen refusing once under the hostile soak, cause not found yet).
+    """
+    for attempt in range(starts + 1):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        conn.connect(socket_path(user))
-    return conn
+        try:
+            conn.connect(socket_path(user))
+            return conn
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            if attempt == starts:
+                raise
+            if attempt:
+                log.warning("The new warm sandbox zygote of %s refused the connection: starting another", user)
+            start_zygote(user)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def run(slot, cwd, rlimits):
