@@ -423,3 +423,14 @@ def test_the_zygotes_of_a_slot_are_its_zygote_command_lines_in_the_services_sess
 def test_a_process_session_and_command_line_from_proc():
     assert warm_sandbox._session(os.getpid()) == os.getsid(0) and warm_sandbox._session(-1) is None
     assert not warm_sandbox._is_zygote_cmdline(os.getpid()) and not warm_sandbox._is_zygote_cmdline(-1)
+
+
+def test_a_run_the_zygote_cannot_fork_runs_in_a_fresh_interpreter(warm):
+    cmd = ["sudo", "-u", "sbx", "TMPDIR=tmp", PYTHON_BIN, "-E", "-B", "jailed_code"]
+    fresh = subprocess.Popen(["/bin/echo", "-n", "fresh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    with mock.patch.object(warm_sandbox, "run", side_effect=warm_sandbox.ZygoteGone("gone")), \
+            mock.patch("subprocess.Popen", return_value=fresh) as popen:
+        result = sandbox_runner.run_subprocess(cmd, stdin=b"", cwd="/tmp/codejail-f", rlimits=[])
+    assert popen.call_args.args[0][-4:] == [PYTHON_BIN, "-E", "-B", "jailed_code"]
+    assert result == (0, b"fresh", b"")
