@@ -147,10 +147,10 @@ def test_allow_moderate_allocation(run):
 @pytest.mark.outside_layer  # codejail's REALTIME limit
 @pytest.mark.parametrize("prelude", ["", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"])
 def test_deny_sleep_past_realtime(run, prelude):
-    start = time.monotonic()
     result = run(prelude + "import time\ntime.sleep(20)")
     assert result.emsg and result.emsg.endswith("with status code: -9"), result
-    assert time.monotonic() - start < 6
+    # The attempt answered (``run`` retries answers shed while the slots were busy: not the run's time).
+    assert result.seconds < 6, f"answered after {result.seconds:.2f} s"
 
 
 @pytest.mark.outside_layer  # RLIMIT_CPU (hard limit: SIGKILL)
