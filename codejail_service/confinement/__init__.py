@@ -66,14 +66,19 @@ def load_config(path=CONFIG_PATH):
     return config
 
 
+def run_dir_parents(config):
+    """``run_dir_parent`` as a list: one path, or one per sandbox slot."""
+    parents = config["run_dir_parent"]
+    return [parents] if isinstance(parents, str) else parents
+
+
 def find_run_dir(config):
     """The working directory, if it really is a codejail run directory; else refuse."""
     cwd = os.getcwd()
     info = os.lstat(cwd)
     parent, name = os.path.split(cwd)
-    parents = config["run_dir_parent"]
-    parents = [parents] if isinstance(parents, str) else parents
-    if (parent not in [os.path.realpath(path) for path in parents] or not name.startswith(RUN_DIR_PREFIX)
+    parents = [os.path.realpath(path) for path in run_dir_parents(config)]
+    if (parent not in parents or not name.startswith(RUN_DIR_PREFIX)
             or not stat.S_ISDIR(info.st_mode)
             # codejail's web app user made it; a directory we made ourselves is not a run dir.
             or info.st_uid in (0, os.geteuid()) or info.st_mode & stat.S_IWOTH):
@@ -155,8 +160,7 @@ def zygote_run_root(config, user):
     The directory where the runs of ``user``'s slot are made: ``run_dir_parent``'s entry for
     the slot (pool users are named ``<base>-<slot>``), or its only entry.
     """
-    parents = config["run_dir_parent"]
-    parents = [parents] if isinstance(parents, str) else parents
+    parents = run_dir_parents(config)
     if len(parents) == 1:
         return parents[0]
     slot = user.rpartition("-")[2]
