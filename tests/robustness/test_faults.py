@@ -47,6 +47,13 @@ class Service:
     def health(self, want_ok):
         return _wait_for_health(self.url, self.process, want_ok=want_ok, timeout=60)
 
+    def workers(self, count=4, timeout=10):
+        """The PIDs of its ``count`` gunicorn workers, once all are up (in ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        while len(workers := service_pids(self.url)[1]) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return workers
+
     def run(self, code, globals_dict=None):
         payload = {"code": code, "globals_dict": globals_dict or {}}
         import json
@@ -88,20 +95,25 @@ def start():
 
 def _kill_a_worker_mid_run(service):
     """Start a long run and SIGKILL its worker: (worker PID, sandbox PIDs and run dirs before)."""
-    _, workers = service_pids(service.url)
+    workers = service.workers()  # all of them: /health/ answers as soon as the first one is up
     before = set(sandbox_processes())
     dirs_before = run_dirs()
     # Sleeps well past the kill; with its worker gone nobody enforces REALTIME any more.
-    runner = threading.Thread(target=lambda: _swallow(service.run, "import time\ntime.sleep(20)"))
+    answer = []
+    runner = threading.Thread(target=lambda: answer.append(_swallow(service.run, "import time\ntime.sleep(20)")))
     runner.start()
-    deadline = time.monotonic() + 15  # of the run's 20 s; a loaded CI host can be slow to start it
-    victim = None
+    started = time.monotonic()
+    deadline = started + 15  # of the run's 20 s; a loaded CI host can be slow to start it
+    victim, seen = None, []
     while victim is None and time.monotonic() < deadline:
-        if set(sandbox_processes()) - before:  # the run is running: its worker holds its slot
+        new = set(sandbox_processes()) - before
+        if new:  # the run is running: its worker holds its slot
             holders = [w for w in workers if holds_a_slot(w)]
             victim = holders[0] if holders else None
+            seen.append((round(time.monotonic() - started, 2), sorted(new), holders))
         time.sleep(0.05)
-    assert victim, "the run's sandbox process did not appear"
+    assert victim, (f"no worker of {workers} held a slot while the run ran; seen {seen[:5]}; "
+                    f"answer {answer}; workers now {service_pids(service.url)[1]}")
     os.kill(victim, signal.SIGKILL)
     runner.join()
     return victim, before, dirs_before
@@ -119,10 +131,7 @@ def test_fault_worker_killed_mid_run(start, warm):
         time.sleep(0.05)
     assert set(sandbox_processes()) - before == set(), "a sandbox process outlived its worker"
     # gunicorn replaced the worker; the service answers.
-    deadline = time.monotonic() + 10
-    while len(service_pids(service.url)[1]) < 4 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    _, now = service_pids(service.url)
+    now = service.workers()
     assert len(now) == 4 and victim not in now
     service.health(want_ok=True)
     assert service.run("x = x + 1", {"x": 16}).json() == {"globals_dict": {"x": 17}}
@@ -130,9 +139,10 @@ def test_fault_worker_killed_mid_run(start, warm):
 
 def _swallow(call, *args):
     try:
-        call(*args)
-    except requests.RequestException:
-        pass  # its worker was killed: the connection drops
+        response = call(*args)
+    except requests.RequestException as error:
+        return repr(error)  # its worker was killed: the connection drops
+    return response.status_code, response.text[:300]
 
 
 @pytest.mark.parametrize("fault", ["missing", "unreadable"])
