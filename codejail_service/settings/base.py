@@ -189,7 +189,7 @@ CODEJAIL_SLOT_DIR = None
 # .. setting_default: False
 # .. setting_description: Let execution start although nothing bounds a run's total memory across
 #   its processes. The confinement layer's reaper bounds it (``run_memory_factor`` x VMEM, 2 by
-#   default, in /etc/codejail-service/confinement.json; docs/decisions/0008-run-memory-bound.rst);
+#   default, in /etc/codejail-service/confinement.json; docs/decisions/0008-default-deny-sandbox.rst);
 #   where the layer is off (AppArmor-only hosts) or its bound is switched off, each process is
 #   bounded by VMEM alone, and NPROC x VMEM is the run's real bound: the ``confinement_layers``
 #   startup check fails unless this is True.

@@ -150,20 +150,39 @@ def test_config_map_is_mounted_as_the_service_config(rendered, deployment, conta
     assert set(config["CODE_JAIL"]["limits"]) == {"CPU", "REALTIME", "VMEM", "FSIZE", "NPROC", "PROXY"}
 
 
-def test_memory_limit_covers_every_run_at_its_vmem_limit_and_every_worker(rendered, container):
+def test_memory_limit_covers_every_run_at_its_memory_bound_every_zygote_and_worker(rendered, container):
     (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
     config = yaml.safe_load(config_map["data"]["config.yml"])
     vmem, slots = config["CODE_JAIL"]["limits"]["VMEM"], config["CODEJAIL_SANDBOX_POOL_SIZE"]
     workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
     limit = container["resources"]["limits"]["memory"]
-    assert limit.endswith("Mi")
     # At most one run per pool slot at once, each up to VMEM; each worker ~100 MiB; and what the
     # memory-backed emptyDirs (each slot's run directory, /tmp) hold counts against the pod too.
     pod = rendered[("Deployment", "codejail-service")]["spec"]["template"]["spec"]
     tmpfs = sum(mebibytes(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
                 if v.get("emptyDir", {}).get("medium") == "Memory")
     assert tmpfs >= slots * 64
-    assert int(limit[:-2]) * 2**20 >= slots * vmem + workers * 100 * 2**20 + tmpfs * 2**20
+    assert mebibytes(limit) >= pod_memory_floor_mib(config, workers)
+
+
+# What a slot's warm sandbox holds (its zygote: ~196 MiB RSS measured, docs/decisions/0007-warm-sandbox.rst).
+ZYGOTE_MIB = 200
+# What the image's confinement layer lets a run's processes hold together, x VMEM
+# (run_memory_factor, deploy/provision.sh's CODEJAIL_RUN_MEMORY_FACTOR default).
+RUN_MEMORY_FACTOR = 2
+
+
+def pod_memory_floor_mib(config, workers):
+    """
+    The worst case of a pod's memory (MiB), docs/deployment.rst "Workers and memory per pod": every
+    pool slot runs one run holding all its processes may (run_memory_factor x VMEM) beside its
+    zygote, with its run directory full (memory-backed emptyDirs count against the pod), plus
+    each worker (~100 MiB) and /tmp (64 MiB).
+    """
+    vmem_mib = config["CODE_JAIL"]["limits"]["VMEM"] // 2**20
+    zygote = ZYGOTE_MIB if config.get("CODEJAIL_WARM_SANDBOX", True) else 0
+    run_dir = config["CODEJAIL_RUN_DIR_MAX_BYTES"] // 2**20
+    return config["CODEJAIL_SANDBOX_POOL_SIZE"] * (RUN_MEMORY_FACTOR * vmem_mib + zygote + run_dir) + workers * 100 + 64
 
 
 def test_liveness_accepts_503_but_readiness_does_not(container):

@@ -5,7 +5,6 @@ The Tutor plugin's rendered environment (deploy/tutor-contrib-codejail-service),
 """
 import ast
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from test_dockerfile import (
     check_serving,
     parse,
 )
-from test_kubernetes import kubectl, run_dir_problems
+from test_kubernetes import kubectl, mebibytes, pod_memory_floor_mib, run_dir_problems
 
 pytestmark = pytest.mark.tutor
 
@@ -165,9 +164,8 @@ def test_k8s_deployment_caps_each_slot_and_runs_as_ours(k8s):
     volumes = {v["name"]: v for v in pod["volumes"]}
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/codejail-service/config.yml"]
     assert volumes[mount["name"]]["configMap"]["name"] == ours(k8s, "ConfigMap")["metadata"]["name"]
-    limit = int(re.fullmatch(r"(\d+)Mi", container["resources"]["limits"]["memory"]).group(1))
-    slots = config["CODEJAIL_SANDBOX_POOL_SIZE"]
-    assert limit >= slots * (config["CODE_JAIL"]["limits"]["VMEM"] // 2**20 + 64) + 4 * 100 + 64
+    workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
+    assert mebibytes(container["resources"]["limits"]["memory"]) >= pod_memory_floor_mib(config, workers)
 
 
 def test_k8s_service_and_network_policy(k8s):
