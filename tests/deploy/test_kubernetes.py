@@ -153,7 +153,7 @@ def test_config_map_is_mounted_as_the_service_config(rendered, deployment, conta
 def test_memory_limit_covers_every_run_at_its_memory_bound_every_zygote_and_worker(rendered, container):
     (config_map,) = [doc for (kind, _), doc in rendered.items() if kind == "ConfigMap"]
     config = yaml.safe_load(config_map["data"]["config.yml"])
-    vmem, slots = config["CODE_JAIL"]["limits"]["VMEM"], config["CODEJAIL_SANDBOX_POOL_SIZE"]
+    slots = config["CODEJAIL_SANDBOX_POOL_SIZE"]
     workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
     limit = container["resources"]["limits"]["memory"]
     # At most one run per pool slot at once, each up to VMEM; each worker ~100 MiB; and what the
