@@ -195,6 +195,36 @@ def test_deny_memory_bomb_across_processes(run, service, aftermath):
     assert elapsed < ANSWER_WITHIN
 
 
+def test_allow_many_processes_beside_what_the_run_inherited(run, aftermath):
+    """Ten children of 80 MiB each, which leave the memory they inherited as it is: within the bound."""
+    result, elapsed = timed(run, COPYING_CHILDREN.format(imports="", touch=""))
+    assert result.globals.get("codes") == [0] * 10, result
+    assert elapsed < ANSWER_WITHIN
+
+
+def test_deny_memory_bomb_copying_what_the_run_inherited(run, service, aftermath):
+    """
+    The same ten children, each also writing to every page of the objects the run inherited: with
+    the warm sandbox, the zygote's preloaded modules (copy-on-write: a copy per child, which leaves
+    RssAnon as it was). 800 MiB of new memory is within the bound; the copies take it over (ADR 8).
+    With fresh interpreters, the run imports a little itself first, to have something to copy.
+    """
+    touch = ("        for page in pages:\n            ctypes.memmove(page, page, 1)\n")
+    result, elapsed = timed(run, COPYING_CHILDREN.format(
+        imports="import numpy, sympy\npages = sorted({id(o) & ~4095 for o in gc.get_objects()})\n", touch=touch))
+    assert result.emsg and result.emsg.endswith("with status code: -9"), result
+    noted = re.search(r"held more than \d+ MiB of memory together", result.emsg)
+    assert noted or not service["local"], result
+    assert elapsed < ANSWER_WITHIN
+
+
+# Ten children that each take and touch 80 MiB (and ``touch`` what they inherited), hold it 1.5 s.
+COPYING_CHILDREN = ("import ctypes, gc, os, time\n{imports}kids = []\nfor _ in range(10):\n    pid = os.fork()\n"
+                    "    if pid == 0:\n        b = bytearray(80 * 1024 * 1024)\n{touch}        time.sleep(1.5)\n"
+                    "        os._exit(0)\n    kids.append(pid)\n"
+                    "codes = sorted(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids)")
+
+
 # Children that each take and touch ``mib`` MiB, hold it 1.5 s, exit; the parent collects their codes.
 FORKED_ALLOCATIONS = ("import os, time\nkids = []\nfor _ in range({children}):\n    pid = os.fork()\n"
                       "    if pid == 0:\n        try:\n            b = bytearray({mib} * 1024 * 1024)\n"

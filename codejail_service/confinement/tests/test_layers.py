@@ -456,6 +456,42 @@ def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, m
         assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
 
 
+# Three children of what the run inherited (a warm sandbox's preloaded heap, here 48 MiB made
+# before the layer): each writes to every page (copy-on-write: a copy each) or only reads them.
+INHERITED_MIB = 48
+TOUCH_INHERITED = ("import os\nkids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
+                   "        for i in range(0, len(inherited), 4096):\n            {touch}\n"
+                   "        time.sleep(0.5)\n        os._exit(0)\n    kids.append(pid)\n"
+                   "for kid in kids:\n    os.waitpid(kid, 0)\n")
+
+
+@pytest.mark.parametrize(("touch", "ended"), [("inherited[i]", False), ("inherited[i] = 1", True)])
+def test_memory_watchdog_counts_inherited_pages_the_runs_processes_copy(run_dir, touch, ended):
+    """
+    Copy-on-write copies leave RssAnon as it was: 3 x 48 MiB of copies, against a bound of
+    100 MiB, end the run; reading the same pages copies nothing and does not.
+    """
+    err_read, err_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.dup2(err_write, 2)
+        os.setsid()
+        os.chdir(run_dir)
+        inherited = bytearray(b"\x01") * (INHERITED_MIB << 20)  # written: resident, in the baseline
+        confinement.confine({**ENFORCE, "run_memory_bytes": 100 << 20})
+        exec(TOUCH_INHERITED.format(touch=touch), {"time": time, "inherited": inherited})  # noqa: S102
+        os._exit(0)
+    os.close(err_write)
+    with os.fdopen(err_read, "rb") as err:
+        stderr = err.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if ended:
+        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGKILL, stderr
+        assert b"of memory together]" in stderr
+    else:
+        assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
+
+
 def test_zygote_is_confined_before_it_imports_and_its_runs_further(run_dir):
     """The zygote may read code and use its slot's run root; a run it forks is refused setsid."""
     parent = os.path.dirname(run_dir)
