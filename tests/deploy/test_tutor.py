@@ -18,7 +18,7 @@ from test_dockerfile import (
     check_serving,
     parse,
 )
-from test_kubernetes import kubectl, mebibytes, pod_memory_floor_mib, run_dir_problems
+from test_kubernetes import KUBE_DIR, documents, kubectl, mebibytes, pod_memory_floor_mib, run_dir_problems
 
 pytestmark = pytest.mark.tutor
 
@@ -166,6 +166,14 @@ def test_k8s_deployment_caps_each_slot_and_runs_as_ours(k8s):
     assert volumes[mount["name"]]["configMap"]["name"] == ours(k8s, "ConfigMap")["metadata"]["name"]
     workers = int({item["name"]: item["value"] for item in container["env"]}["CODEJAIL_SERVICE_WORKERS"])
     assert mebibytes(container["resources"]["limits"]["memory"]) >= pod_memory_floor_mib(config, workers)
+
+
+def test_k8s_liveness_is_our_deployments(k8s):
+    """Alive while /health/ answers 200 or 503 (tests/deploy/test_kubernetes.py runs the probe)."""
+    (container,) = ours(k8s, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (main,) = documents(KUBE_DIR / "deployment.yaml")
+    (main_container,) = main["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"] == main_container["livenessProbe"]
 
 
 def test_k8s_service_and_network_policy(k8s):
