@@ -124,18 +124,24 @@ def test_allow_children_that_end_before_the_run(run, aftermath):
 # --- A run changes no other process of its UID (the leader, the reaper, the slot's zygote) -------
 
 # Processes of this UID other than the run's own code: /proc/<pid> can still be stat()ed
-# (Landlock does not guard stat), so a run can find them, as the audit did.
+# (Landlock does not guard stat), so a run can find them, as the audit did. And one the run
+# plants itself (its own child), so that the target exists however the run is started: with
+# our layer off (the sabotage run) there is no leader or reaper, and without the warm sandbox
+# no zygote.
 OTHERS = """\
-import os
+import os, time
 me = os.getuid()
-others = []
+planted = os.fork()
+if planted == 0:
+    time.sleep(2)
+    os._exit(0)
+others = [planted]
 for pid in range(max(os.getpid() - 4000, 2), os.getpid() + 4000):
     try:
-        if pid != os.getpid() and os.stat(f'/proc/{pid}').st_uid == me:
+        if pid not in (os.getpid(), planted) and os.stat(f'/proc/{pid}').st_uid == me:
             others.append(pid)
     except OSError:
         pass
-assert others, 'no other process of the sandbox user found'
 """
 
 
@@ -150,7 +156,8 @@ assert others, 'no other process of the sandbox user found'
 def test_deny_changing_another_process_of_the_sandbox_user(run, name, change):
     result = run(CALL + OTHERS + "outcomes = []\nfor pid in others:\n    try:\n"
                  f"        {change}\n        outcomes.append('ok')\n"
-                 "    except OSError as exc:\n        outcomes.append(exc.errno)\n")
+                 "    except OSError as exc:\n        outcomes.append(exc.errno)\n"
+                 "os.kill(planted, 9)\nos.waitpid(planted, 0)\n")
     outcomes = result.globals.get("outcomes")
     assert outcomes and set(outcomes) == {1}, (name, result)  # EPERM, for every one of them
 

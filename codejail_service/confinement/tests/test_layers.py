@@ -428,11 +428,14 @@ FORKED_MIB = ("import os\nkids = []\nfor _ in range(2):\n    pid = os.fork()\n  
               "    kids.append(pid)\nfor kid in kids:\n    os.waitpid(kid, 0)\n")
 
 
-@pytest.mark.parametrize(("mib", "ended"), [(16, False), (100, True)])
-def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, mib, ended):
+WATCHDOG_BOUND = 100 << 20
+
+
+def _assert_watchdog_verdict(run_dir, code, ended, inherited_mib=0):
     """
-    Two children of ``mib`` MiB each, against a bound of 100 MiB: what each process was born with
-    (this pytest's memory, copied into every child) does not count.
+    Run ``code`` in ``run_dir``, confined under a memory bound of 100 MiB (given ``inherited``: ``inherited_mib``
+    MiB made resident before the layer, as a warm sandbox's preloaded heap); assert the reaper
+    ended it for its memory, or not.
     """
     err_read, err_write = os.pipe()
     pid = os.fork()
@@ -440,10 +443,10 @@ def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, m
         os.dup2(err_write, 2)
         os.setsid()
         os.chdir(run_dir)
-        bound = 100 << 20
-        status = confinement.confine({**ENFORCE, "run_memory_bytes": bound})
-        assert status["memory_bound"] == {"kind": "watchdog", "bytes": bound}
-        exec(FORKED_MIB.format(mib=mib), {"time": time})  # noqa: S102 -- the test's own code
+        inherited = bytearray(b"\x01") * (inherited_mib << 20)  # written: resident, in the baseline
+        status = confinement.confine({**ENFORCE, "run_memory_bytes": WATCHDOG_BOUND})
+        assert status["memory_bound"] == {"kind": "watchdog", "bytes": WATCHDOG_BOUND}
+        exec(code, {"time": time, "inherited": inherited})  # noqa: S102 -- the test's own code
         os._exit(0)
     os.close(err_write)
     with os.fdopen(err_read, "rb") as err:
@@ -456,9 +459,17 @@ def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, m
         assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
 
 
+@pytest.mark.parametrize(("mib", "ended"), [(16, False), (100, True)])
+def test_memory_watchdog_bounds_what_the_runs_processes_hold_together(run_dir, mib, ended):
+    """
+    Two children of ``mib`` MiB each, against a bound of 100 MiB: what each process was born with
+    (this pytest's memory, copied into every child) does not count.
+    """
+    _assert_watchdog_verdict(run_dir, FORKED_MIB.format(mib=mib), ended)
+
+
 # Three children of what the run inherited (a warm sandbox's preloaded heap, here 48 MiB made
 # before the layer): each writes to every page (copy-on-write: a copy each) or only reads them.
-INHERITED_MIB = 48
 TOUCH_INHERITED = ("import os\nkids = []\nfor _ in range(3):\n    pid = os.fork()\n    if pid == 0:\n"
                    "        for i in range(0, len(inherited), 4096):\n            {touch}\n"
                    "        time.sleep(0.5)\n        os._exit(0)\n    kids.append(pid)\n"
@@ -471,25 +482,7 @@ def test_memory_watchdog_counts_inherited_pages_the_runs_processes_copy(run_dir,
     Copy-on-write copies leave RssAnon as it was: 3 x 48 MiB of copies, against a bound of
     100 MiB, end the run; reading the same pages copies nothing and does not.
     """
-    err_read, err_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        os.dup2(err_write, 2)
-        os.setsid()
-        os.chdir(run_dir)
-        inherited = bytearray(b"\x01") * (INHERITED_MIB << 20)  # written: resident, in the baseline
-        confinement.confine({**ENFORCE, "run_memory_bytes": 100 << 20})
-        exec(TOUCH_INHERITED.format(touch=touch), {"time": time, "inherited": inherited})  # noqa: S102
-        os._exit(0)
-    os.close(err_write)
-    with os.fdopen(err_read, "rb") as err:
-        stderr = err.read()
-    _, wait_status = os.waitpid(pid, 0)
-    if ended:
-        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGKILL, stderr
-        assert b"of memory together]" in stderr
-    else:
-        assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
+    _assert_watchdog_verdict(run_dir, TOUCH_INHERITED.format(touch=touch), ended, inherited_mib=48)
 
 
 def test_zygote_is_confined_before_it_imports_and_its_runs_further(run_dir):
