@@ -86,6 +86,17 @@ docker_teardown() {
     nft delete table inet "$NFT_TABLE" 2>/dev/null || true
 }
 
+# The end of a test script's EXIT trap, after what it started itself is gone: the untagged
+# leftovers of rebuilds pruned, the engine stopped (docker_teardown), the script's $work
+# directory removed, and the outcome logged, timed from its $t_start.
+docker_finish() {
+    local status=$1
+    "$DOCKER" image prune -f >/dev/null 2>&1 || true
+    docker_teardown
+    if [ -n "${work:-}" ]; then rm -rf "$work"; fi
+    if [ "$status" = 0 ]; then log "passed in $(( $(date +%s) - t_start )) s"; else log "FAILED (status $status)"; fi
+}
+
 debian_mirror() {
     [ -n "${DEBIAN_MIRROR:-}" ] && { echo "$DEBIAN_MIRROR"; return; }
     local uri

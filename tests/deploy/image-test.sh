@@ -39,10 +39,7 @@ cleanup() {
     local status=$?
     for c in "${containers[@]}"; do "$DOCKER" rm -f "$c" >/dev/null 2>&1 || true; done
     "$DOCKER" network rm "$net" >/dev/null 2>&1 || true
-    "$DOCKER" image prune -f >/dev/null 2>&1 || true   # only the untagged leftovers of rebuilds
-    docker_teardown
-    [ -n "$work" ] && rm -rf "$work"
-    [ "$status" = 0 ] && log "passed in $(( $(date +%s) - t_start )) s" || log "FAILED (status $status)"
+    docker_finish "$status"
 }
 trap cleanup EXIT
 

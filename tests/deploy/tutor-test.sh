@@ -40,10 +40,7 @@ cleanup() {
         compose down --volumes --remove-orphans >/dev/null 2>&1 || true
     fi
     [ -n "$server_pid" ] && { kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; }
-    "$DOCKER" image prune -f >/dev/null 2>&1 || true
-    docker_teardown
-    [ -n "$work" ] && rm -rf "$work"
-    [ "$status" = 0 ] && log "passed in $(( $(date +%s) - t_start )) s" || log "FAILED (status $status)"
+    docker_finish "$status"
 }
 trap cleanup EXIT
 
