@@ -8,6 +8,7 @@ declares the handful of C functions it calls.
 import ctypes
 import os
 
+from . import process
 from .policy import errno_value
 
 PR_SET_SECCOMP = 22
@@ -128,10 +129,10 @@ def load_program(program):
     """
     buffer = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise SeccompError(err, f"prctl(PR_SET_SECCOMP) failed: {os.strerror(err)}")
+    try:
+        process.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    except OSError as exc:
+        raise SeccompError(exc.errno, f"prctl(PR_SET_SECCOMP) failed: {os.strerror(exc.errno)}") from None
     return ["seccomp"]
 
 

@@ -1,4 +1,5 @@
 """The policy as data: what it grants, and what it must never grant."""
+import errno
 import os
 import sys
 
@@ -148,3 +149,11 @@ def test_only_the_reaper_reads_proc():
 def test_access_mask_drops_rights_newer_than_the_abi():
     assert access_mask(["read_file", "truncate"], FS_RIGHTS, 2) == FS_RIGHTS["read_file"][0]
     assert access_mask(["read_file", "truncate"], FS_RIGHTS, 3) == FS_RIGHTS["read_file"][0] | FS_RIGHTS["truncate"][0]
+
+
+def test_load_program_says_why_the_kernel_refused_a_filter():
+    """An instruction the BPF checker refuses (opcode 0xffff): nothing is installed, and it says so."""
+    with pytest.raises(seccomp.SeccompError) as refused:
+        seccomp.load_program(b"\xff\xff\x00\x00\x00\x00\x00\x00")
+    assert refused.value.errno in (errno.EINVAL, errno.EACCES)  # EACCES: no no_new_privs, not root
+    assert "prctl(PR_SET_SECCOMP) failed" in str(refused.value)
