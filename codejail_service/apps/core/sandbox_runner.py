@@ -137,6 +137,9 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     finally:
         if backstop is not None:
             backstop.cancel()
+            # Had it fired, its kill loop must be over before the slot is released: else it could
+            # kill the next run's processes, or the zygote that run starts, in this slot.
+            backstop.join()
     if pooled:
         # No process of the run outlives its answer (recovering the slot if one tried).
         sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pids", None))

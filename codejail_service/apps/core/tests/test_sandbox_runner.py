@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from unittest import mock
 
 import pytest
@@ -168,6 +169,34 @@ def test_realtime_starts_codejails_killer(cap):
         run_subprocess(PYTHON + ["pass"], realtime=3, slug="p1")
     assert killer.call_args.kwargs == {"limit": 3}
     killer.return_value.start.assert_called_once_with()
+
+
+def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(cap, tmp_path, monkeypatch):
+    """
+    The backstop (REALTIME + BACKSTOP_SECONDS) kills every process of the slot's user until none
+    is left; were the slot released meanwhile, it could kill the next run's, or its new zygote.
+    """
+    sudo = tmp_path / "sudo"  # `sudo -u <user> cmd...` runs cmd here, as this user
+    sudo.write_text('#!/bin/sh\nshift 2\nexec "$@"\n')
+    sudo.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    events = []
+
+    def slow_kill_all(user):
+        events.append(("backstop starts", user))
+        time.sleep(0.4)
+        events.append(("backstop ends", user))
+
+    slot = sandbox_pool.Slot(index=0, user="sbx-0", fd=None)
+    with mock.patch.object(sandbox_pool, "held_slot", return_value=slot), \
+            mock.patch.object(sandbox_pool, "sandbox_command", side_effect=lambda cmd: ["sudo", "-u", "sbx-0", *cmd]), \
+            mock.patch.object(sandbox_pool, "kill_all_processes_of", side_effect=slow_kill_all), \
+            mock.patch.object(sandbox_pool, "end_leftovers", side_effect=lambda *a, **k: events.append(("released",))), \
+            mock.patch.object(sandbox_runner, "ProcessKillerThread"), \
+            mock.patch.object(sandbox_runner, "BACKSTOP_SECONDS", 0.0):
+        status, _, _ = run_subprocess(PYTHON + ["import time; time.sleep(0.2)"], realtime=0.05)
+    assert status == 0
+    assert events == [("backstop starts", "sbx-0"), ("backstop ends", "sbx-0"), ("released",)]
 
 
 # --- cleanup ------------------------------------------------------------------------------------
