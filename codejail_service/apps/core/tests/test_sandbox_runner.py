@@ -180,7 +180,7 @@ def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(c
     sudo.write_text('#!/bin/sh\nshift 2\nexec "$@"\n')
     sudo.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    events = []
+    events = []  # ("left",): end_leftovers, the last step before the slot is released
 
     def slow_kill_all(user):
         events.append(("backstop starts", user))
@@ -191,12 +191,12 @@ def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(c
     with mock.patch.object(sandbox_pool, "held_slot", return_value=slot), \
             mock.patch.object(sandbox_pool, "sandbox_command", side_effect=lambda cmd: ["sudo", "-u", "sbx-0", *cmd]), \
             mock.patch.object(sandbox_pool, "kill_all_processes_of", side_effect=slow_kill_all), \
-            mock.patch.object(sandbox_pool, "end_leftovers", side_effect=lambda *a, **k: events.append(("released",))), \
+            mock.patch.object(sandbox_pool, "end_leftovers", side_effect=lambda *_, **__: events.append(("left",))), \
             mock.patch.object(sandbox_runner, "ProcessKillerThread"), \
             mock.patch.object(sandbox_runner, "BACKSTOP_SECONDS", 0.0):
         status, _, _ = run_subprocess(PYTHON + ["import time; time.sleep(0.2)"], realtime=0.05)
     assert status == 0
-    assert events == [("backstop starts", "sbx-0"), ("backstop ends", "sbx-0"), ("released",)]
+    assert events == [("backstop starts", "sbx-0"), ("backstop ends", "sbx-0"), ("left",)]
 
 
 # --- cleanup ------------------------------------------------------------------------------------
