@@ -56,13 +56,14 @@ def service_config_with(lines, parent=None):
     ``(directory, path)`` of a copy of the host's service config (``CODEJAIL_SERVICE_CFG``, else
     /etc/codejail-service/config.yml) with ``lines`` added (a YAML key given again replaces the
     first); the app user can read it. The caller removes the directory. ``parent``: where to make
-    it (default: the temp directory).
+    it (default: beside that config, where the service's AppArmor profile lets the app read; in
+    /tmp it may read only files of its own).
     """
-    directory = tempfile.mkdtemp(prefix="cjlive-cfg.", dir=parent)
-    os.chmod(directory, 0o755)
-    path = os.path.join(directory, "config.yml")
     # The config the service would otherwise read (the AppArmor VM names its own).
     base_path = os.environ.get("CODEJAIL_SERVICE_CFG", "/etc/codejail-service/config.yml")
+    directory = tempfile.mkdtemp(prefix="cjlive-cfg.", dir=parent or os.path.dirname(base_path))
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "config.yml")
     with open(base_path, encoding="utf-8") as base, \
             open(path, "w", encoding="utf-8") as config:
         config.write(base.read() + "\n" + "\n".join(lines) + "\n")
