@@ -100,10 +100,18 @@ def main():
     site.main()  # what a fresh run's start does: the venv's prefix (the layer's rules), site-packages
     config = layer.load_config()
     # Confined before it imports anything (docs/decisions/0007-warm-sandbox.rst).
-    layer.confine_zygote(config, pwd.getpwuid(os.getuid()).pw_name)
+    layer.confine_zygote(config, own_user_name())
     run_env = dict(os.environ)
     preload()
     serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
+
+
+def own_user_name():
+    """
+    The zygote's user (its slot's): as sudo set it in ``USER``, for the zygote's AppArmor profile
+    does not let it read the password database (/etc/passwd, nsswitch); else from that database.
+    """
+    return os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
 def preload(names=PRELOAD):

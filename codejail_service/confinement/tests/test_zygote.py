@@ -267,3 +267,15 @@ def test_warm_up_runs_each_preloaded_packages_code_and_skips_what_fails(capsys):
     assert json_module.codejail_warmed == 1
     del json_module.codejail_warmed
     assert "not warming up os: ValueError('x')" in capsys.readouterr().err
+
+
+def test_the_zygote_knows_its_user_from_sudo_without_the_password_database(monkeypatch):
+    """Under its AppArmor profile the zygote may not read /etc/passwd: sudo's USER names it."""
+    monkeypatch.setenv("USER", "codejail-sandbox-3")
+    monkeypatch.setattr(zygote.pwd, "getpwuid", lambda uid: pytest.fail("the password database was read"))
+    assert zygote.own_user_name() == "codejail-sandbox-3"
+
+
+def test_without_user_the_zygote_asks_the_password_database(monkeypatch):
+    monkeypatch.delenv("USER", raising=False)
+    assert zygote.own_user_name() == zygote.pwd.getpwuid(os.getuid()).pw_name
