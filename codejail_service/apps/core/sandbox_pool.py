@@ -236,8 +236,8 @@ def processes_of(uid):
             try:
                 if os.stat(f"/proc/{name}").st_uid == uid and not _is_zombie(name):
                     pids.append(int(name))
-            except FileNotFoundError:
-                pass  # gone meanwhile
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # gone meanwhile (between the listing and the stat, or the stat and the read)
     return pids
 
 

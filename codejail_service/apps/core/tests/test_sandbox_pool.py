@@ -380,3 +380,18 @@ def test_end_leftovers_keeps_every_zygote_named(slot_of_sbx):
     with mock.patch.object(sandbox_pool, "processes_of", return_value=[77, 78]):
         sandbox_pool.end_leftovers(slot, killed=False, keep={77, 78})
     kill.assert_not_called()
+
+
+@pytest.mark.parametrize("gone", [FileNotFoundError, ProcessLookupError])
+def test_processes_of_skips_a_process_gone_while_it_is_read(gone):
+    """Reading /proc/<pid>/stat of a process that has just gone fails with ENOENT or ESRCH."""
+    me = os.getpid()
+
+    def is_zombie(pid):
+        if int(pid) == me:
+            raise gone(f"/proc/{pid}/stat")
+        return False
+
+    with mock.patch.object(sandbox_pool, "_is_zombie", side_effect=is_zombie):
+        assert me not in sandbox_pool.processes_of(os.getuid())
+    assert me in sandbox_pool.processes_of(os.getuid())
