@@ -10,7 +10,7 @@
 # Environment: CACHE_DIR (root fs + wheelhouse cache), VM_TIMEOUT (s, default
 # 1500), VM_MEMORY (MiB, 3072), VM_PYTEST_ARGS (replace the -k selection;
 # VM_WARM_PYTEST_ARGS for the warm pass alone),
-# VM_CPU_LIMIT / VM_REALTIME_LIMIT (codejail limits in the VM, 10 / 30 s).
+# VM_CPU_LIMIT / VM_REALTIME_LIMIT (codejail limits in the VM, 4 / 4 s).
 # The output of the last run stays in $CACHE_DIR/last-run/.
 set -euo pipefail
 
