@@ -242,8 +242,16 @@ def processes_of(uid):
 
 
 def _is_zombie(pid):
+    return stat_fields(pid)[0] == b"Z"
+
+
+def stat_fields(pid):
+    """
+    The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...),
+    split after its closing parenthesis: a command name may hold spaces and parentheses.
+    """
     with open(f"/proc/{pid}/stat", "rb") as stat_file:
-        return stat_file.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        return stat_file.read().rsplit(b")", 1)[1].split()
 
 
 def end_leftovers(slot, killed, keep=None):

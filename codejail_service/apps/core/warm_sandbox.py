@@ -270,8 +270,7 @@ def _is_zygote_cmdline(pid):
 
 def _session(pid):
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[3])
+        return int(sandbox_pool.stat_fields(pid)[3])
     except (OSError, ValueError, IndexError):
         return None
 
