@@ -105,9 +105,15 @@ def test_run_subprocess_hands_codejails_sandbox_run_to_the_zygote(warm, settings
 def test_without_the_setting_runs_stay_fresh_interpreters(warm, settings):
     settings.CODEJAIL_WARM_SANDBOX = False
     assert not warm_sandbox.enabled()
-    with mock.patch.object(warm_sandbox, "run") as run:
-        sandbox_runner.run_subprocess(["sudo", "-u", "sbx", "/bin/echo", "hi"], cwd="/")
+    cmd = ["sudo", "-u", "sbx", "TMPDIR=tmp", PYTHON_BIN, "-E", "-B", "jailed_code"]
+    real_popen = subprocess.Popen
+    # A unit test runs no host program but a stand-in: the fresh interpreter's spawn is the point.
+    with mock.patch.object(warm_sandbox, "run") as run, \
+            mock.patch.object(sandbox_runner.subprocess, "Popen",
+                              side_effect=lambda argv, **kw: real_popen(["/bin/echo", "hi"], **kw)) as popen:
+        assert sandbox_runner.run_subprocess(cmd, cwd="/") == (0, b"hi\n", b"")
     run.assert_not_called()
+    assert popen.call_args.args[0] == ["sudo", "-u", warm.user, *cmd[3:]]  # the slot's user
 
 
 def test_only_codejails_sandbox_run_goes_to_the_zygote(warm):
