@@ -7,11 +7,15 @@ VENV ?= .venv
 VENV_BIN := $(VENV)/bin
 # Re-install whenever the pins or the package metadata change.
 VENV_STAMP := $(VENV)/.installed
+# Every venv here is made with Debian's python3.11 and its venv module, installed (as root) where a
+# fresh machine lacks them; each target that uses another host program installs it the same way.
+PYTHON_READY := bash tests/host-tools.sh python $(PYTHON):python3.11 -:python3.11-venv
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(VENV_STAMP): requirements/test.txt requirements/pip-tools.txt pyproject.toml
+	$(PYTHON_READY)
 	test -x $(VENV_BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(VENV_BIN)/pip install --quiet --upgrade pip
 	$(VENV_BIN)/pip install --quiet -r requirements/pip-tools.txt
@@ -59,22 +63,29 @@ clean: ## remove caches and reports (keeps .venv)
 	find . -path ./.venv -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 # --- The real service on this host (as root): provisioning, serving, the live suite ---------
-.PHONY: provision test-live test-live-fresh test-sabotage bench-confinement bench-zygote bench-imports audit
+.PHONY: install-host provision test-live test-live-fresh test-sabotage bench-confinement bench-zygote bench-imports audit
 # A stand-in for "the outside network" (deploy/egress-testbed.sh) that the web app must not reach.
 EGRESS_TARGET := 10.213.0.2:80
 # An operator's extra sandbox package, small and pure Python: the live suite imports it in a run.
+# Only the test targets install it; `make run` installs what an operator's host needs, no more.
 EXTRA_SANDBOX_PACKAGE := tabulate==0.9.0
-PROVISION_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET) \
-	CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
+RUN_ENV := CODEJAIL_BLOCK_APP_EGRESS=1 CODEJAIL_EGRESS_CHECK_TARGET=$(EGRESS_TARGET)
+PROVISION_ENV := $(RUN_ENV) CODEJAIL_EXTRA_PIP_REQUIREMENTS=$(EXTRA_SANDBOX_PACKAGE)
 export CODEJAIL_LIVE_EXTRA_PACKAGE := $(EXTRA_SANDBOX_PACKAGE)
 LIVE_PYTEST_ONLY := $(VENV_BIN)/pytest -p no:django -p no:cacheprovider -o addopts= -W ignore::pytest.PytestConfigWarning
 LIVE_PYTEST := $(LIVE_PYTEST_ONLY) tests/live
 
-provision: ## (root) set up this host: users, sandbox + app venvs, sudoers, config, app egress block
+provision: ## (root) set up this host for the test targets: `make install-host`, the test's extra sandbox package, the egress testbed
+	bash tests/host-tools.sh provision ip:iproute2
 	bash deploy/egress-testbed.sh up
 	$(PROVISION_ENV) bash deploy/provision.sh
 
-run: provision ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
+install-host: ## (root) what `make run` installs, without serving: users, venvs, sudoers, config, app egress block
+	bash tests/host-tools.sh install-host ip:iproute2
+	$(RUN_ENV) bash deploy/provision.sh
+
+run: install-host ## (root) set up this host and serve on 127.0.0.1:8550 (CODEJAIL_SERVICE_BIND overrides)
+	bash deploy/egress-testbed.sh up
 	bash deploy/serve.sh
 
 test-live: provision $(VENV_STAMP) ## (root) the live API suite against the real service on this host, as configured by default (warm sandbox: ADR 7)
@@ -102,7 +113,7 @@ bench-zygote: provision ## (root) CPU and wall time per run: the warm sandbox's 
 bench-imports: provision ## (root) what importing each course package costs a fresh sandbox run (chooses the zygote's PRELOAD)
 	cd benchmarks && $(PYTHON) import_cost.py --runs $${RUNS:-5}
 
-test: test-unit apparmor-compile docs validate-deploy test-live test-live-fresh test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 40 min here)
+test: test-unit apparmor-compile docs validate-deploy test-fresh-machine test-live test-live-fresh test-lms-client test-robustness test-faults test-sabotage test-deploy-host test-apparmor test-image test-tutor ## (root) every test (about 40 min here)
 
 # --- The LMS's own client (issue 12): xblocks-contrib's capa safe_exec against the live service --
 .PHONY: test-lms-client
@@ -111,6 +122,7 @@ LMS_CLIENT_VENV := .cache/venv-lms-client
 # --no-deps: xblocks-contrib declares the platform's whole stack; requirements/lms-client.txt
 # lists what the client needs, explicitly.
 $(LMS_CLIENT_VENV)/.installed: requirements/lms-client.txt
+	$(PYTHON_READY)
 	test -x $(LMS_CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(LMS_CLIENT_VENV)
 	$(LMS_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lms-client.txt
 	touch $@
@@ -157,11 +169,13 @@ DOCS_VENV := .cache/venv-docs
 DEPLOY_VENV := .cache/venv-deploy
 
 $(DOCS_VENV)/.installed: requirements/docs.txt
+	$(PYTHON_READY)
 	test -x $(DOCS_VENV)/bin/python || $(PYTHON) -m venv $(DOCS_VENV)
 	$(DOCS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/docs.txt
 	touch $@
 
 $(DEPLOY_VENV)/.installed: requirements/deploy.txt
+	$(PYTHON_READY)
 	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
 	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/deploy.txt
 	touch $@
@@ -198,3 +212,8 @@ test-image: $(VENV_STAMP) ## (root) build the image on Debian's Docker engine, r
 .PHONY: test-tutor
 test-tutor: $(VENV_STAMP) $(DEPLOY_VENV)/.installed ## (root) the Tutor plugin with the real Tutor: rendered env checked, image built by `tutor images build`, its compose service runs a problem
 	EXTRA_SANDBOX_PACKAGE=$(EXTRA_SANDBOX_PACKAGE) bash tests/deploy/tutor-test.sh
+
+# --- The README's commands on a machine nothing was installed on ----------------------------
+.PHONY: test-fresh-machine
+test-fresh-machine: ## (root) in a fresh minbase bookworm root filesystem: quality, unit tests, docs, then `make run` until /health/ answers 200
+	bash tests/fresh_machine/rehearse.sh

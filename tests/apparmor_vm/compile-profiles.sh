@@ -3,7 +3,8 @@
 # (no AppArmor kernel needed), so a syntax or policy error fails CI.
 set -euo pipefail
 profiles=$(cd "$(dirname "$0")/../../apparmor" && pwd)
-command -v apparmor_parser >/dev/null || { echo "apparmor_parser missing: apt-get install apparmor" >&2; exit 2; }
+. "$(dirname "$0")/../host-tools.sh"
+ensure_tools apparmor-compile apparmor_parser:apparmor
 count=0
 for profile in "$profiles"/*; do
     case "${profile##*/}" in README*|*.md|*.rst) continue ;; esac

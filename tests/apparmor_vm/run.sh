@@ -25,18 +25,9 @@ log() { echo "[test-apparmor] $*" >&2; }
 t_start=$(date +%s)
 
 # Host tools: Debian packages, installed when missing (CI starts from a bare machine).
-need=()
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
-command -v qemu-img >/dev/null || need+=(qemu-utils)
-command -v mke2fs >/dev/null || need+=(e2fsprogs)
-command -v apparmor_parser >/dev/null || need+=(apparmor)
-/usr/bin/python3.11 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$here/../host-tools.sh"
+ensure_tools test-apparmor debootstrap:debootstrap qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+    mke2fs:e2fsprogs apparmor_parser:apparmor -:python3-pip
 
 # Fail fast on a profile that does not even compile.
 "$here/compile-profiles.sh"

@@ -26,22 +26,15 @@ EXTRA_SANDBOX_PACKAGE=${EXTRA_SANDBOX_PACKAGE:-tabulate==0.9.0}
 NFT_TABLE=codejail_docker_test
 dockerd_pid=""
 
+# shellcheck source=tests/host-tools.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../host-tools.sh"
+
 log() { echo "[${LOG_TAG:-docker}] $*" >&2; }
 
 docker_setup() {
     [ "$(id -u)" = 0 ] || { log "run as root (dockerd, nftables)"; exit 2; }
-    local need=() bin pkg
-    for bin in docker:docker.io dockerd:docker.io mmdebstrap:mmdebstrap nft:nftables curl:curl ip:iproute2 \
-            "${DOCKER_EXTRA_TOOLS[@]}"; do
-        pkg=${bin#*:}
-        case "$bin" in docker:*) [ -x "$DOCKER" ] ;; *) command -v "${bin%%:*}" >/dev/null ;; esac \
-            || need+=("$pkg")
-    done
-    if [ ${#need[@]} -gt 0 ]; then
-        log "installing ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    fi
+    ensure_tools "${LOG_TAG:-docker}" "$DOCKER:docker.io" dockerd:docker.io mmdebstrap:mmdebstrap nft:nftables \
+        curl:curl ip:iproute2 "${DOCKER_EXTRA_TOOLS[@]}"
     mkdir -p "$CACHE_DIR"
     # Our firewall first: no container may reach anything but the host's own connections to it.
     nft -f - <<NFT
@@ -95,14 +88,6 @@ docker_finish() {
     docker_teardown
     if [ -n "${work:-}" ]; then rm -rf "$work"; fi
     if [ "$status" = 0 ]; then log "passed in $(( $(date +%s) - t_start )) s"; else log "FAILED (status $status)"; fi
-}
-
-debian_mirror() {
-    [ -n "${DEBIAN_MIRROR:-}" ] && { echo "$DEBIAN_MIRROR"; return; }
-    local uri
-    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    echo "${uri:-http://deb.debian.org/debian}"
 }
 
 docker_base_image() {
