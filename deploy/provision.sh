@@ -18,6 +18,8 @@
 #   CODEJAIL_ALLOW_DEGRADED  [false]    run where the kernel lacks part of the policy
 #   CODEJAIL_RUN_MEMORY_FACTOR [2]      a run's processes together may hold at most this many
 #                                       times its VMEM (the layer's reaper ends it past that; 0: off)
+#   CODEJAIL_RUN_CPU_FACTOR [3]         a run's processes together may use at most this many times
+#                                       its CPU limit (RLIMIT_CPU, per process) of CPU time (0: off)
 #   CODEJAIL_PIP_OPTIONS     []         extra pip options (e.g. --no-index --find-links DIR)
 #   CODEJAIL_EXTRA_PIP_REQUIREMENTS []  more packages for the sandbox venv, the operator's own
 #                                       (pip requirement specifiers, space-separated)
@@ -49,6 +51,7 @@ run_dir_mount="${CODEJAIL_RUN_DIR_MOUNT:-host}"
 read -r -a extra_pip <<< "${CODEJAIL_EXTRA_PIP_REQUIREMENTS:-}"
 allow_degraded="${CODEJAIL_ALLOW_DEGRADED:-false}"
 run_memory_factor="${CODEJAIL_RUN_MEMORY_FACTOR:-2}"
+run_cpu_factor="${CODEJAIL_RUN_CPU_FACTOR:-3}"
 read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
 python=/usr/bin/python3.11
 sandbox_venv="$prefix/sandbox-venv"
@@ -62,6 +65,7 @@ case "$confinement" in enforce|off) ;; *) log "CODEJAIL_CONFINEMENT must be enfo
 [[ "$run_dir_mib" =~ ^[0-9]+$ ]] || { log "CODEJAIL_RUN_DIR_MIB must be a number"; exit 1; }
 case "$run_dir_mount" in host|runtime) ;; *) log "CODEJAIL_RUN_DIR_MOUNT must be host or runtime"; exit 1;; esac
 [[ "$run_memory_factor" =~ ^[0-9]+([.][0-9]+)?$ ]] || { log "CODEJAIL_RUN_MEMORY_FACTOR must be a number"; exit 1; }
+[[ "$run_cpu_factor" =~ ^[0-9]+([.][0-9]+)?$ ]] || { log "CODEJAIL_RUN_CPU_FACTOR must be a number"; exit 1; }
 [ "$run_dir_mib" = 0 ] || [ "$pool_size" -gt 0 ] || { log "CODEJAIL_RUN_DIR_MIB needs a sandbox pool"; exit 1; }
 
 # --- System packages -------------------------------------------------------
@@ -212,8 +216,8 @@ chmod -R go-w "$app_venv"
 # --- Configuration -------------------------------------------------------------
 install -d -m 0755 "$etc"
 tmp_json="$(mktemp)"
-printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": [%s], "run_memory_factor": %s}\n' \
-    "$confinement" "$allow_degraded" "$run_dir_parents" "$run_memory_factor" > "$tmp_json"
+printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": [%s], "run_memory_factor": %s, "run_cpu_factor": %s}\n' \
+    "$confinement" "$allow_degraded" "$run_dir_parents" "$run_memory_factor" "$run_cpu_factor" > "$tmp_json"
 install -m 0644 -o root -g root "$tmp_json" "$etc/confinement.json"
 rm -f "$tmp_json"
 if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$etc/config.yml"; then

@@ -10,6 +10,7 @@ caller set that).
 """
 import json
 import os
+import resource
 import stat
 import sys
 
@@ -32,6 +33,14 @@ DEFAULTS = {
     # "run_memory_bytes". 0 and no bytes: no bound beyond RLIMIT_AS per process.
     "run_memory_factor": 2,
     "run_memory_bytes": None,
+    # The most CPU time all of a run's processes may use together, as a multiple of its
+    # RLIMIT_CPU (codejail's CPU, per process), enforced by the same watchdog: 3 x 1 s is about
+    # the default REALTIME (3 s) on one core. 0: no bound beyond RLIMIT_CPU per process.
+    "run_cpu_factor": 3,
+    # RLIMIT_NOFILE of a run's every process. With socket buffer sizes fixed (syscalls.py: no
+    # SO_SNDBUF/SO_RCVBUF, no F_SETPIPE_SZ), it bounds the kernel memory a run can hold in
+    # buffers, which no RSS shows: docs/decisions/0008-default-deny-sandbox.rst.
+    "run_open_files": 64,
 }
 # Landlock features the policy needs, and the ABI that brought each.
 REQUIRED_ABI = {"landlock.fs": 1, "landlock.net": 4, "landlock.scope": 6}
@@ -103,6 +112,9 @@ def confine(config):
         status["layers"] += landlock.restrict_self(policy["landlock"], abi, reaper=True)
     bound = reaper.memory_bound(config, ADDRESS_SPACE_OFFSET)
     status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
+    cpu_seconds = reaper.cpu_bound(config)
+    status["cpu_bound"] = {"kind": "watchdog", "seconds": cpu_seconds} if cpu_seconds else None
+    _lower_limit(resource.RLIMIT_NOFILE, config["run_open_files"])
     # Three processes (reaper.py): this one, the leader, is what codejail's time limit kills;
     # the reaper outlives that kill and ends the run's every process; the code runs below it.
     leader, group = os.getpid(), os.getpgrp()
@@ -113,10 +125,12 @@ def confine(config):
     if abi:
         landlock.restrict_nested(policy["landlock"], abi)  # its kill(-1) cannot reach the leader
     program = seccomp.compile_program(policy["seccomp"])
+    # Its baseline is what the code's process is born with: the reaper's memory, now.
+    watchdog = reaper.RunWatchdog(bound, cpu_seconds) if bound or cpu_seconds else None
     child = os.fork()
     if child:
         seccomp.load_program(program)
-        reaper.supervise(child, leader, bound)  # never returns
+        reaper.supervise(child, leader, watchdog)  # never returns
     # The code: back in the leader's process group, so codejail's time-limit kill reaches it.
     os.setpgid(0, group)
     reaper.code_starts()
@@ -125,6 +139,13 @@ def confine(config):
     if abi:
         landlock.restrict_nested(policy["landlock"], abi, code=True)
     return status
+
+
+def _lower_limit(limit, value):
+    """Lower an rlimit of this process (soft and hard) to ``value``; never raise one."""
+    soft, hard = resource.getrlimit(limit)
+    value = min(value, hard) if hard != resource.RLIM_INFINITY else value
+    resource.setrlimit(limit, (min(soft, value) if soft != resource.RLIM_INFINITY else value, value))
 
 
 def missing_features(config, abi):

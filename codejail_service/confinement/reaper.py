@@ -14,7 +14,8 @@ A run is three processes (``confine`` in __init__.py sets them up):
   it can neither signal the reaper nor read ``/proc``).
 
 When the code's process exits, or the leader dies (the time limit), or the run's processes hold
-more memory than the bound (``MemoryWatchdog``), the reaper SIGKILLs every process left in its
+more memory or have used more CPU time together than its bounds (``RunWatchdog``: RLIMIT_AS and
+RLIMIT_CPU bound each process alone), the reaper SIGKILLs every process left in its
 Landlock domain (kill(-1) reaches only this run's processes, never the leader, another run's or a
 zygote's), reaps them all (it is their subreaper), empties tmp/, and exits as the code did. So
 codejail's pipes close, and the sandbox UID's RLIMIT_NPROC budget is free again, before the
@@ -30,10 +31,12 @@ from . import process
 _MAX_SWEEPS = 1000
 # Sent by the kernel to the reaper when the leader dies (codejail's time limit killed it).
 LEADER_GONE = signal.SIGUSR2
-# How often the watchdog sums the run's memory: at about 1-2 GB/s of page faults per core,
-# a run can overshoot the bound by a few tens of MB between two looks.
+# How often the watchdog sums the run's memory and CPU time: at about 1-2 GB/s of page faults
+# per core, a run can overshoot the memory bound by a few tens of MB between two looks, and the
+# CPU bound by this interval times the cores.
 WATCH_INTERVAL_SECONDS = 0.01
 PAGE = os.sysconf("SC_PAGE_SIZE")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def kill_the_rest():
@@ -58,34 +61,65 @@ def kill_the_rest():
 
 def empty_run_tmp(path="tmp"):
     """
-    Remove what the run left in its ``tmp/`` (all of it the sandbox user's own), first
-    giving back u+rwx to directories the run locked: codejail's clean-up (``rm -rf``) cannot
-    enter a directory made unreadable, and the run directory would then stay behind. Best
-    effort and iterative (no recursion limit); codejail's own clean-up still follows.
+    Remove what the run left in its ``tmp/`` (all of it the sandbox user's own), first giving
+    back u+rwx to directories the run locked (codejail's ``rm -rf`` cannot enter a directory made
+    unreadable). Walks by changing into each directory and naming entries relative to it, so no
+    path grows with the depth: a tree deeper than PATH_MAX is removed too, and no descriptor is
+    held per level (RLIMIT_NOFILE). Iterative; best effort. Every process of the run is dead by
+    now, so nothing moves under the walk.
     """
-    pending, found = [path], []
-    while pending:
-        directory = pending.pop()
+    try:
+        home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        tmp = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            with os.scandir(directory) as scan:
-                entries = list(scan)
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    os.chmod(entry.path, 0o700)
-                    pending.append(entry.path)
-                    found.append(entry.path)
-                else:
-                    os.unlink(entry.path)
-            except OSError:
-                pass
-    for directory in reversed(found):  # children before their parents
-        try:
-            os.rmdir(directory)
-        except OSError:
-            pass
+            os.fchdir(tmp)
+        finally:
+            os.close(tmp)
+        levels, names = [_unlink_files_here()], []
+        while levels:
+            if levels[-1]:
+                name = levels[-1].pop()
+                try:
+                    os.chmod(name, 0o700)
+                    os.chdir(name)
+                except OSError:
+                    continue
+                names.append(name)
+                levels.append(_unlink_files_here())
+                continue
+            levels.pop()
+            if names:
+                os.chdir("..")
+                try:
+                    os.rmdir(names.pop())
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    finally:
+        os.fchdir(home)
+        os.close(home)
+
+
+def _unlink_files_here():
+    """Unlink every non-directory in the working directory; the names of its subdirectories."""
+    subdirectories = []
+    try:
+        with os.scandir(".") as scan:
+            for entry in scan:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirectories.append(entry.name)
+                    else:
+                        os.unlink(entry.name)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return subdirectories
 
 
 def memory_bound(config, address_space_offset=0):
@@ -104,37 +138,78 @@ def memory_bound(config, address_space_offset=0):
     return int(factor * (soft - address_space_offset))
 
 
-class MemoryWatchdog:
+def cpu_bound(config):
     """
-    Sums what the reaper's descendants hold beyond what each was born with: the reaper's own
-    resident anonymous and shared memory (the interpreter, and a warm sandbox's preloaded
-    modules), which every process maps copy-on-write.
+    The most CPU time (seconds) all of a run's processes may use together, or None for no bound:
+    ``run_cpu_factor`` x the run's RLIMIT_CPU (codejail's CPU, per process; a course's limit
+    override scales it). RLIMIT_CPU alone lets each of a run's processes use that much, so a run
+    that forks could hold every core for its whole REALTIME.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    factor = config.get("run_cpu_factor", 3)
+    if not factor or soft == resource.RLIM_INFINITY:
+        return None
+    return factor * soft
 
-    A process's new memory is what its RssAnon + RssShmem grew by, plus the inherited pages it
-    wrote to: each such write copies the page (copy-on-write) without changing RssAnon, so 14
-    children rewriting a zygote's ~150 MiB of preloaded heap would hold 2 GiB unseen. Every page
-    a process made or copied took it a page fault (its minflt, counted from its fork), and it
-    can copy no more than it inherited: so each counts as ``max(grown, min(faults, grown +
-    baseline))``. Readable without ptrace access (the run is not dumpable): /proc/<pid>/status and
-    /proc/<pid>/stat. It overcounts at most the baseline per busy process (faults of pages freed
-    again, of files), never undercounts.
+
+class RunWatchdog:
+    """
+    Sums, over the reaper's descendants, the memory they hold and the CPU time they have used,
+    against the run's bounds (either may be None).
+
+    Memory: what each process holds beyond what it was born with, the reaper's own resident
+    anonymous and shared memory (the interpreter, and a warm sandbox's preloaded modules), which
+    every process maps copy-on-write. A process's new memory is what its RssAnon + RssShmem grew
+    by, plus the inherited pages it wrote to: each such write copies the page (copy-on-write)
+    without changing RssAnon, so 14 children rewriting a zygote's ~150 MiB of preloaded heap
+    would hold 2 GiB unseen. Every page a process made or copied took it a page fault (its
+    minflt, counted from its fork), and it can copy no more than it inherited: so each counts as
+    ``max(grown, min(faults, grown + baseline))``. It overcounts at most the baseline per busy
+    process (faults of pages freed again, of files), never undercounts.
+
+    CPU: each live process's user + system time with that of the children it has reaped, plus
+    that of every process the reaper itself has reaped (RUSAGE_CHILDREN). The reaper's own time
+    is not the run's (its RLIMIT_CPU bounds it).
+
+    Both are read without ptrace access (the run is not dumpable): /proc/<pid>/status and stat.
     """
 
-    def __init__(self, bound):
-        self.bound = bound
-        self.baseline = _private_and_shared_bytes(os.getpid())
+    def __init__(self, memory_bytes=None, cpu_seconds=None):
+        self.memory_bytes = memory_bytes
+        self.cpu_seconds = cpu_seconds
+        self.baseline = _private_and_shared_bytes(os.getpid()) if memory_bytes else 0
         self.peak = 0
+        self.cpu_used = 0.0
 
-    def held(self, pid):
+    def held(self, pid, minor_faults):
         """What ``pid`` holds beyond what it was born with, as above (bytes)."""
         grown = max(0, _private_and_shared_bytes(pid) - self.baseline)
-        return max(grown, min(_minor_faults(pid) * PAGE, grown + self.baseline))
+        return max(grown, min(minor_faults * PAGE, grown + self.baseline))
 
     def over(self):
-        """True when the run's processes hold more than the bound now."""
-        total = sum(self.held(pid) for pid in _descendants(os.getpid()))
-        self.peak = max(self.peak, total)
-        return total > self.bound
+        """
+        When the run's processes are over a bound now: ``(signal, note)``, the signal a process
+        over its own RLIMIT_AS (SIGKILL) or RLIMIT_CPU (SIGXCPU) gets, and what to tell the
+        author; else None.
+        """
+        memory, ticks = 0, 0
+        for pid in _descendants(os.getpid()):
+            fields = _stat_fields(pid)
+            if fields is None:
+                continue  # gone meanwhile: its time is in RUSAGE_CHILDREN once reaped
+            if self.memory_bytes:
+                memory += self.held(pid, fields["minflt"])
+            ticks += fields["cpu_ticks"]
+        self.peak = max(self.peak, memory)
+        if self.memory_bytes and memory > self.memory_bytes:
+            return signal.SIGKILL, (f"its processes held more than {self.memory_bytes // (1024 * 1024)} MiB "
+                                    "of memory together")
+        if self.cpu_seconds:
+            reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.cpu_used = ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
+            if self.cpu_used > self.cpu_seconds:
+                return signal.SIGXCPU, f"its processes used more than {self.cpu_seconds:g} s of CPU time together"
+        return None
 
 
 def _descendants(pid):
@@ -170,14 +245,21 @@ def _private_and_shared_bytes(pid):
     return total
 
 
-def _minor_faults(pid):
-    """The minor page faults of ``pid`` (all its threads) since it was forked, or 0."""
+def _stat_fields(pid):
+    """
+    From /proc/<pid>/stat (this package is installed alone into the sandbox venv, so it has its
+    own reader): ``minflt``, the minor page faults of all its threads since its fork, and
+    ``cpu_ticks``, the user + system time of all its threads and of the children it has reaped
+    (utime, stime, cutime, cstime); or None once it is gone.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            # After the command's closing parenthesis: state is field 3, minflt field 10.
-            return int(stat.read().rsplit(b")", 1)[1].split()[7])
+            # After the command's closing parenthesis: the state is field 3, minflt field 10,
+            # utime..cstime fields 14-17.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return {"minflt": int(fields[7]), "cpu_ticks": sum(int(field) for field in fields[11:15])}
     except (OSError, ValueError, IndexError):
-        return 0
+        return None
 
 
 def wait_for_reaper(reaper):
@@ -212,15 +294,14 @@ def code_starts():
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def supervise(child, leader, bound):
+def supervise(child, leader, watchdog):
     """
-    Run by the reaper: wait until ``child`` exits, the leader dies, or the run holds more than
-    ``bound`` bytes of memory; then end the run's every process, clean up, exit as ``child``
-    did. Never returns.
+    Run by the reaper: wait until ``child`` exits, the leader dies, or ``watchdog`` (a
+    RunWatchdog, or None) finds the run over a bound; then end the run's every process, clean
+    up, exit as ``child`` did (or, past a bound, as killed by the watchdog's signal). Never returns.
     """
     status = None
     try:
-        watchdog = MemoryWatchdog(bound) if bound else None
         next_look = 0.0
         while True:
             status = _reap(child, status)
@@ -231,11 +312,11 @@ def supervise(child, leader, bound):
                 # Paced by the clock, not by wake-ups: a storm of SIGCHLD (a fork chain) must not
                 # spend the reaper's own RLIMIT_CPU, which is the run's.
                 next_look = now + WATCH_INTERVAL_SECONDS
-                if watchdog.over():
+                verdict = watchdog.over()
+                if verdict:
                     kill_the_rest()
-                    os.write(2, (f"\n[codejail-service: the run was ended: its processes held more than "
-                                 f"{bound // (1024 * 1024)} MiB of memory together]\n").encode())
-                    status = signal.SIGKILL  # as a wait status: killed by SIGKILL
+                    os.write(2, f"\n[codejail-service: the run was ended: {verdict[1]}]\n".encode())
+                    status = verdict[0]  # as a wait status: killed by that signal
                     break
             signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE},
                                 max(next_look - now, 0.001) if watchdog is not None else 1.0)

@@ -21,12 +21,17 @@ DEFAULT_ERRNO = "EPERM"
 AF_UNIX = 1
 PRIO_PROCESS = 0
 IOPRIO_WHO_PROCESS = 1
+SOL_SOCKET = 1
+# An int argument travels in a 64-bit register that seccomp sees whole, while the kernel reads
+# only its low 32 bits: compare those alone (masked_eq), or a caller could set a high bit to pass
+# a check the kernel then ignores. So allowed values are listed, never excluded with "ne".
+LOW_32 = 0xFFFFFFFF
 
 # (reason, calls): allowed whatever their arguments.
 ALLOWED = (
     ("file I/O on descriptors the run holds (Landlock decided at open)",
      ("read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
-      "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "fcntl", "flock",
+      "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "flock",
       "fsync", "fdatasync", "ftruncate", "fallocate", "fadvise64", "readahead", "sendfile",
       "copy_file_range", "fstat", "fstatfs", "getdents64", "getdents")),
     ("opening and inspecting paths (Landlock decides which paths)",
@@ -57,7 +62,7 @@ ALLOWED = (
       "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd", "eventfd2", "pipe", "pipe2")),
     ("AF_UNIX sockets of the run's own (socket() allows no other family; see CONDITIONAL)",
      ("socketpair", "recvfrom", "recvmsg", "recvmmsg", "shutdown", "getsockname", "getpeername",
-      "getsockopt", "setsockopt")),
+      "getsockopt")),
     ("identity and limits of the caller, read only",
      ("getpid", "getppid", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
       "getgroups", "getpgrp", "getpgid", "getsid", "getrlimit", "getrusage", "getpriority",
@@ -84,6 +89,37 @@ CONDITIONAL = (
                "file (D-Bus, journald), which Landlock does not guard"},
     {"syscall": "clone", "args": [{"arg": 0, "op": "masked_eq", "mask": 0x7E020000, "value": 0}],
      "reason": "threads and fork, with no CLONE_NEW* flag: no new view of the system"},
+) + tuple(
+    {"syscall": "fcntl", "args": [{"arg": 1, "op": "masked_eq", "mask": LOW_32 & ~span, "value": first}],
+     "reason": f"{name}: {why}"}
+    for name, first, span, why in (
+        ("F_DUPFD..F_SETLKW", 0, 7, "descriptors, their flags, POSIX record locks (os, fcntl, tempfile)"),
+        ("F_GETOWN", 9, 0, "read only"),
+        ("F_OFD_GETLK", 36, 0, "open file description locks"),
+        ("F_OFD_SETLK", 37, 0, "open file description locks"),
+        ("F_OFD_SETLKW", 38, 0, "open file description locks"),
+        ("F_DUPFD_CLOEXEC", 1030, 0, "os.dup and subprocess"),
+        ("F_GETPIPE_SZ", 1032, 0, "read only"),
+        # Not F_SETPIPE_SZ: a pipe stays at its default size, so its kernel buffer is bounded
+        # (the run's buffers: run_open_files in __init__.py). Not F_SETOWN/F_SETSIG: signals.
+    )
+) + tuple(
+    {"syscall": "setsockopt", "args": [{"arg": 1, "op": "masked_eq", "mask": LOW_32, "value": SOL_SOCKET},
+                                       {"arg": 2, "op": "masked_eq", "mask": LOW_32, "value": option}],
+     "reason": f"{name}: {why}"}
+    for name, option, why in (
+        ("SO_KEEPALIVE", 9, "harmless on a socketpair"),
+        ("SO_LINGER", 13, "close() semantics"),
+        ("SO_PASSCRED", 16, "credentials of the run's own peer"),
+        ("SO_RCVLOWAT", 18, "wake-up threshold"),
+        ("SO_SNDLOWAT", 19, "wake-up threshold"),
+        ("SO_RCVTIMEO_OLD", 20, "receive timeout"),
+        ("SO_SNDTIMEO_OLD", 21, "send timeout"),
+        ("SO_RCVTIMEO_NEW", 66, "receive timeout"),
+        ("SO_SNDTIMEO_NEW", 67, "send timeout"),
+        # Not SO_SNDBUF/SO_RCVBUF (up to net.core.wmem_max, 4 MiB per socket on some hosts):
+        # kernel memory no RSS shows; a socket keeps the default size.
+    )
 ) + tuple(
     {"syscall": "ioctl",
      "args": [{"arg": 1, "op": "masked_eq", "mask": 0xFFFFFFFF, "value": request}],

@@ -196,7 +196,8 @@ def check_confinement_layers():
     outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
     if failure is not None:
         return failure
-    details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi", "memory_bound")}
+    details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi", "memory_bound",
+                                                "cpu_bound")}
     # Forked by its slot's zygote (ADR 7) exactly when the warm sandbox is on.
     details["warm_sandbox"] = outcome.get("forked_by") == "zygote"
     if details["warm_sandbox"] != warm_sandbox.enabled():

@@ -3,8 +3,11 @@ The layer against the real kernel, each in a forked child (confinement cannot be
 Every denial sits next to the nearest allowed action.
 """
 import ctypes
+import errno
+import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -204,6 +207,44 @@ def test_seccomp_makes_clone3_fall_back_to_clone():
     assert value == [-1, 38]  # ENOSYS
 
 
+SO_SNDBUF, SO_RCVBUF, SO_KEEPALIVE, F_SETPIPE_SZ, F_GETPIPE_SZ = 7, 8, 9, 1031, 1032
+
+
+def test_seccomp_refuses_growing_kernel_buffers():
+    """Socket and pipe buffers stay at their default size: kernel memory no RSS shows."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def raw_setsockopt(fd, level, option):
+        """setsockopt(2) with the given 64-bit level and option: high bits the kernel ignores."""
+        value = ctypes.c_int(4 << 20)
+        if libc.syscall(54, fd, ctypes.c_long(level), ctypes.c_long(option), ctypes.byref(value), 4) == 0:
+            return "ok"
+        return errno.errorcode[ctypes.get_errno()]
+
+    def attempts():
+        left, right = socket.socketpair()
+        read_end, _ = os.pipe()
+        return [errno_of(lambda: left.setsockopt(socket.SOL_SOCKET, SO_SNDBUF, 4 << 20)),
+                errno_of(lambda: left.setsockopt(socket.SOL_SOCKET, SO_RCVBUF, 4 << 20)),
+                raw_setsockopt(left.fileno(), 1 | 1 << 32, SO_SNDBUF | 1 << 32),
+                errno_of(lambda: fcntl.fcntl(read_end, F_SETPIPE_SZ, 1 << 20))]
+    value, _ = in_child(seccomped(attempts))
+    assert value == ["EPERM", "EPERM", "EPERM", "EPERM"]
+
+
+def test_seccomp_allows_reading_buffer_sizes_and_harmless_socket_options():
+    def attempts():
+        left, right = socket.socketpair()
+        read_end, _ = os.pipe()
+        return [errno_of(lambda: left.getsockopt(socket.SOL_SOCKET, SO_SNDBUF)),
+                errno_of(lambda: left.setsockopt(socket.SOL_SOCKET, SO_KEEPALIVE, 1)),
+                errno_of(lambda: fcntl.fcntl(read_end, F_GETPIPE_SZ)),
+                errno_of(lambda: os.set_blocking(read_end, False)),
+                errno_of(lambda: os.dup(read_end))]
+    value, _ = in_child(seccomped(attempts))
+    assert value == ["ok", "ok", "ok", "ok", "ok"]
+
+
 def test_seccomp_kills_x32_syscalls():
     # getpid() through the x32 ABI: not our architecture, so the process is killed.
     libc = ctypes.CDLL(None, use_errno=True)
@@ -259,6 +300,73 @@ def test_reaper_empties_tmp_even_of_locked_directories(run_dir):
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+def test_reaper_empties_tmp_of_a_tree_deeper_than_path_max(run_dir):
+    """Left behind, such a tree would outlast the run: walked by name, it does not."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.chdir(run_dir)
+        confinement.confine(ENFORCE)
+        os.chdir("tmp")
+        for level in range(20):  # 20 x 251 characters: past PATH_MAX (4096)
+            name = f"{level:02d}" + "d" * 249
+            os.mkdir(name)
+            open(name[:8] + ".file", "w").close()
+            os.chdir(name)
+        os.chmod(".", 0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+def test_a_runs_processes_may_hold_as_many_descriptors_as_run_open_files(run_dir):
+    def open_all_free(more):
+        """Open every descriptor number the limit leaves free (pytest holds some), and ``more``."""
+        def child():
+            limit = ENFORCE["run_open_files"]
+            held = sum(int(fd) < limit for fd in os.listdir("/proc/self/fd")) - 1  # not listdir's own
+            free = limit - held
+            os.chdir(run_dir)
+            confinement.confine(ENFORCE)
+            return errno_of(lambda: [os.open(os.devnull, os.O_RDONLY) for _ in range(free + more)])
+        return child
+    allowed, _ = in_child(open_all_free(0))
+    refused, _ = in_child(open_all_free(1))
+    assert (allowed, refused) == ("ok", "EMFILE")
+
+
+SPIN = ("import os\nkids = []\nfor _ in range({children}):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        until = time.process_time() + {seconds}\n        while time.process_time() < until:\n"
+        "            pass\n        os._exit(0)\n    kids.append(pid)\nfor kid in kids:\n    os.waitpid(kid, 0)\n")
+
+
+@pytest.mark.parametrize(("children", "seconds", "ended"), [(1, 0.2, False), (3, 0.4, True)])
+def test_cpu_watchdog_bounds_what_the_runs_processes_use_together(run_dir, children, seconds, ended):
+    """
+    RLIMIT_CPU 1 s per process, and run_cpu_factor 0.6: 0.6 s for all of them together. Three
+    children of 0.4 s each, each under its own limit, are ended; one of 0.2 s is not.
+    """
+    err_read, err_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover
+        os.dup2(err_write, 2)
+        os.setsid()
+        os.chdir(run_dir)
+        resource.setrlimit(resource.RLIMIT_CPU, (1, resource.RLIM_INFINITY))
+        status = confinement.confine({**ENFORCE, "run_cpu_factor": 0.6})
+        assert status["cpu_bound"] == {"kind": "watchdog", "seconds": 0.6}
+        exec(SPIN.format(children=children, seconds=seconds), {"time": time})  # noqa: S102 -- the test's own code
+        os._exit(0)
+    os.close(err_write)
+    with os.fdopen(err_read, "rb") as err:
+        stderr = err.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if ended:
+        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGXCPU, stderr
+        assert b"used more than 0.6 s of CPU time together]" in stderr
+    else:
+        assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
 
 
 def test_reaper_leaves_the_run_dir_itself(run_dir):

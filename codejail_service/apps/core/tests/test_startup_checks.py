@@ -240,15 +240,16 @@ LAYERS = ["landlock.fs", "landlock.net", "landlock.scope", "seccomp", "reaper"]
 
 
 BOUND = {"kind": "watchdog", "bytes": 1 << 30}
+CPU_BOUND = {"kind": "watchdog", "seconds": 3}
 
 
 def test_confinement_layers_passes_and_reports_when_enforced(settings):
     settings.CODEJAIL_WARM_SANDBOX = False
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
-                                  "memory_bound": BOUND}):
+                                  "memory_bound": BOUND, "cpu_bound": CPU_BOUND}):
         result = check_confinement_layers()
     assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, memory_bound=BOUND,
-                                    warm_sandbox=False)
+                                    cpu_bound=CPU_BOUND, warm_sandbox=False)
 
 
 def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory(settings):
