@@ -7,7 +7,14 @@ user, codejail's rlimits: NPROC 15, AS 512 MiB, CPU 1 s; REALTIME 3 s), as root.
 A sampler sums RssAnon + RssShmem of every process of the sandbox user every 2 ms from outside
 and prints the peak, how many children the run started, how it ended and what its stderr said.
 
-Usage (root, after deploy/provision.sh): python benchmarks/run_memory_bound.py [--children 14] [--mib 400]
+``--buffers``: the other half of a run's memory, kernel buffers no RSS shows. Each child fills as
+many socketpairs as its descriptors allow (trying to raise SO_SNDBUF first, as the second audit's
+case did), and the sampler also follows how much of the host's memory is in use (MemTotal -
+MemAvailable), against the bound computed from the run's limits: NPROC x run_open_files
+descriptors, each a socket of net.core.wmem_default plus one buffer's overshoot.
+
+Usage (root, after deploy/provision.sh):
+python benchmarks/run_memory_bound.py [--children 14] [--mib 400] [--buffers]
 """
 import argparse
 import os
@@ -46,6 +53,41 @@ for _ in range(started):
     os.wait()
 """
 
+BUFFERS_CODE = """
+import os, socket, time
+started = 0
+for _ in range({children}):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        pairs, queued = [], 0
+        while True:
+            try:
+                a, b = socket.socketpair()
+            except OSError:
+                break
+            pairs.append((a, b))
+            try:
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            except OSError:
+                pass
+            a.setblocking(False)
+            while True:
+                try:
+                    queued += a.send(b"x" * 65536)
+                except OSError:
+                    break
+        print(len(pairs), queued, flush=True)
+        time.sleep(1.5)
+        os._exit(0)
+    started += 1
+print('children started:', started, flush=True)
+for _ in range(started):
+    os.wait()
+"""
+
 
 def held_by(uid):
     total = 0
@@ -64,6 +106,13 @@ def held_by(uid):
     return total
 
 
+def host_memory_in_use():
+    """MemTotal - MemAvailable: what the host has in use, kernel buffers included."""
+    with open("/proc/meminfo", "rb") as meminfo:
+        fields = {line.split(b":")[0]: int(line.split()[1]) * 1024 for line in meminfo}
+    return fields[b"MemTotal"] - fields[b"MemAvailable"]
+
+
 def limits():
     import resource  # noqa: PLC0415
     os.setsid()
@@ -76,19 +125,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--children", type=int, default=14)
     parser.add_argument("--mib", type=int, default=400)
+    parser.add_argument("--buffers", action="store_true", help="fill socket buffers instead of memory")
     args = parser.parse_args()
     app = pwd.getpwnam(APP_USER)
     run_dir = tempfile.mkdtemp(prefix="codejail-", dir=RUN_DIR_PARENT)
     os.mkdir(os.path.join(run_dir, "tmp"), 0o777)
     os.chmod(os.path.join(run_dir, "tmp"), 0o777)
     with open(os.path.join(run_dir, "jailed_code"), "w", encoding="utf-8") as jailed:
-        jailed.write(CODE.format(children=args.children, mib=args.mib))
+        jailed.write((BUFFERS_CODE if args.buffers else CODE).format(children=args.children, mib=args.mib))
     for path in (run_dir, os.path.join(run_dir, "tmp"), os.path.join(run_dir, "jailed_code")):
         os.chown(path, app.pw_uid, app.pw_gid)
     os.chmod(run_dir, 0o755)  # as codejail leaves it: the sandbox user reads jailed_code
     os.chmod(os.path.join(run_dir, "jailed_code"), 0o644)
     uid = pwd.getpwnam(USER).pw_uid
-    peak, done = [0, 0.0], threading.Event()
+    peak, host_peak, done = [0, 0.0], [0], threading.Event()
+    host_before = host_memory_in_use()
     started = time.monotonic()
 
     def sample():
@@ -96,6 +147,7 @@ def main():
             held = held_by(uid)
             if held > peak[0]:
                 peak[:] = [held, time.monotonic() - started]
+            host_peak[0] = max(host_peak[0], host_memory_in_use() - host_before)
             time.sleep(0.002)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -107,9 +159,21 @@ def main():
         done.set()
         sampler.join()
         shutil.rmtree(run_dir, ignore_errors=True)
-    print(f"run: {args.children} children x {args.mib} MB asked; status {process.returncode} after "
+    asked = "socket buffers filled" if args.buffers else f"{args.mib} MB asked"
+    print(f"run: {args.children} children, {asked}; status {process.returncode} after "
           f"{time.monotonic() - started:.2f} s")
-    print(f"stdout: {process.stdout.decode().strip()}")
+    if args.buffers:
+        counts = [line.split() for line in process.stdout.decode().splitlines() if line[:1].isdigit()]
+        with open("/proc/sys/net/core/wmem_default", encoding="ascii") as wmem:
+            socket_bytes = int(wmem.read())
+        bound = 15 * 64 * (socket_bytes + 65536)
+        print(f"stdout: {process.stdout.decode()[:300]!r}")
+        print(f"socketpairs: {sum(int(pairs) for pairs, _ in counts)} in {len(counts)} children, "
+              f"{sum(int(queued) for _, queued in counts) / MIB:.0f} MiB queued; host memory in use rose by "
+              f"up to {host_peak[0] / MIB:.0f} MiB (bound: NPROC 15 x 64 descriptors x "
+              f"({socket_bytes} + 65536) bytes = {bound / MIB:.0f} MiB)")
+    else:
+        print(f"stdout: {process.stdout.decode().strip()}")
     print(f"stderr: {process.stderr.decode().strip()[-300:]}")
     print(f"peak held by the run's processes together: {peak[0] / MIB:.0f} MiB at {peak[1]:.2f} s "
           f"(bound: 2 x VMEM = {2 * 512} MiB)")

@@ -276,7 +276,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "standard": {"format": "%(asctime)s %(levelname)s %(process)d [%(name)s] %(message)s"},
+        # One record, one line, whatever a caller sent (log_format.py).
+        "standard": {"()": "codejail_service.log_format.SafeFormatter",
+                     "format": "%(asctime)s %(levelname)s %(process)d [%(name)s] %(message)s"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "standard"},
