@@ -24,7 +24,23 @@ requirements: $(VENV_STAMP) ## create/update the dev venv (.venv) from the pinne
 PIP_COMPILE = $(VENV_BIN)/pip-compile --quiet --upgrade --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newest allowed versions)
+# The Open edX platform's sandbox files (README.md there: its requirements/edx-sandbox/), beside
+# this checkout as in CI; `make upgrade` copies them into requirements/sandbox/platform/ when there.
+PLATFORM_SANDBOX ?= ../shared/platform-sandbox
+SANDBOX_REQS := requirements/sandbox
+
+upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newest allowed versions); the sandbox's from the platform's pins, with the difference
+	if [ -d $(PLATFORM_SANDBOX) ]; then \
+		cp $(PLATFORM_SANDBOX)/current-base.in $(SANDBOX_REQS)/platform/base.in; \
+		cp $(PLATFORM_SANDBOX)/current-base.txt $(SANDBOX_REQS)/platform/current.txt; \
+		cp $(PLATFORM_SANDBOX)/teak.txt $(SANDBOX_REQS)/platform/teak.txt; \
+	else echo "no $(PLATFORM_SANDBOX): the platform's sandbox files stay as vendored"; fi
+	# From the platform's own pins (pip-compile keeps each that installs on this Python), not the newest.
+	cp $(SANDBOX_REQS)/platform/current.txt $(SANDBOX_REQS)/current-py311.txt
+	cd $(SANDBOX_REQS) && CUSTOM_COMPILE_COMMAND="make upgrade" $(abspath $(VENV_BIN))/pip-compile --quiet \
+		--allow-unsafe --no-strip-extras --no-emit-index-url --no-emit-find-links \
+		-o current-py311.txt current-py311.in
+	$(VENV_BIN)/python deploy/sandbox_sets.py diff
 	$(PIP_COMPILE) -o requirements/pip-tools.txt requirements/pip-tools.in
 	$(PIP_COMPILE) -o requirements/base.txt requirements/base.in
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
@@ -33,7 +49,7 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/tutor.txt requirements/tutor.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service deploy/sandbox_sets.py
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
