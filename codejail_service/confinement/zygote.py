@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 import traceback
+import types
 
 # Imported once here, instead of by every run that needs them, in this order; chosen by what
 # importing each costs a fresh run (``make bench-imports``, benchmarks/import_cost.py; CPU ms on the
@@ -155,12 +156,14 @@ def as_after_prolog():
         if name in ("random", "random2") or not hasattr(module, "__dict__"):
             continue
         namespace = vars(module)
+        # By exact type only: isinstance or getattr would evaluate a lazy proxy a module holds.
         for key, value in list(namespace.items()):
-            if isinstance(value, type) and value in classes:
+            kind = type(value)
+            if kind is type and value in classes:
                 namespace[key] = classes[value]
-            elif type(value) is stdlib.SystemRandom:
+            elif kind is stdlib.SystemRandom:
                 namespace[key] = replacement(value)
-            elif type(getattr(value, "__self__", None)) is stdlib.SystemRandom:
+            elif kind in (types.MethodType, types.BuiltinMethodType) and type(value.__self__) is stdlib.SystemRandom:
                 namespace[key] = getattr(replacement(value.__self__), value.__name__)
 
 
