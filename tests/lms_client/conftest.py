@@ -38,10 +38,7 @@ from tests.live.conftest import (  # noqa: E402 -- the live suite's service, sta
     running_service,
 )
 from tests.lms_client.corpus import HEAVY_COURSE  # noqa: E402
-
-SERVICE_SANDBOX_VENV = "/opt/codejail-service/sandbox-venv"
-LOCAL_VENV = os.environ.get("CODEJAIL_LMS_LOCAL_VENV") or pytest.fail(
-    "CODEJAIL_LMS_LOCAL_VENV: the local codejail's venv (make test-lms-client builds it)", pytrace=False)
+from tests.lms_client.venvs import LOCAL_VENV, SERVICE_SANDBOX_VENV  # noqa: E402
 
 # The LMS's settings for its client (lms/envs/common.py defaults), the service's host set below.
 settings.configure(

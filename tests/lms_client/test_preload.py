@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.lms_client.conftest import LOCAL_VENV
+from tests.lms_client.venvs import LOCAL_VENV
 from tests.lms_client.preload import differences, shared_generators
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "codejail_service", "confinement"))
