@@ -7,9 +7,9 @@ import logging
 import pytest
 from codejail.safe_exec import SafeExecException
 
-from tests.lms_client.venvs import LOCAL_VENV, SERVICE_SANDBOX_VENV
 from tests.lms_client.corpus import ERRORS, SUCCESSES, python_lib_zip
 from tests.lms_client.parity import PARITY
+from tests.lms_client.venvs import LOCAL_VENV, SERVICE_SANDBOX_VENV
 
 
 def run_case(safe_exec, case, globals_dict):

@@ -3,15 +3,15 @@ The warm sandbox's preload changes nothing a run's code can see (docs/decisions/
 each module of the zygote's PRELOAD, imported by the zygote before the LMS's prolog, holds what it
 would hold imported by a fresh interpreter after it; and no two runs forked from one zygote share
 a random generator that fresh interpreters would each make their own. With the sandbox packages
-of the local codejail (the platform's pins, conftest.LOCAL_VENV) and our zygote's own code.
+of the local codejail (the platform's pins, venvs.LOCAL_VENV) and our zygote's own code.
 """
 import os
 import sys
 
 import pytest
 
-from tests.lms_client.venvs import LOCAL_VENV
 from tests.lms_client.preload import differences, shared_generators
+from tests.lms_client.venvs import LOCAL_VENV
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "codejail_service", "confinement"))
 import zygote  # noqa: E402 -- the zygote's own module, as the sandbox runs it
