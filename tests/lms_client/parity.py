@@ -77,8 +77,10 @@ SEEDED = [
     # random2's seed() takes no version=: sympy's own seeding fails in the LMS.
     Case("sympy_seed_in_the_lms", "from sympy.core import random as sympy_random\nsympy_random.seed(4)\n",
          status="safe_error"),
-    Case("nltk_random", "from nltk.probability import UniformProbDist\n"
-         "dist = UniformProbDist(['a', 'b', 'c', 'd'])\nsamples = [dist.generate() for _ in range(6)]\n", seed=8,
+    # Not UniformProbDist: it draws from a set, whose order of strings is the interpreter's hash seed's.
+    Case("nltk_random", "from nltk.probability import DictionaryProbDist\n"
+         "dist = DictionaryProbDist({'a': 0.5, 'b': 0.25, 'c': 0.25})\nsamples = [dist.generate() for _ in range(6)]\n",
+         seed=8,
          course=HEAVY_COURSE),
     Case("library_randomness", "from loncapa import lc_random\nvalues = [lc_random(1, 10, 1) for _ in range(4)]\n"
          "import secrets\nsecret_kind = type(secrets.SystemRandom()).__module__\n", seed=21),
@@ -93,8 +95,8 @@ LIBRARIES = [
          "pretty = sympy.pretty(sympy.Matrix([[x, 1], [0, y]]), use_unicode=True)\n"
          "rational = str(sympy.Rational(3, 6) + sympy.sqrt(8))\n"),
     Case("symmath_check", "from symmath import symmath_check_simple\n"
-         "verdict = symmath_check_simple('x^2+2*x+1', '(x+1)^2')\n", course=HEAVY_COURSE,
-         expect=lambda g: g["verdict"]["ok"] is True),
+         "verdict = symmath_check_simple('x^2+2*x+1', '(x+1)^2')\n"
+         "numeric = symmath_check_simple('sqrt(2)', '1.41421356')\n", course=HEAVY_COURSE),
     Case("calc_evaluator", "values = [calc.evaluator({'x': 2.5}, {}, 'x^2 + sin(pi/2)'),\n"
          "          calc.evaluator({'R1': 4, 'R2': 4}, {}, 'R1 || R2'), calc.evaluator({}, {}, '2*10^3')]\n",
          expect={"values": [7.25, 2.0, 2000.0]}),
