@@ -48,6 +48,11 @@ ARG SANDBOX_UID=180100
 ARG SANDBOX_POOL_SIZE=4
 # The runtime's tmpfs per pool slot is at most this big (run_dir_cap checks it).
 ARG RUN_DIR_MIB=64
+# The sandbox's packages: a set of requirements/sandbox/sets.txt (the Open edX platform's:
+# current, current-py311, teak) or a pins file in the build context (relative to it); empty: the
+# newest set for the sandbox's Python. That Python must be in the base image (Debian 12: 3.11).
+ARG CODEJAIL_SANDBOX_REQUIREMENTS=""
+ARG CODEJAIL_SANDBOX_PYTHON=/usr/bin/python3.11
 # More packages for the sandbox venv (pip requirement specifiers, space-separated),
 # held to the sandbox's pinned versions: e.g. --build-arg CODEJAIL_EXTRA_PIP_REQUIREMENTS="tabulate==0.9.0".
 ARG CODEJAIL_EXTRA_PIP_REQUIREMENTS=""
@@ -65,6 +70,8 @@ RUN --mount=type=bind,target=/src \
     CODEJAIL_APP_UID="${APP_UID}" CODEJAIL_SANDBOX_UID="${SANDBOX_UID}" \
     CODEJAIL_SANDBOX_POOL_SIZE="${SANDBOX_POOL_SIZE}" \
     CODEJAIL_RUN_DIR_MIB="${RUN_DIR_MIB}" CODEJAIL_RUN_DIR_MOUNT=runtime \
+    CODEJAIL_SANDBOX_REQUIREMENTS="${CODEJAIL_SANDBOX_REQUIREMENTS}" \
+    CODEJAIL_SANDBOX_PYTHON="${CODEJAIL_SANDBOX_PYTHON}" \
     CODEJAIL_EXTRA_PIP_REQUIREMENTS="${CODEJAIL_EXTRA_PIP_REQUIREMENTS}" \
     CODEJAIL_PIP_OPTIONS="${CODEJAIL_PIP_OPTIONS}" /src/deploy/provision.sh \
     && rm -rf /var/lib/apt/lists/*

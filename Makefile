@@ -28,7 +28,23 @@ requirements: $(VENV_STAMP) ## create/update the dev venv (.venv) from the pinne
 PIP_COMPILE = $(VENV_BIN)/pip-compile --quiet --upgrade --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newest allowed versions)
+# The Open edX platform's sandbox files (README.md there: its requirements/edx-sandbox/), beside
+# this checkout as in CI; `make upgrade` copies them into requirements/sandbox/platform/ when there.
+PLATFORM_SANDBOX ?= ../shared/platform-sandbox
+SANDBOX_REQS := requirements/sandbox
+
+upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newest allowed versions); the sandbox's from the platform's pins, with the difference
+	if [ -d $(PLATFORM_SANDBOX) ]; then \
+		cp $(PLATFORM_SANDBOX)/current-base.in $(SANDBOX_REQS)/platform/base.in; \
+		cp $(PLATFORM_SANDBOX)/current-base.txt $(SANDBOX_REQS)/platform/current.txt; \
+		cp $(PLATFORM_SANDBOX)/teak.txt $(SANDBOX_REQS)/platform/teak.txt; \
+	else echo "no $(PLATFORM_SANDBOX): the platform's sandbox files stay as vendored"; fi
+	# From the platform's own pins (pip-compile keeps each that installs on this Python), not the newest.
+	cp $(SANDBOX_REQS)/platform/current.txt $(SANDBOX_REQS)/current-py311.txt
+	cd $(SANDBOX_REQS) && CUSTOM_COMPILE_COMMAND="make upgrade" $(abspath $(VENV_BIN))/pip-compile --quiet \
+		--allow-unsafe --no-strip-extras --no-emit-index-url --no-emit-find-links \
+		-o current-py311.txt current-py311.in
+	$(VENV_BIN)/python deploy/sandbox_sets.py diff
 	$(PIP_COMPILE) -o requirements/pip-tools.txt requirements/pip-tools.in
 	$(PIP_COMPILE) -o requirements/base.txt requirements/base.in
 	$(PIP_COMPILE) -o requirements/test.txt requirements/test.in
@@ -37,7 +53,7 @@ upgrade: $(VENV_STAMP) ## recompile requirements/*.txt from the .in files (newes
 	$(PIP_COMPILE) -o requirements/tutor.txt requirements/tutor.in
 
 quality: $(VENV_STAMP) ## lint and import order (ruff)
-	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service
+	$(VENV_BIN)/ruff check codejail_service manage.py tests benchmarks docs/_ext deploy/tutor-contrib-codejail-service deploy/sandbox_sets.py
 
 annotations: $(VENV_STAMP) ## check toggle, setting and custom-attribute annotations (config: .annotations)
 	$(VENV_BIN)/code_annotations static_find_annotations --config_file .annotations --lint --report
@@ -127,9 +143,26 @@ $(LMS_CLIENT_VENV)/.installed: requirements/lms-client.txt
 	$(LMS_CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lms-client.txt
 	touch $@
 
-test-lms-client: provision $(LMS_CLIENT_VENV)/.installed ## (root) the LMS's own client (REST and darklaunch vs a local codejail) against the service, warm (the default) and fresh
+# The darklaunch's local codejail, as an LMS host has it: a --copies venv of the platform's own
+# current pins (not the service's set), with openedx-calc 4.0.3 for 5.0.0 on this Python 3.11 (5.0.0
+# requires 3.12; the same code). Built once per pins, kept under .cache/ (readable by the sandbox user).
+LMS_LOCAL_PINS := $(SANDBOX_REQS)/platform/current.txt
+LMS_LOCAL_VENV := .cache/venv-lms-local-$(shell cat $(LMS_LOCAL_PINS) | sha256sum | cut -c1-16)
+export CODEJAIL_LMS_LOCAL_VENV := $(abspath $(LMS_LOCAL_VENV))
+
+$(LMS_LOCAL_VENV)/.installed: $(LMS_LOCAL_PINS)
+	rm -rf .cache/venv-lms-local-*
+	$(PYTHON_READY)
+	$(PYTHON) -m venv --copies $(LMS_LOCAL_VENV)
+	sed 's/^openedx-calc==5\.0\.0$$/openedx-calc==4.0.3/' $(LMS_LOCAL_PINS) > $(LMS_LOCAL_VENV)/pins.txt
+	$(LMS_LOCAL_VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir -r $(LMS_LOCAL_VENV)/pins.txt
+	$(LMS_LOCAL_VENV)/bin/python -m compileall -q $(LMS_LOCAL_VENV)/lib >/dev/null || true
+	chmod go+rx .cache && chmod -R go+rX,go-w $(LMS_LOCAL_VENV)
+	touch $@
+
+test-lms-client: provision $(LMS_CLIENT_VENV)/.installed $(LMS_LOCAL_VENV)/.installed ## (root) the LMS's own client (REST, darklaunch vs a local codejail of the platform's pins, the parity corpus) against the service, warm (the default) and fresh
 	$(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
-	CODEJAIL_LIVE_WARM=0 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client
+	CODEJAIL_LIVE_WARM=0 $(LMS_CLIENT_VENV)/bin/pytest tests/lms_client --ignore=tests/lms_client/test_preload.py
 
 # --- Robustness (issue 7): fuzzing, property tests, soak, faults; against the real service ----
 .PHONY: test-robustness fuzz soak test-faults

@@ -24,7 +24,7 @@ import sys
 from confinement_cost import SANDBOX_USER, SANDBOX_VENV, make_run_dir
 
 # What the LMS's lazy imports name (xblocks-contrib capa safe_exec ASSUMED_IMPORTS), the
-# sandbox requirements (requirements/sandbox/base.in) and the scipy submodules graders use most.
+# sandbox requirements (requirements/sandbox/platform/base.in) and the scipy submodules graders use most.
 MODULES = (
     "random2", "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.linalg",
     "scipy.special", "scipy.interpolate", "scipy.sparse", "sympy", "matplotlib", "matplotlib.pyplot",

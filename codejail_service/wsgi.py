@@ -21,6 +21,8 @@ application = get_wsgi_application()
 get_resolver().url_patterns  # noqa: B018 -- evaluated for its side effect
 
 # After the application (and so codejail's configuration) is ready; never on settings import.
+from codejail_service.apps.core.sandbox_versions import log_versions  # noqa: E402
 from codejail_service.apps.core.startup_checks import run_startup_checks  # noqa: E402
 
+log_versions()
 run_startup_checks()

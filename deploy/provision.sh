@@ -21,8 +21,15 @@
 #   CODEJAIL_RUN_CPU_FACTOR [3]         a run's processes together may use at most this many times
 #                                       its CPU limit (RLIMIT_CPU, per process) of CPU time (0: off)
 #   CODEJAIL_PIP_OPTIONS     []         extra pip options (e.g. --no-index --find-links DIR)
+#   CODEJAIL_SANDBOX_PYTHON  [/usr/bin/python3.11]  the sandbox venv's Python (another one must
+#                                       be installed already: Debian 12 has 3.11 only)
+#   CODEJAIL_SANDBOX_REQUIREMENTS [the newest set for that Python]  the sandbox's packages: a set's
+#                                       name from requirements/sandbox/sets.txt (the Open edX
+#                                       platform's: current, current-py311, teak), or a pins file
+#                                       of the operator's (absolute, or relative to this checkout)
 #   CODEJAIL_EXTRA_PIP_REQUIREMENTS []  more packages for the sandbox venv, the operator's own
-#                                       (pip requirement specifiers, space-separated)
+#                                       (pip requirement specifiers, space-separated), held to
+#                                       the chosen set's versions
 #   CODEJAIL_RUN_DIR_MIB     [64]       size of each pool slot's tmpfs for its runs; 0: none
 #   CODEJAIL_RUN_DIR_MOUNT   [host]     "host": this script mounts the slots' tmpfs; "runtime":
 #                                       the container runtime does (docker run --tmpfs, compose
@@ -54,6 +61,7 @@ run_memory_factor="${CODEJAIL_RUN_MEMORY_FACTOR:-2}"
 run_cpu_factor="${CODEJAIL_RUN_CPU_FACTOR:-3}"
 read -r -a pip_options <<< "${CODEJAIL_PIP_OPTIONS:-}"
 python=/usr/bin/python3.11
+sandbox_python="${CODEJAIL_SANDBOX_PYTHON:-/usr/bin/python3.11}"
 sandbox_venv="$prefix/sandbox-venv"
 app_venv="$prefix/venv"
 etc=/etc/codejail-service
@@ -135,24 +143,38 @@ fi
 # --copies: a real binary, so an AppArmor profile can attach to its path.
 # Root-owned and read-only to the sandbox user.
 stamp() { cat "$@" | sha256sum | cut -d' ' -f1; }
-sandbox_reqs="$src/requirements/sandbox/base.txt"
+[ -x "$sandbox_python" ] || { log "CODEJAIL_SANDBOX_PYTHON: $sandbox_python is not an executable"; exit 1; }
+sandbox_python_version="$("$sandbox_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+# The package set: its pins file and its name (requirements/sandbox/sets.txt, deploy/sandbox_sets.py).
+chosen_set="$("$sandbox_python" "$src/deploy/sandbox_sets.py" resolve \
+    "${CODEJAIL_SANDBOX_REQUIREMENTS:-}" "$sandbox_python_version")" || exit 1
+sandbox_reqs="$(sed -n 1p <<< "$chosen_set")"
+sandbox_set="$(sed -n 2p <<< "$chosen_set")"
 extra_stamp="$sandbox_venv/.extra-requirements"
-if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-stamp" 2>/dev/null)" != "$(stamp "$sandbox_reqs")" ] \
+# The Python, by path and version, is part of the stamp: another one rebuilds the venv.
+sandbox_stamp() { { stamp "$sandbox_reqs"; echo "$sandbox_python $sandbox_python_version"; } | stamp; }
+if [ ! -x "$sandbox_venv/bin/python" ] || [ "$(cat "$sandbox_venv/.requirements-stamp" 2>/dev/null)" != "$(sandbox_stamp)" ] \
         || { [ -f "$extra_stamp" ] && [ "$(cat "$extra_stamp")" != "${extra_pip[*]}" ]; }; then
-    log "building the sandbox venv in $sandbox_venv"
+    log "building the sandbox venv in $sandbox_venv: Python $sandbox_python_version, packages $sandbox_set"
     rm -rf "$sandbox_venv"
-    "$python" -m venv --copies "$sandbox_venv"
+    "$sandbox_python" -m venv --copies "$sandbox_venv"
     "$sandbox_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" \
         -r "$sandbox_reqs"
-    stamp "$sandbox_reqs" > "$sandbox_venv/.requirements-stamp"
+    sandbox_stamp > "$sandbox_venv/.requirements-stamp"
 fi
+# What the service reports as its sandbox's package set (codejail_service/apps/core/sandbox_versions.py).
+echo "$sandbox_set" > "$sandbox_venv/.requirements-set"
 # The operator's extra packages (CODEJAIL_EXTRA_PIP_REQUIREMENTS), on top. A changed list
 # rebuilds the venv above (so a package dropped from the list is gone); an unchanged one costs nothing.
 if [ ! -f "$extra_stamp" ]; then
     if [ ${#extra_pip[@]} -gt 0 ]; then
         log "installing the extra sandbox packages: ${extra_pip[*]}"
+        # As constraints, pins without extras (pip refuses "lxml[html-clean]==..." there).
+        constraints="$(mktemp)"
+        sed -E 's/^([A-Za-z0-9._-]+)\[[^]]*\]/\1/' "$sandbox_reqs" > "$constraints"
         "$sandbox_venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check "${pip_options[@]}" \
-            -c "$sandbox_reqs" "${extra_pip[@]}"
+            -c "$constraints" "${extra_pip[@]}"
+        rm -f "$constraints"
     fi
     echo "${extra_pip[*]}" > "$extra_stamp"
 fi
@@ -298,4 +320,4 @@ table inet codejail_service {
 NFT
 fi
 
-log "done: app venv $app_venv, sandbox venv $sandbox_venv, confinement $confinement, sandbox pool $pool_size"
+log "done: app venv $app_venv, sandbox venv $sandbox_venv (Python $sandbox_python_version, $sandbox_set), confinement $confinement, sandbox pool $pool_size"

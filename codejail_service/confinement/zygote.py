@@ -38,41 +38,45 @@ import socket
 import sys
 import time
 import traceback
+import types
 
 # Imported once here, instead of by every run that needs them, in this order; chosen by what
 # importing each costs a fresh run (``make bench-imports``, benchmarks/import_cost.py; CPU ms on the
 # reference host, docs/decisions/0007-warm-sandbox.rst): what codejail's wrapper and the LMS
 # prolog import (json, six, random2), the modules the LMS's lazy imports name (numpy 83, scipy,
-# calc 153, chem.chemcalc 1238 (it imports nltk), chem.miller 93, eia, verifiers.draganddrop) and
-# what course graders import most (scipy.optimize 430 and .stats 842, sympy 341,
-# matplotlib.pyplot 791, networkx 180, lxml.etree 27). A module that fails to import is skipped
-# (said on stderr); nothing else in the sandbox venv is imported until a run asks for it.
+# calc 153, chem.chemtools, chem.miller 93, eia, verifiers.draganddrop) and what course graders import most
+# (scipy.optimize 430 and .stats 842, matplotlib.pyplot 791, mpmath, lxml.etree 27). A module that
+# fails to import is skipped (said on stderr); nothing else in the sandbox venv is imported until a
+# run asks for it.
+#
+# Left out: what holds, once imported, the ``random`` that the LMS prolog puts in sys.modules for
+# the one run (a random2.Random seeded with the problem's seed), for a module imported before the
+# prolog holds another: sympy (sympy.core.random and a dozen modules), networkx (whose seeding
+# tests ``seed is random``), chem.chemcalc (nltk: eight modules) and email.utils.
+# tests/lms_client/test_preload.py imports each of PRELOAD in a fresh interpreter after the prolog
+# and in the zygote's way, and fails on any difference (ADR 7).
 PRELOAD = (
     "json", "six", "random", "random2",
     "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
     "scipy.linalg", "scipy.special", "scipy.sparse",
-    "sympy",
+    "mpmath",
     "matplotlib",  # and matplotlib.pyplot, on Agg: preload_matplotlib
-    "calc", "chem.chemcalc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
-    "networkx", "lxml.etree",
+    "calc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
+    "lxml.etree",
 )
-# Run once after the preload, so that what a package builds on first use (sympy's caches and the
-# modules simplify imports lazily: 250 ms on a first simplify, 30 ms after; matplotlib's fonts and
-# Agg canvas; chemcalc's parser) is there in every run. Each is the zygote's own code (no input),
-# skipped (said on stderr) if it fails.
+# Run once after the preload, so that what a package builds on first use (matplotlib's fonts and
+# Agg canvas) is there in every run. Each is the zygote's own code (no input), skipped (said on
+# stderr) if it fails.
 WARMUP = {
-    "sympy": "x, y = sympy.symbols('x y')\n"
-             "sympy.simplify(sympy.sympify('(x + y)**2 - 2*x*y') - sympy.sympify('x**2 + y**2'))\n"
-             "sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n",
     "matplotlib": "import io\nfig, ax = matplotlib.pyplot.subplots(figsize=(3, 2))\nax.plot([1, 2, 3], [2, 1, 3])\n"
                   "fig.savefig(io.BytesIO(), format='png')\nmatplotlib.pyplot.close(fig)\n",
-    "chem.chemcalc": "chem.chemcalc.chemical_equations_equal('2H2 + O2 -> 2H2O', '4H2 + 2O2 -> 4H2O')\n",
 }
 # Set before the preload, as the LMS prolog does before it imports numpy (TNL-6456): OpenBLAS
-# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC. Agg:
-# matplotlib's non-interactive backend, the only one a run can use (no display, no GUI toolkit).
+# must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC. agg:
+# matplotlib's non-interactive backend, the only one a run can use (no display, no GUI toolkit),
+# named as matplotlib names it once it has chosen it by itself, as in a fresh run.
 PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-               "MPLBACKEND": "Agg"}
+               "MPLBACKEND": "agg"}
 # matplotlib's font list, built at provisioning (deploy/provision.sh) into this read-only
 # directory of the sandbox venv (relative to its prefix, which site sets); see preload_matplotlib.
 MATPLOTLIB_CACHE = ("share", "codejail-matplotlib")
@@ -126,8 +130,41 @@ def preload(names=PRELOAD):
         except Exception as exc:  # noqa: BLE001 -- ImportError, or whatever a broken package raises
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
+    as_after_prolog()
     # A successor (Zygote.recycle) is put in its predecessor's place only once it can serve.
     os.write(1, b"ready\n")
+
+
+def as_after_prolog():
+    """
+    What the preloaded modules took from ``random`` as they were imported, as they would have taken
+    it after the LMS prolog, which sets random2's ``Random`` and ``SystemRandom`` on the ``random``
+    it puts in sys.modules: ``from random import Random`` (tempfile), a ``SystemRandom()`` and its
+    methods (secrets, numpy.random.bit_generator). Neither holds state of a run's (SystemRandom reads
+    os.urandom), so one replacement serves every run.
+    """
+    stdlib, random2 = sys.modules.get("random"), sys.modules.get("random2")
+    if stdlib is None or random2 is None:
+        return
+    classes = {stdlib.Random: random2.Random, stdlib.SystemRandom: random2.SystemRandom}
+    replacements = {}  # id of a stdlib SystemRandom -> its random2 replacement
+
+    def replacement(system_random):
+        return replacements.setdefault(id(system_random), random2.SystemRandom())
+
+    for name, module in list(sys.modules.items()):
+        if name in ("random", "random2") or not hasattr(module, "__dict__"):
+            continue
+        namespace = vars(module)
+        # By exact type only: isinstance or getattr would evaluate a lazy proxy a module holds.
+        for key, value in list(namespace.items()):
+            kind = type(value)
+            if kind is type and value in classes:
+                namespace[key] = classes[value]
+            elif kind is stdlib.SystemRandom:
+                namespace[key] = replacement(value)
+            elif kind in (types.MethodType, types.BuiltinMethodType) and type(value.__self__) is stdlib.SystemRandom:
+                namespace[key] = getattr(replacement(value.__self__), value.__name__)
 
 
 def warm_up(names, warmup=None):
@@ -343,16 +380,26 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         os._exit(status)
 
 
+# The random generators the preloaded modules make, unseeded, as they are imported: each forked run
+# reseeds them from os.urandom, as a fresh interpreter's import would have, so no two runs share a
+# sequence (tests/lms_client/test_preload.py finds every module-level generator and checks this).
+RESEED = ("random", "random2", "numpy.random")
+
+
+def fresh_state():
+    """In a forked run, before its code: what the zygote's imports left that a fresh run's would not."""
+    for name in RESEED:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.seed()
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = None  # from TMPDIR=tmp, as a fresh interpreter would find it
+
+
 def run_jailed_code():  # pragma: no cover -- in the forked child
     """As ``python jailed_code`` would: fresh stdio, fresh seeds, exit status and traceback."""
-    import random  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
-    random.seed()  # os.urandom, not the zygote's state
-    numpy_random = sys.modules.get("numpy.random")
-    if numpy_random is not None:
-        numpy_random.seed()
-    tempfile.tempdir = None  # from TMPDIR=tmp, as a fresh interpreter would find it
+    fresh_state()
     # The zygote's own stdio was set up by this interpreter's start, as a fresh run's would be.
     encoding, errors = sys.__stdout__.encoding, sys.__stdout__.errors
     sys.stdin = sys.__stdin__ = open(0, encoding=encoding, errors=errors, closefd=False)

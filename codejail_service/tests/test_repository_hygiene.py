@@ -16,7 +16,8 @@ LOCAL_PATH = re.compile(r"(file:|(^|\s)/(opt|root|home|tmp|srv|work)/)")
 
 
 def requirement_files():
-    return sorted(path for path in (REPO / "requirements").rglob("*") if path.is_file())
+    """What pip reads: every .in and .txt file under requirements/ (sets, pins, constraints)."""
+    return sorted(path for path in (REPO / "requirements").rglob("*") if path.suffix in (".in", ".txt"))
 
 
 @pytest.mark.parametrize("path", requirement_files(), ids=lambda p: str(p.relative_to(REPO)))

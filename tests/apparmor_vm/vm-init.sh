@@ -69,10 +69,9 @@ say "kernel $(uname -r); AppArmor enabled: $(cat /sys/module/apparmor/parameters
 phase provision
 mkdir -p "$repo"
 tar -C /mnt/src --exclude=./.git --exclude=./.venv --exclude=./.cache --exclude='__pycache__' -cf - . | tar -C "$repo" -xf -
-# The lean sandbox set (see sandbox-requirements.txt); this copy only.
-cp "$repo/tests/apparmor_vm/sandbox-requirements.txt" "$repo/requirements/sandbox/base.txt"
 # Each provisioning step stamped with the uptime, to see where emulation spends its time.
-CODEJAIL_CONFINEMENT=off CODEJAIL_SKIP_APT=1 \
+# The lean sandbox set (see sandbox-requirements.txt), as an operator's own pins file.
+CODEJAIL_CONFINEMENT=off CODEJAIL_SKIP_APT=1 CODEJAIL_SANDBOX_REQUIREMENTS=tests/apparmor_vm/sandbox-requirements.txt \
     CODEJAIL_PIP_OPTIONS="--no-index --find-links /mnt/wheels --no-compile" \
     bash -x "$repo/deploy/provision.sh" 2>&1 | while IFS= read -r line; do
         echo "$(cut -d' ' -f1 /proc/uptime) $line"

@@ -104,14 +104,14 @@ docker_base_image() {
 # docker_wheelhouse REPO: sets $wheelhouse, the wheels of both venvs' pins and the extra package.
 docker_wheelhouse() {
     local repo=$1 reqs_hash
-    reqs_hash=$(cat "$repo/requirements/base.txt" "$repo/requirements/sandbox/base.txt" \
+    reqs_hash=$(cat "$repo/requirements/base.txt" "$repo/requirements/sandbox/current-py311.txt" \
         <(echo "$EXTRA_SANDBOX_PACKAGE") | sha256sum | cut -c1-16)
     wheelhouse="$CACHE_DIR/wheelhouse-$reqs_hash"
     if [ ! -d "$wheelhouse" ]; then
         log "building the wheelhouse"
         rm -rf "$CACHE_DIR"/wheelhouse-*
         /usr/bin/python3.11 -m pip wheel -q --disable-pip-version-check -w "$wheelhouse.tmp" \
-            -r "$repo/requirements/base.txt" -r "$repo/requirements/sandbox/base.txt" \
+            -r "$repo/requirements/base.txt" -r "$repo/requirements/sandbox/current-py311.txt" \
             "setuptools>=77" wheel pip "$EXTRA_SANDBOX_PACKAGE" 2> >(grep -v "^WARNING: Location" >&2)
         mv "$wheelhouse.tmp" "$wheelhouse"
     fi

@@ -126,6 +126,8 @@ def test_image_definition_builds_our_service():
     assert "/src/deploy/provision.sh" in run and "CODEJAIL_RUN_DIR_MOUNT=runtime" in run
     assert f'CODEJAIL_APP_UID="{CONFIG["CODEJAIL_SERVICE_APP_UID"]}"' in run
     assert f'CODEJAIL_EXTRA_PIP_REQUIREMENTS="{" ".join(CONFIG["CODEJAIL_SERVICE_EXTRA_PIP_REQUIREMENTS"])}"' in run
+    assert f'CODEJAIL_SANDBOX_REQUIREMENTS="{CONFIG["CODEJAIL_SERVICE_SANDBOX_REQUIREMENTS"]}"' in run
+    assert f'CODEJAIL_SANDBOX_PYTHON="{CONFIG["CODEJAIL_SERVICE_SANDBOX_PYTHON"]}"' in run
 
 
 # --- tutor k8s ----------------------------------------------------------------------------------

@@ -12,15 +12,17 @@ Django settings the LMS sets: nothing of it is patched.
   *and* in the service, and compares the two after its ``normalize_error_message``; it reports the
   comparison as telemetry custom attributes, which ``telemetry.RecordingBackend`` keeps. The local
   codejail is codejail as an LMS host runs it: run directories ``/tmp/codejail-XXXX``, the code run
-  by ``sudo -u <sandbox user>``, the service's default limits, and the same packages (the service's
-  sandbox venv's site-packages, from a plain ``--copies`` venv without our confinement layer).
+  by ``sudo -u <sandbox user>``, the service's default limits, and the packages an LMS host has: a
+  ``--copies`` venv of the Open edX platform's own current pins (``make test-lms-client`` builds it
+  once per pins under .cache/, ``CODEJAIL_LMS_LOCAL_VENV``), not the service's set; tracebacks through
+  its packages name its path, which the client's ``CODEJAIL_DARKLAUNCH_EMSG_NORMALIZERS`` maps to the
+  service's venv, as the setting's own documentation tells a deployer to.
 """
 import json
 import os
-import shutil
+import re
 import subprocess
 import sys
-import tempfile
 
 import django
 import pytest
@@ -36,6 +38,7 @@ from tests.live.conftest import (  # noqa: E402 -- the live suite's service, sta
     running_service,
 )
 from tests.lms_client.corpus import HEAVY_COURSE  # noqa: E402
+from tests.lms_client.venvs import LOCAL_VENV, SERVICE_SANDBOX_VENV  # noqa: E402
 
 # The LMS's settings for its client (lms/envs/common.py defaults), the service's host set below.
 settings.configure(
@@ -46,11 +49,11 @@ settings.configure(
     CODE_JAIL_REST_SERVICE_CONNECT_TIMEOUT=0.5,
     CODE_JAIL_REST_SERVICE_READ_TIMEOUT=3.5,
     OPENEDX_TELEMETRY=["tests.lms_client.telemetry.RecordingBackend"],
+    CODEJAIL_DARKLAUNCH_EMSG_NORMALIZERS=[{"search": re.escape(LOCAL_VENV), "replace": SERVICE_SANDBOX_VENV}],
     USE_I18N=False,
 )
 django.setup()
 
-SANDBOX_SITE_PACKAGES = "/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages"
 # The service's default limits (codejail_service/settings/base.py), so both arms limit alike; and
 # one course's override, as an operator gives it to the LMS and the service alike: matplotlib and
 # chemcalc cost about 1 s of CPU per run (corpus.HEAVY_COURSE).
@@ -61,7 +64,7 @@ OVERRIDES = {HEAVY_COURSE: {"CPU": 2}}
 @pytest.fixture(scope="session")
 def service():
     """The live suite's service, with the same limits and overrides as the local codejail."""
-    code_jail = {"python_bin": "/opt/codejail-service/sandbox-venv/bin/python", "user": SANDBOX_USER,
+    code_jail = {"python_bin": f"{SERVICE_SANDBOX_VENV}/bin/python", "user": SANDBOX_USER,
                  "limits": LIMITS, "limit_overrides": OVERRIDES}
     with running_service([f"CODE_JAIL: {json.dumps(code_jail)}"]) as started:
         yield started
@@ -77,26 +80,20 @@ def lms_client(service):
 
 @pytest.fixture(scope="session")
 def local_codejail():
-    """codejail in this process, as on an LMS host: a python run as the sandbox user by sudo."""
+    """codejail in this process, as on an LMS host: the platform's venv's python run as the sandbox user by sudo."""
     from codejail import jail_code  # noqa: PLC0415
 
-    home = tempfile.mkdtemp(prefix="cjlms-local.", dir="/tmp")
-    os.chmod(home, 0o755)
-    venv = os.path.join(home, "venv")
-    subprocess.run(["/usr/bin/python3.11", "-m", "venv", "--copies", "--without-pip", venv], check=True)
-    # A path line, not a site dir: the sandbox venv's own .pth (our confinement hook) is not run.
-    with open(os.path.join(venv, "lib", "python3.11", "site-packages", "sandbox-packages.pth"), "w",
-              encoding="utf-8") as pth:
-        pth.write(SANDBOX_SITE_PACKAGES + "\n")
-    subprocess.run(["chmod", "-R", "go+rX", home], check=True)
-    jail_code.configure("python", os.path.join(venv, "bin", "python"), user=SANDBOX_USER)
+    python = os.path.join(LOCAL_VENV, "bin", "python")
+    readable = subprocess.run(["sudo", "-u", SANDBOX_USER, python, "-c", "import numpy"],
+                              capture_output=True, check=False)
+    assert readable.returncode == 0, f"the sandbox user cannot run {python}: {readable.stderr[-500:]!r}"
+    jail_code.configure("python", python, user=SANDBOX_USER)
     for name, value in LIMITS.items():
         jail_code.set_limit(name, value)
     for context, overrides in OVERRIDES.items():
         for name, value in overrides.items():
             jail_code.override_limit(name, value, context)
-    yield venv
-    shutil.rmtree(home)
+    return LOCAL_VENV
 
 
 @pytest.fixture

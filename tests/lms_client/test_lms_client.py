@@ -8,6 +8,8 @@ import pytest
 from codejail.safe_exec import SafeExecException
 
 from tests.lms_client.corpus import ERRORS, SUCCESSES, python_lib_zip
+from tests.lms_client.parity import PARITY
+from tests.lms_client.venvs import LOCAL_VENV, SERVICE_SANDBOX_VENV
 
 
 def run_case(safe_exec, case, globals_dict):
@@ -83,14 +85,17 @@ def test_seeded_random_is_the_same_for_the_same_seed_and_differs_for_another(lms
 
 
 def darklaunch_case(lms_client, darklaunch, case, caplog):
-    """Run ``case`` in darklaunch; return the client's recorded comparison and its mismatch log."""
+    """
+    Run ``case`` in darklaunch; return the client's recorded comparison, its mismatch log and the
+    globals the LMS got (the local arm's).
+    """
     globals_dict = dict(case.globals)
     with caplog.at_level(logging.INFO, logger="xblocks_contrib.problem.capa.safe_exec.safe_exec"):
         try:
             run_case(lms_client, case, globals_dict)
         except SafeExecException:
             pass  # the local arm's result, which the LMS uses
-    return dict(darklaunch), caplog.text
+    return dict(darklaunch), caplog.text, globals_dict
 
 
 @pytest.mark.parametrize(("case", "status"),
@@ -99,11 +104,27 @@ def darklaunch_case(lms_client, darklaunch, case, caplog):
                          ids=lambda value: getattr(value, "name", value))
 def test_darklaunch_compares_equal(lms_client, darklaunch, case, status, caplog):
     """Every error case and every success: both arms agree on the status, the emsg and the globals."""
-    attributes, log_text = darklaunch_case(lms_client, darklaunch, case, caplog)
+    attributes, log_text, _ = darklaunch_case(lms_client, darklaunch, case, caplog)
     assert attributes["codejail.darklaunch.status.local"] == status, (attributes, log_text)
     assert attributes["codejail.darklaunch.status.remote"] == status, (attributes, log_text)
     assert attributes["codejail.darklaunch.emsg_match"] is True, log_text
     assert attributes["codejail.darklaunch.globals_match"] is True, log_text
+
+
+@pytest.mark.parametrize("case", PARITY, ids=lambda case: case.name)
+def test_a_course_grader_gives_what_the_lms_sandbox_gives(lms_client, darklaunch, case, caplog):
+    """
+    The parity corpus (parity.py): the service and a local codejail of the platform's own pins give
+    the same status, the same emsg (after the client's normalize_error_message) and the same globals;
+    and what the LMS gets is what the case says the platform's packages give.
+    """
+    attributes, log_text, globals_dict = darklaunch_case(lms_client, darklaunch, case, caplog)
+    assert attributes["codejail.darklaunch.status.local"] == case.status, (attributes, log_text)
+    assert attributes["codejail.darklaunch.status.remote"] == case.status, (attributes, log_text)
+    assert attributes["codejail.darklaunch.emsg_match"] is True, log_text
+    assert attributes["codejail.darklaunch.globals_match"] is True, log_text
+    if case.expect is not None:
+        check_globals(case, globals_dict)
 
 
 def test_the_local_arm_is_codejail_as_an_lms_host_runs_it(local_codejail):
@@ -118,5 +139,6 @@ def test_the_local_arm_is_codejail_as_an_lms_host_runs_it(local_codejail):
     assert globals_dict["user"] == SANDBOX_USER
     assert globals_dict["cwd"].startswith("/tmp/codejail-")
     assert globals_dict["cpu"] == 1
-    # The sandbox venv's own packages, so tracebacks through them name the same files in both arms.
-    assert globals_dict["numpy_from"].startswith("/opt/codejail-service/sandbox-venv/lib/python3.11/site-packages/")
+    # The platform's packages in a venv of their own, not the service's.
+    assert globals_dict["numpy_from"].startswith(f"{LOCAL_VENV}/lib/")
+    assert not globals_dict["numpy_from"].startswith(SERVICE_SANDBOX_VENV)

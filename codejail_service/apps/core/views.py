@@ -7,6 +7,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from codejail_service.apps.core.sandbox_versions import sandbox_versions
 from codejail_service.apps.core.startup_checks import get_startup_check_results
 from codejail_service.apps.core.toggles import CODEJAIL_ENABLED
 
@@ -17,6 +18,10 @@ HEALTH_BODY = inline_serializer(
         "execution_enabled": serializers.BooleanField(),
         "checks": serializers.DictField(
             child=serializers.DictField(), help_text="check name -> {passed, reason, ...details}"
+        ),
+        "sandbox": serializers.DictField(
+            help_text="what the sandbox runs code with, read from its venv: {venv, python, package_set, "
+            "packages: {name: version}}, or {venv, error}"
         ),
     },
 )
@@ -38,7 +43,9 @@ class HealthView(APIView):
         {
           "status": "ok" | "failed" | "not_run",
           "execution_enabled": true | false,     # the CODEJAIL_ENABLED toggle
-          "checks": {"<name>": {"passed": bool, "reason": str | null, ...details}, ...}
+          "checks": {"<name>": {"passed": bool, "reason": str | null, ...details}, ...},
+          "sandbox": {"venv": str, "python": "3.11.2", "package_set": "current-py311" | <file> | null,
+                      "packages": {"numpy": "1.26.4", ...}}     # or {"venv", "error"}
         }
     """
 
@@ -49,7 +56,8 @@ class HealthView(APIView):
         else:
             checks = {name: result.as_json() for name, result in results.items()}
             status = "ok" if all(result.passed for result in results.values()) else "failed"
-        body = {"status": status, "execution_enabled": CODEJAIL_ENABLED.is_enabled(), "checks": checks}
+        body = {"status": status, "execution_enabled": CODEJAIL_ENABLED.is_enabled(), "checks": checks,
+                "sandbox": sandbox_versions()}
         return Response(body, status=200 if status == "ok" else 503)
 
 

@@ -279,3 +279,62 @@ def test_the_zygote_knows_its_user_from_sudo_without_the_password_database(monke
 def test_without_user_the_zygote_asks_the_password_database(monkeypatch):
     monkeypatch.delenv("USER", raising=False)
     assert zygote.own_user_name() == zygote.pwd.getpwuid(os.getuid()).pw_name
+
+
+def fake_random2():
+    """A stand-in for random2 (not in the dev venv): classes of its own, as the prolog's."""
+    import random  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    module = types.ModuleType("random2")
+    module.Random = type("Random", (random.Random,), {})
+    module.SystemRandom = type("SystemRandom", (random.SystemRandom,), {})
+    module.seeded = 0
+    module.seed = lambda: setattr(module, "seeded", module.seeded + 1)
+    return module
+
+
+def test_what_preloaded_modules_took_from_random_is_what_they_take_after_the_prolog(monkeypatch):
+    import random  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    random2 = fake_random2()
+    captured = types.ModuleType("codejail_test_captured")
+    captured.Random, captured.SystemRandom = random.Random, random.SystemRandom
+    captured.system = random.SystemRandom()
+    captured.randbits = captured.system.getrandbits
+    captured.stateful = random.Random(5)  # a generator of its own: reseeded per run, not replaced
+    monkeypatch.setitem(sys.modules, "random2", random2)
+    monkeypatch.setitem(sys.modules, "codejail_test_captured", captured)
+    zygote.as_after_prolog()
+    assert captured.Random is random2.Random and captured.SystemRandom is random2.SystemRandom
+    assert type(captured.system) is random2.SystemRandom
+    assert captured.randbits.__self__ is captured.system and captured.randbits.__name__ == "getrandbits"
+    assert type(captured.stateful) is random.Random
+    assert random.Random is not random2.Random  # random itself is left as it is
+
+
+def test_without_random2_the_preloaded_modules_are_left_as_they_are(monkeypatch):
+    import random  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    captured = types.ModuleType("codejail_test_captured")
+    captured.Random = random.Random
+    monkeypatch.delitem(sys.modules, "random2", raising=False)
+    monkeypatch.setitem(sys.modules, "codejail_test_captured", captured)
+    zygote.as_after_prolog()
+    assert captured.Random is random.Random
+
+
+def test_a_forked_run_reseeds_the_generators_the_zygote_made_and_finds_its_tmp_dir(monkeypatch):
+    import random  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    random2 = fake_random2()
+    monkeypatch.setitem(sys.modules, "random2", random2)
+    monkeypatch.delitem(sys.modules, "numpy.random", raising=False)  # not in the dev venv's run
+    monkeypatch.setattr(tempfile, "tempdir", "/zygote/tmp")
+    before = random.getstate()
+    zygote.fresh_state()
+    assert random.getstate() != before and random2.seeded == 1
+    assert tempfile.tempdir is None

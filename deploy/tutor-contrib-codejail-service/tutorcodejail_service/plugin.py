@@ -27,6 +27,11 @@ DEFAULTS = {
     "SOURCE_URL": "",
     "BASE_IMAGE": "docker.io/debian:bookworm-20250520-slim",
     "BUILD_PIP_OPTIONS": "",
+    # The sandbox's packages: a set of codejail-service's requirements/sandbox/sets.txt (the Open
+    # edX platform's: current, current-py311, teak) or a pins file in its source; empty: the
+    # newest set for SANDBOX_PYTHON (in BASE_IMAGE; Debian 12 has 3.11: current-py311).
+    "SANDBOX_REQUIREMENTS": "",
+    "SANDBOX_PYTHON": "/usr/bin/python3.11",
     # Packages course authors' code may import beyond the standard sandbox set (pip requirement
     # specifiers), installed into the sandbox venv of the image held to its pinned versions.
     "EXTRA_PIP_REQUIREMENTS": [],
