@@ -91,8 +91,8 @@ ensure_user() {  # name uid
 }
 ensure_user "$app_user" "$app_uid"
 ensure_user "$sandbox_user" "$sandbox_uid"
-# The pool: each run holds one of these users, a slot (codejail_service/apps/core/
-# sandbox_pool.py), so concurrent runs never share a process budget or see each other.
+# The pool: each run holds one of these users, a slot (codejail_service/sandbox/pool.py), so
+# concurrent runs never share a process budget or see each other.
 sandbox_users=("$sandbox_user")
 for ((i = 0; i < pool_size; i++)); do
     ensure_user "$sandbox_user-$i" "$((sandbox_uid + 1 + i))"
@@ -101,7 +101,7 @@ done
 
 # --- Run directories ---------------------------------------------------------
 # RLIMIT_FSIZE caps one file; what a run may write in total is capped by giving each pool
-# slot a tmpfs of its own (codejail_service/apps/core/sandbox_pool.py, run_dir_parent), which
+# slot a tmpfs of its own (codejail_service/sandbox/pool.py, run_dir_parent), which
 # also caps its inodes (kernel memory the size does not count). Mounted here, so again after
 # a reboot by `make run`/provisioning; the run_dir_cap startup check refuses to run without.
 # An image build cannot mount (CODEJAIL_RUN_DIR_MOUNT=runtime): it makes the mount points, and

@@ -83,7 +83,7 @@ MAX_MESSAGE = 64 * 1024
 def main():
     if os.geteuid() == 0:
         sys.exit("codejail zygote: refusing to run as root")
-    # Out of the way of the worker that started it (apps/core/warm_sandbox.py): its first process
+    # Out of the way of the worker that started it (sandbox/zygote_client.py): its first process
     # exits at once, so that gunicorn's master (a child subreaper) adopts the zygote and reaps it
     # as soon as it ends, instead of a zombie of that worker, counted against the slot's user.
     if os.fork():

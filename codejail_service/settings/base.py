@@ -179,7 +179,7 @@ CODEJAIL_SANDBOX_POOL_SIZE = 0
 
 # .. setting_name: CODEJAIL_SLOT_DIR
 # .. setting_default: None
-# .. setting_description: Directory of the sandbox slots' lock files (apps/core/sandbox_pool.py),
+# .. setting_description: Directory of the sandbox slots' lock files (sandbox/pool.py),
 #   private to the app user (mode 0700; made if missing). Every worker and every service on the
 #   host that shares it shares the pool without two runs as one user at once. None:
 #   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
