@@ -16,6 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from codejail_service import configuration
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBE_DIR = ROOT / "deploy" / "kubernetes"
 MANIFESTS = sorted(p for p in KUBE_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -168,8 +170,8 @@ def test_memory_limit_covers_every_run_at_its_memory_bound_every_zygote_and_work
 # What a slot's warm sandbox holds (its zygote: ~196 MiB RSS measured, docs/decisions/0007-warm-sandbox.rst).
 ZYGOTE_MIB = 200
 # What the image's confinement layer lets a run's processes hold together, x VMEM
-# (run_memory_factor, deploy/provision.sh's CODEJAIL_RUN_MEMORY_FACTOR default).
-RUN_MEMORY_FACTOR = 2
+# (run_memory_factor in confinement.json: the configuration table's default).
+RUN_MEMORY_FACTOR = configuration.default("CODEJAIL_RUN_MEMORY_FACTOR")
 
 
 def pod_memory_floor_mib(config, workers):
