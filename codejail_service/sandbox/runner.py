@@ -123,7 +123,7 @@ def clean_tmp(run, tmp_dir):
 
 # Where codejail makes its run directories by default, and so the only place the LMS's darklaunch
 # normaliser (``/tmp/codejail-[0-9a-zA-Z_]+``) knows them in.
-CODEJAIL_RUN_DIR_PARENT = "/tmp"  # noqa: S108 -- a name written in messages, never a path opened
+CODEJAIL_RUN_DIR_PARENT = "/tmp"  # a name written in messages, never a path opened
 
 
 def _as_codejail_names_it(run_dir, output):

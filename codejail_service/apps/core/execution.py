@@ -79,7 +79,7 @@ def run_code(code, globals_dict, *, run, python_path=None, limit_overrides_conte
         # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
         log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)
         return globals_dict, f"Couldn't execute jailed code: the sandbox's output was not valid JSON ({exc})"
-    except Exception:  # noqa: BLE001 -- any failure must become an answer, never an HTML 500
+    except Exception:  # any failure must become an answer, never an HTML 500
         log.exception("Unexpected error while running code for %r", slug)
         record_exception()
         return globals_dict, UNEXPECTED_ERROR_EMSG

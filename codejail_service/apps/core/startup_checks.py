@@ -289,7 +289,7 @@ def check_webapp_egress():
 
 def run_startup_checks():
     """Run every registered check once per process, cache and return the results."""
-    global _results  # noqa: PLW0603 -- module state is the per-process cache
+    global _results  # module state is the per-process cache
     if _results is not None:
         return _results
     results = {}
@@ -348,5 +348,5 @@ def startup_checks_passed():
 
 def reset_startup_checks():
     """Forget the cached results (for tests)."""
-    global _results  # noqa: PLW0603
+    global _results
     _results = None

@@ -128,7 +128,7 @@ def test_denial_check_fails_when_the_probe_reported_nothing(check, what):
 def run_probe(code):
     """Run a probe in this (unconfined) process, as the sandbox would, and return its outcome."""
     scope = {}
-    exec(code, scope)  # noqa: S102 -- our own probe code
+    exec(code, scope)  # our own probe code
     return scope["outcome"]
 
 
@@ -334,7 +334,7 @@ def test_confinement_layers_fails_when_the_probe_did_not_complete():
 
 def test_confinement_layers_probe_reports_not_installed_outside_the_sandbox():
     scope = {}
-    exec(CONFINEMENT_LAYERS_PROBE, scope)  # noqa: S102 -- our own probe, run here unconfined
+    exec(CONFINEMENT_LAYERS_PROBE, scope)  # our own probe, run here unconfined
     assert scope["outcome"] == {"mode": "not-installed"}
 
 
