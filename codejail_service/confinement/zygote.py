@@ -1,5 +1,5 @@
 """
-The warm sandbox (docs/decisions/0007-warm-sandbox.rst; off unless CODEJAIL_WARM_SANDBOX).
+The warm sandbox (docs/decisions/0007-warm-sandbox.rst; on by default with a sandbox user pool, CODEJAIL_WARM_SANDBOX).
 
 A sandbox interpreter that has already imported what runs import most (``PRELOAD``) and forks
 one child per run. The child does what a fresh ``python -E -B jailed_code`` does, in the same
@@ -126,7 +126,8 @@ def preload(names=PRELOAD):
         except Exception as exc:  # ImportError, or whatever a broken package raises
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
-    # A successor (Zygote.recycle) is put in its predecessor's place only once it can serve.
+    # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
+    # can serve.
     os.write(1, b"ready\n")
 
 

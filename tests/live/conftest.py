@@ -236,7 +236,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def sandbox_users():
-    """The sandbox user and its per-worker pool (``<user>-<i>``) as provisioned on this host."""
+    """The sandbox user and its pool (``<user>-<i>``, a user per run at once) as provisioned on this host."""
     pool = re.compile(re.escape(SANDBOX_USER) + r"(-[0-9]+)?")
     return sorted(entry.pw_name for entry in pwd.getpwall() if pool.fullmatch(entry.pw_name))
 

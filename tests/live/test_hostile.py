@@ -81,7 +81,7 @@ def test_allow_a_few_threads(run):
     assert result.globals.get("n") == 4, result
 
 
-@pytest.mark.outside_layer  # per-worker sandbox users (sandbox/pool.py): NPROC is per UID
+@pytest.mark.outside_layer  # a sandbox user per run (sandbox/pool.py): NPROC is per UID
 def test_deny_fork_bomb_starving_concurrent_runs(run, service, aftermath):
     """While one run holds its whole process budget, runs in the other workers still get theirs."""
     bomb = ("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
