@@ -12,6 +12,10 @@ Kill paths, from the first to fire to the last resort:
    user, should the reaper have been beaten;
 4. ``end_leftovers``: after the run, before its slot is released;
 5. a slot's recovery (pool.py), when the worker that held it died: ``kill_processes_of``.
+
+The confinement layer (codejail_service/confinement/) keeps its own /proc reading and its own
+libc handle: it is installed on its own into the sandbox venv as ``codejail_confinement``, runs
+as the sandbox user inside the run's processes, and imports nothing of the app.
 """
 
 import ctypes
