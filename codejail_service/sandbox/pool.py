@@ -5,9 +5,9 @@ RLIMIT_NPROC counts every process of a UID on the whole host, and processes of o
 each other. With a single sandbox user, a fork bomb in one request eats the process budget of
 every concurrent request. With ``CODEJAIL_SANDBOX_POOL_SIZE`` = N > 0, deploy/provision.sh makes
 N users named ``<CODE_JAIL["user"]>-<i>``: the pool's *slots*. A run first takes a free slot
-(``acquire_any``, from the admission gate, which hands the run its ``Run``: run.py), and the
-run's processes are that slot's user's. No two runs hold one slot, so NPROC can stay tight per run; the number of
-slots is the service's number of concurrent runs.
+(``acquire_any``, from the admission gate, which hands out the ``Run`` that holds it: run.py),
+and the run's processes are that slot's user's. No two runs hold one slot, so NPROC can stay
+tight per run; the number of slots is the service's number of concurrent runs.
 
 A slot is held by an exclusive ``flock`` on its lock file, in a directory private to the app
 user (``CODEJAIL_SLOT_DIR``). The kernel drops the lock when its holder dies, so a worker killed
@@ -144,6 +144,11 @@ def try_acquire(index):
     return slot
 
 
+def _turn():
+    """This process's one turn, just taken, as a slot of the base user (without a pool)."""
+    return Slot(None, config.current().base_user, None)
+
+
 def acquire_any():
     """
     Take the lowest free slot, or this process's one turn without a pool (a context manager);
@@ -153,7 +158,7 @@ def acquire_any():
     if not size:
         if not _process_turn.acquire(blocking=False):
             return None
-        return Slot(None, config.current().base_user, None)
+        return _turn()
     return next(filter(None, map(try_acquire, range(size))), None)
 
 
@@ -166,7 +171,7 @@ def acquire(index, timeout=10.0):
     if index is None:
         if not _process_turn.acquire(timeout=timeout):
             raise TimeoutError(f"this process's turn stayed busy for {timeout} s")
-        return Slot(None, config.current().base_user, None)
+        return _turn()
     while (slot := try_acquire(index)) is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"sandbox slot {index} stayed busy for {timeout} s")
