@@ -43,8 +43,8 @@ FROM ${BASE_IMAGE} AS service
 # process of a UID on the whole host, across containers.
 ARG APP_UID=180001
 ARG SANDBOX_UID=180100
-# One sandbox user per gunicorn worker (UIDs SANDBOX_UID+1 ..): fixed here so the
-# image does not depend on the build machine's CPU count. Run at most this many workers.
+# The pool: one sandbox user per run at once (UIDs SANDBOX_UID+1 ..), whichever
+# worker serves it; the config's CODEJAIL_SANDBOX_POOL_SIZE must equal it.
 ARG SANDBOX_POOL_SIZE=4
 # The runtime's tmpfs per pool slot is at most this big (run_dir_cap checks it).
 ARG RUN_DIR_MIB=64

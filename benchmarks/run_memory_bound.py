@@ -114,7 +114,7 @@ def host_memory_in_use():
 
 
 def limits():
-    import resource  # noqa: PLC0415
+    import resource
     os.setsid()
     for limit, value in ((resource.RLIMIT_NPROC, 15), (resource.RLIMIT_AS, 512 * MIB),
                          (resource.RLIMIT_CPU, 1), (resource.RLIMIT_FSIZE, MIB)):
@@ -154,7 +154,7 @@ def main():
     sampler.start()
     try:
         process = subprocess.run(["sudo", "-u", USER, PYTHON, "-E", "-B", "jailed_code"], cwd=run_dir,
-                                 capture_output=True, preexec_fn=limits, timeout=10, check=False)  # noqa: PLW1509
+                                 capture_output=True, preexec_fn=limits, timeout=10, check=False)
     finally:
         done.set()
         sampler.join()

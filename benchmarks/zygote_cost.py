@@ -56,7 +56,7 @@ def zygote_cpu():
 
 
 def zygote_run(socket_dir, run_dir, stdin):
-    """One run forked by the zygote, spoken to as apps/core/warm_sandbox.py does: its wall time."""
+    """One run forked by the zygote, spoken to as sandbox/zygote_client.py does: its wall time."""
     start = time.perf_counter()
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.connect(os.path.join(socket_dir, "zygote.sock"))

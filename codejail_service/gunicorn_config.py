@@ -13,12 +13,8 @@ Environment:
 - ``CODEJAIL_SERVICE_TIMEOUT``: seconds before a silent worker is killed and replaced.
 """
 
-import ctypes
-import logging
 import multiprocessing
 import os
-
-log = logging.getLogger(__name__)
 
 bind = os.environ.get("CODEJAIL_SERVICE_BIND", "127.0.0.1:8550")
 
@@ -52,47 +48,24 @@ errorlog = "-"
 loglevel = os.environ.get("CODEJAIL_SERVICE_LOG_LEVEL", "info").lower()
 
 
-# --- The sandbox user pool (codejail_service/apps/core/sandbox_pool.py) ----------------------
-# Each run holds a slot (a sandbox user) of the pool, whichever worker serves it; a slot is an
-# flock that the kernel drops when its holder dies. When a worker is gone (e.g. killed mid-run),
-# the master recovers the slots it held: kills what their users left running, removes the run
-# directories. With preload_app, Django is set up in the master before any of these hooks runs.
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_child_subreaper():
-    """
-    Adopt the orphans of our runs, so that they are reaped at once (gunicorn's master reaps
-    unknown children on SIGCHLD). A run killed whole by codejail's timeout (``pkill -9 -g``)
-    loses its own reaper, and its processes re-parent to PID 1; an init that reaps lazily (one
-    here reaped every ~2 s) leaves them as zombies that still count against the sandbox user's
-    RLIMIT_NPROC, so the worker's next run could not even fork ("Resource temporarily
-    unavailable").
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        log.warning("Could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+# --- The sandbox's life in the master: codejail_service/sandbox/lifecycle.py --------------------
+# With preload_app, Django is set up in the master before any of these hooks runs; this file
+# imports nothing of the app at its top, so gunicorn can read it on its own.
 
 
 def on_starting(server):
-    """Adopt orphaned run processes."""
-    become_child_subreaper()
+    from codejail_service.sandbox import lifecycle
+
+    lifecycle.service_starting()
 
 
 def child_exit(server, worker):
-    """In the master, once a worker is gone: nothing its runs started may outlive it."""
-    from codejail_service.apps.core import sandbox_pool  # noqa: PLC0415
+    from codejail_service.sandbox import lifecycle
 
-    sandbox_pool.recover_free_slots()
+    lifecycle.worker_gone()
 
 
 def on_exit(server):
-    """In the master, as the service stops: the slots' zygotes (CODEJAIL_WARM_SANDBOX) go with it."""
-    from codejail_service.apps.core import sandbox_pool, warm_sandbox  # noqa: PLC0415
+    from codejail_service.sandbox import lifecycle
 
-    if warm_sandbox.enabled():
-        # Only free slots: a busy one belongs to another service sharing the pool.
-        for slot in sandbox_pool.free_slots():
-            sandbox_pool.kill_processes_of(slot.user)
+    lifecycle.service_stopping()

@@ -5,12 +5,13 @@
 # and the AppArmor VM test all call this script. It installs the system packages,
 # creates the app and sandbox users, builds the sandbox venv (with our confinement
 # layer) and the app venv, and writes the sudoers file and the config. It starts
-# nothing. Settings (environment variables, defaults in brackets):
+# nothing. Settings (environment variables, defaults in brackets; each is a row of the
+# configuration table, codejail_service/configuration.py, which a test checks this against):
 #   CODEJAIL_PREFIX          [/opt/codejail-service]  venvs live here
 #   CODEJAIL_APP_USER/UID    [codejail-app/180001]    runs gunicorn
 #   CODEJAIL_SANDBOX_USER/UID [codejail-sandbox/180100] runs submitted code (without a pool)
-#   CODEJAIL_SANDBOX_POOL_SIZE [2 x CPU cores, at least 4]  sandbox users <USER>-0 .. -<N-1>
-#                                       (UIDs UID+1 ..), one per gunicorn worker; 0: no pool
+#   CODEJAIL_SANDBOX_POOL_SIZE [4]      sandbox users <USER>-0 .. -<N-1> (UIDs UID+1 ..), one
+#                                       per run at once, whichever worker serves it; 0: no pool
 #   CODEJAIL_WARM_SANDBOX    [1]        0: a fresh sandbox interpreter per run instead of children
 #                                       forked by a pre-imported one per slot (ADR 7)
 #   CODEJAIL_CONFINEMENT     [enforce]  "off" turns our Landlock+seccomp layer off
@@ -31,6 +32,7 @@
 #                                       (pip requirement specifiers, space-separated), held to
 #                                       the chosen set's versions
 #   CODEJAIL_RUN_DIR_MIB     [64]       size of each pool slot's tmpfs for its runs; 0: none
+#   CODEJAIL_RUN_DIR_ROOT    [/var/lib/codejail-service/runs]  where the slots' tmpfs are mounted
 #   CODEJAIL_RUN_DIR_MOUNT   [host]     "host": this script mounts the slots' tmpfs; "runtime":
 #                                       the container runtime does (docker run --tmpfs, compose
 #                                       tmpfs:, a Kubernetes emptyDir), so an image build only
@@ -48,8 +50,7 @@ app_user="${CODEJAIL_APP_USER:-codejail-app}"
 app_uid="${CODEJAIL_APP_UID:-180001}"
 sandbox_user="${CODEJAIL_SANDBOX_USER:-codejail-sandbox}"
 sandbox_uid="${CODEJAIL_SANDBOX_UID:-180100}"
-default_pool_size=$(( 2 * $(nproc) )); [ "$default_pool_size" -ge 4 ] || default_pool_size=4
-pool_size="${CODEJAIL_SANDBOX_POOL_SIZE:-$default_pool_size}"
+pool_size="${CODEJAIL_SANDBOX_POOL_SIZE:-4}"
 confinement="${CODEJAIL_CONFINEMENT:-enforce}"
 # A size-limited tmpfs per pool slot for its runs' directories (MiB; 0: none, runs write to /tmp).
 run_dir_mib="${CODEJAIL_RUN_DIR_MIB:-64}"
@@ -103,8 +104,8 @@ ensure_user() {  # name uid
 }
 ensure_user "$app_user" "$app_uid"
 ensure_user "$sandbox_user" "$sandbox_uid"
-# The pool: each run holds one of these users, a slot (codejail_service/apps/core/
-# sandbox_pool.py), so concurrent runs never share a process budget or see each other.
+# The pool: each run holds one of these users, a slot (codejail_service/sandbox/pool.py), so
+# concurrent runs never share a process budget or see each other.
 sandbox_users=("$sandbox_user")
 for ((i = 0; i < pool_size; i++)); do
     ensure_user "$sandbox_user-$i" "$((sandbox_uid + 1 + i))"
@@ -113,16 +114,16 @@ done
 
 # --- Run directories ---------------------------------------------------------
 # RLIMIT_FSIZE caps one file; what a run may write in total is capped by giving each pool
-# slot a tmpfs of its own (codejail_service/apps/core/sandbox_pool.py, run_dir_parent), which
+# slot a tmpfs of its own (codejail_service/sandbox/pool.py, run_dir_parent), which
 # also caps its inodes (kernel memory the size does not count). Mounted here, so again after
 # a reboot by `make run`/provisioning; the run_dir_cap startup check refuses to run without.
 # An image build cannot mount (CODEJAIL_RUN_DIR_MOUNT=runtime): it makes the mount points, and
 # the container runtime mounts a size-limited tmpfs on each, owned by the app user (docs/
 # deployment.rst: docker run --tmpfs, compose tmpfs:, a Kubernetes emptyDir of medium Memory).
-run_dir_parents='"/tmp"'
+run_dir_parents=(/tmp)
 if [ "$run_dir_mib" != 0 ]; then
     install -d -m 0755 -o root -g root "$run_root"
-    run_dir_parents=""
+    run_dir_parents=()
     for ((i = 0; i < pool_size; i++)); do
         dir="$run_root/$i"
         install -d -m 0755 "$dir"
@@ -135,7 +136,7 @@ if [ "$run_dir_mib" != 0 ]; then
         fi
         chown "$app_user:$app_user" "$dir"
         chmod 0755 "$dir"
-        run_dir_parents+="${run_dir_parents:+, }\"$dir\""
+        run_dir_parents+=("$dir")
     done
 fi
 
@@ -238,10 +239,38 @@ chmod -R go-w "$app_venv"
 # --- Configuration -------------------------------------------------------------
 install -d -m 0755 "$etc"
 tmp_json="$(mktemp)"
-printf '{"mode": "%s", "allow_degraded": %s, "run_dir_parent": [%s], "run_memory_factor": %s, "run_cpu_factor": %s}\n' \
-    "$confinement" "$allow_degraded" "$run_dir_parents" "$run_memory_factor" "$run_cpu_factor" > "$tmp_json"
+# Written with json.dump, then read back by the layer's own loader (as every run reads it): a
+# value the layer would refuse fails here, not in the first run.
+"$python" - "$tmp_json" "$confinement" "$allow_degraded" "$run_memory_factor" "$run_cpu_factor" "${run_dir_parents[@]}" <<'PY'
+import json
+import sys
+
+path, mode, allow_degraded, memory_factor, cpu_factor, *parents = sys.argv[1:]
+booleans = {"true": True, "1": True, "false": False, "0": False}
+if allow_degraded not in booleans:
+    sys.exit(f"provision: CODEJAIL_ALLOW_DEGRADED must be true or false, not {allow_degraded!r}")
+
+
+def number(text):
+    return float(text) if "." in text else int(text)
+
+
+config = {"mode": mode, "allow_degraded": booleans[allow_degraded], "run_dir_parent": parents,
+          "run_memory_factor": number(memory_factor), "run_cpu_factor": number(cpu_factor)}
+with open(path, "w", encoding="ascii") as config_file:
+    json.dump(config, config_file)
+    config_file.write("\n")
+PY
 install -m 0644 -o root -g root "$tmp_json" "$etc/confinement.json"
 rm -f "$tmp_json"
+"$sandbox_venv/bin/python" -S -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+import codejail_confinement
+config = codejail_confinement.load_config(sys.argv[2])
+assert config["mode"] == sys.argv[3], config
+' "$site_packages" "$etc/confinement.json" "$confinement" \
+    || { log "$etc/confinement.json does not load as the confinement layer reads it"; exit 1; }
 if [ ! -f "$etc/config.yml" ] || grep -q '^# Managed by deploy/provision.sh' "$etc/config.yml"; then
     # CODE_JAIL's defaults (settings/base.py) match this script's defaults; a
     # YAML key replaces a setting whole, so give the full CODE_JAIL dict if you change it.

@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.join(DOCS_DIR, "_ext"))
 
 project = "codejail-service"
 author = "codejail-service authors"
-copyright = "codejail-service authors"  # noqa: A001 (Sphinx's name for it)
+copyright = "codejail-service authors"  # Sphinx's name for it
 
 extensions = ["operator_reference"]
 # The operator reference is built from the annotations in the package itself.

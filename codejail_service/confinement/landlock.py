@@ -9,6 +9,7 @@ import os
 import stat
 
 from .policy import FILE_ONLY_RIGHTS, FS_RIGHTS, NET_RIGHTS, SCOPES, access_mask
+from .process import libc as _libc
 
 # x86_64 syscall numbers (the same on every architecture that has Landlock).
 SYS_LANDLOCK_CREATE_RULESET = 444
@@ -17,7 +18,6 @@ SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
 

@@ -7,12 +7,13 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
-_libc = ctypes.CDLL(None, use_errno=True)
+# The layer's one handle on libc (landlock.py's syscall(2) too).
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def prctl(option, value, arg3=0):
     """prctl(option, value, arg3, 0, 0); ``arg3`` may be an address (seccomp's filter)."""
-    if _libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
+    if libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(arg3), ctypes.c_ulong(0),
                    ctypes.c_ulong(0)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")

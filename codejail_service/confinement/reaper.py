@@ -132,7 +132,7 @@ def memory_bound(config, address_space_offset=0):
     if config.get("run_memory_bytes"):
         return int(config["run_memory_bytes"])
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    factor = config.get("run_memory_factor", 2)
+    factor = config["run_memory_factor"]  # load_config fills in the layer's DEFAULTS
     if not factor or soft == resource.RLIM_INFINITY:
         return None
     return int(factor * (soft - address_space_offset))

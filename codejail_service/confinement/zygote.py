@@ -1,5 +1,5 @@
 """
-The warm sandbox (docs/decisions/0007-warm-sandbox.rst; off unless CODEJAIL_WARM_SANDBOX).
+The warm sandbox (docs/decisions/0007-warm-sandbox.rst; on by default with a sandbox user pool, CODEJAIL_WARM_SANDBOX).
 
 A sandbox interpreter that has already imported what runs import most (``PRELOAD``) and forks
 one child per run. The child does what a fresh ``python -E -B jailed_code`` does, in the same
@@ -87,7 +87,7 @@ MAX_MESSAGE = 64 * 1024
 def main():
     if os.geteuid() == 0:
         sys.exit("codejail zygote: refusing to run as root")
-    # Out of the way of the worker that started it (apps/core/warm_sandbox.py): its first process
+    # Out of the way of the worker that started it (sandbox/zygote_client.py): its first process
     # exits at once, so that gunicorn's master (a child subreaper) adopts the zygote and reaps it
     # as soon as it ends, instead of a zombie of that worker, counted against the slot's user.
     if os.fork():
@@ -95,9 +95,9 @@ def main():
     site_packages = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.remove(os.path.dirname(os.path.abspath(__file__)))  # the script's own directory
     sys.path.append(site_packages)
-    import site  # noqa: PLC0415 -- -S: site runs now, once the layer knows it must not confine
+    import site  # -S: site runs now, once the layer knows it must not confine
 
-    import codejail_confinement as layer  # noqa: PLC0415
+    import codejail_confinement as layer
 
     # The .pth hook (site) must not confine the zygote itself: each run confines its child.
     layer.STATUS["mode"] = "zygote"
@@ -127,11 +127,12 @@ def preload(names=PRELOAD):
                 preload_matplotlib()
             else:
                 __import__(name)
-        except Exception as exc:  # noqa: BLE001 -- ImportError, or whatever a broken package raises
+        except Exception as exc:  # ImportError, or whatever a broken package raises
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
     as_after_prolog()
-    # A successor (Zygote.recycle) is put in its predecessor's place only once it can serve.
+    # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
+    # can serve.
     os.write(1, b"ready\n")
 
 
@@ -174,8 +175,8 @@ def warm_up(names, warmup=None):
             continue
         top = name.partition(".")[0]
         try:
-            exec(code, {top: sys.modules[top]})  # noqa: S102 -- our own constant code
-        except Exception as exc:  # noqa: BLE001 -- a package that changed: the run pays, nothing breaks
+            exec(code, {top: sys.modules[top]})  # our own constant code
+        except Exception as exc:  # a package that changed: the run pays, nothing breaks
             print(f"codejail zygote: not warming up {name}: {exc!r}", file=sys.stderr)
 
 
@@ -191,18 +192,18 @@ def preload_matplotlib():
     read-only one; then its own lookups are put back: a run that asks for them finds its own
     (MPLCONFIGDIR, which the LMS prolog points at the run's tmp/), with the font list in memory.
     """
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     cache_dir = os.path.join(sys.prefix, *MATPLOTLIB_CACHE)
     package_dir = importlib.util.find_spec("matplotlib").submodule_search_locations[0]
     os.environ["MATPLOTLIBRC"] = os.path.join(package_dir, "mpl-data", "matplotlibrc")
     try:
-        import matplotlib  # noqa: PLC0415
+        import matplotlib
 
         lookups = matplotlib.get_configdir, matplotlib.get_cachedir
         matplotlib.get_configdir = matplotlib.get_cachedir = lambda: cache_dir
         try:
-            import matplotlib.pyplot  # noqa: F401, PLC0415 -- reads the font list, finds no styles
+            import matplotlib.pyplot  # noqa: F401 -- reads the font list, finds no styles
         finally:
             matplotlib.get_configdir, matplotlib.get_cachedir = lookups
     finally:
@@ -302,7 +303,7 @@ def address_space():
     Bytes of address space this process maps now (/proc/self/statm, opened once), or 0 if that
     cannot be read.
     """
-    global _statm  # noqa: PLW0603 -- opened once, read at every run
+    global _statm  # opened once, read at every run
     try:
         if _statm is None:
             _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
@@ -374,7 +375,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         layer.ADDRESS_SPACE_OFFSET = mapped  # the run's memory bound counts from its VMEM, as RLIMIT_AS
         layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
-    except BaseException:  # noqa: BLE001 -- the zygote's own failure: say it where the app looks
+    except BaseException:  # the zygote's own failure: say it where the app looks
         os.write(2, f"codejail zygote: the run could not start:\n{traceback.format_exc()}".encode())
     finally:
         os._exit(status)
@@ -421,7 +422,7 @@ def run_jailed_code():  # pragma: no cover -- in the forked child
         else:
             print(exc.code, file=sys.stderr)
             status = 1
-    except BaseException as exc:  # noqa: BLE001 -- as the interpreter: print it, exit 1
+    except BaseException as exc:  # as the interpreter: print it, exit 1
         # From the code's own first frame, as a fresh interpreter's traceback starts: none of ours.
         # (The default hook prints the exception's own __traceback__, not its argument.)
         exc.__traceback__ = code_traceback(exc.__traceback__, path)

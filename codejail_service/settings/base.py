@@ -168,18 +168,18 @@ CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 CODEJAIL_ADMISSION = {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
 
 # .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
-# .. setting_default: 0
+# .. setting_default: 4
 # .. setting_description: Number of sandbox users in the pool, and so of concurrent runs. When
 #   N > 0, the users are ``<CODE_JAIL["user"]>-0`` .. ``-<N-1>`` (deploy/provision.sh makes them and
-#   their sudoers rules); each run holds one of them (a slot), whichever gunicorn worker serves it,
-#   so runs do not share RLIMIT_NPROC (counted per UID, host-wide) and cannot see each other's
-#   processes. When 0, every run is as ``CODE_JAIL["user"]``, one at a time per worker. The
-#   startup checks run for every user.
-CODEJAIL_SANDBOX_POOL_SIZE = 0
+#   their sudoers rules, 4 unless told otherwise); each run holds one of them (a slot), whichever
+#   gunicorn worker serves it, so runs do not share RLIMIT_NPROC (counted per UID, host-wide) and
+#   cannot see each other's processes. When 0, every run is as ``CODE_JAIL["user"]``, one at a time
+#   per worker, and always a fresh interpreter. The startup checks run for every user.
+CODEJAIL_SANDBOX_POOL_SIZE = 4
 
 # .. setting_name: CODEJAIL_SLOT_DIR
 # .. setting_default: None
-# .. setting_description: Directory of the sandbox slots' lock files (apps/core/sandbox_pool.py),
+# .. setting_description: Directory of the sandbox slots' lock files (sandbox/pool.py),
 #   private to the app user (mode 0700; made if missing). Every worker and every service on the
 #   host that shares it shares the pool without two runs as one user at once. None:
 #   ``<temp dir>/codejail_service-slots.<app uid>`` (not named like a run directory).
@@ -201,10 +201,10 @@ CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = False
 #   pool slot (a zygote, codejail_service/confinement/zygote.py: numpy, scipy, sympy, matplotlib,
 #   calc, chem, networkx, lxml already imported) instead of a fresh interpreter per run: about a
 #   third of the CPU per trivial run, and course code that imports those starts at once
-#   (docs/decisions/0007-warm-sandbox.rst). Takes effect only with a sandbox user pool
-#   (CODEJAIL_SANDBOX_POOL_SIZE) and CODEJAIL_ZYGOTE_SCRIPT; without a pool, every run is a fresh
-#   interpreter. False: a fresh interpreter per run (the opt-out; slower, nothing shared
-#   between runs).
+#   (docs/decisions/0007-warm-sandbox.rst). Needs the sandbox user pool (on by default:
+#   CODEJAIL_SANDBOX_POOL_SIZE > 0); with the pool set to 0, or CODEJAIL_ZYGOTE_SCRIPT to None,
+#   every run is a fresh interpreter. False: a fresh interpreter per run (the opt-out; slower,
+#   nothing shared between runs).
 CODEJAIL_WARM_SANDBOX = True
 
 # .. setting_name: CODEJAIL_ZYGOTE_MAX_RUNS

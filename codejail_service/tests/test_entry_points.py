@@ -11,7 +11,7 @@ from codejail_service.apps.core.startup_checks import CheckResult
 
 def test_wsgi_builds_the_application_then_runs_the_startup_checks(monkeypatch):
     calls = []
-    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"probe": lambda: calls.append(1) or CheckResult.ok()})
+    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"probe": lambda *run: calls.append(1) or CheckResult.ok()})
     monkeypatch.delitem(sys.modules, "codejail_service.wsgi", raising=False)
     wsgi = importlib.import_module("codejail_service.wsgi")
     assert callable(wsgi.application)

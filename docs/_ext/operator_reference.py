@@ -1,5 +1,8 @@
 """
-Sphinx directives that build the operator reference from code annotations.
+Sphinx directives that build the operator reference from the code.
+
+``.. configuration-table::`` renders the configuration table (codejail_service/configuration.py:
+every operator-facing name, its type, default, unit, readers and aliases).
 
 ``.. annotated-toggles::`` lists every ``.. toggle_name:`` annotation,
 ``.. annotated-settings::`` every ``.. setting_name:`` and
@@ -12,6 +15,8 @@ Malformed annotations (a missing description, an unknown toggle type) and a
 directive that finds nothing are reported as Sphinx warnings: with ``-W`` the
 docs build fails rather than publishing an incomplete reference.
 """
+import importlib.util
+import json
 import os
 
 from code_annotations.base import AnnotationConfig
@@ -138,9 +143,49 @@ class AnnotatedCustomAttributes(_AnnotationDirective):
     fields = (("Description", ".. custom_attribute_description:"),)
 
 
+def load_configuration_table(path):
+    """The configuration module at ``path`` (data only: loaded on its own, without the app)."""
+    spec = importlib.util.spec_from_file_location("codejail_service_configuration", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _value(value):
+    return "unset" if value is None else json.dumps(value)
+
+
+class ConfigurationTable(SphinxDirective):
+    """Every operator-facing name, from the configuration table, one section each."""
+
+    has_content = False
+
+    def run(self):
+        path = os.path.join(os.path.abspath(self.env.config.operator_reference_source), "configuration.py")
+        self.env.note_dependency(path)
+        table = load_configuration_table(path).TABLE
+        sections = []
+        for entry in table:
+            section = nodes.section(ids=[nodes.make_id(f"name-{entry.name}")])
+            section += nodes.title(text=entry.name)
+            field_list = nodes.field_list()
+            field_list += _AnnotationDirective._field("Type", entry.type + (f" ({entry.unit})" if entry.unit else ""))
+            field_list += _AnnotationDirective._field("Default", _value(entry.default))
+            field_list += _AnnotationDirective._field("Read by", ", ".join(
+                f"{reader} ({entry.name_for(reader)})" if reader in entry.aliases else reader
+                for reader in entry.readers))
+            for reader, value in entry.overrides.items():
+                field_list += _AnnotationDirective._field(f"Set by {reader}", _value(value))
+            field_list += _AnnotationDirective._field("Description", entry.description)
+            section += field_list
+            sections.append(section)
+        return sections
+
+
 def setup(app):
     app.add_config_value("operator_reference_source", "", "env")
     app.add_directive("annotated-toggles", AnnotatedToggles)
     app.add_directive("annotated-settings", AnnotatedSettings)
     app.add_directive("annotated-custom-attributes", AnnotatedCustomAttributes)
+    app.add_directive("configuration-table", ConfigurationTable)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

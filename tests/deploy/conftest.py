@@ -14,13 +14,13 @@ class _StatusServer(http.server.ThreadingHTTPServer):
 
     def __init__(self):
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(handler):  # noqa: N805 (stdlib handler signature)
+            def do_GET(handler):  # the stdlib handler signature
                 handler.send_response(self.status)
                 handler.send_header("Content-Type", "application/json")
                 handler.end_headers()
                 handler.wfile.write(b"{}")
 
-            def log_message(handler, *args):  # noqa: N805
+            def log_message(handler, *args):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)

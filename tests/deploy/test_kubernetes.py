@@ -6,6 +6,7 @@ Schemas: kubernetes-validate's bundled OpenAPI schemas (offline), strict mode
 (an unknown field is an error), for the oldest Kubernetes that has
 ``securityContext.appArmorProfile`` (1.30) and the newest the tool knows.
 """
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -18,6 +19,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE_DIR = ROOT / "deploy" / "kubernetes"
+
+
+def configuration_table():
+    """codejail_service/configuration.py (data only), loaded on its own: this venv has not the app."""
+    spec = importlib.util.spec_from_file_location("configuration", ROOT / "codejail_service" / "configuration.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 MANIFESTS = sorted(p for p in KUBE_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
 VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 APPARMOR_PROFILE = ROOT / "apparmor" / "openedx_codejail_service"
@@ -168,8 +177,8 @@ def test_memory_limit_covers_every_run_at_its_memory_bound_every_zygote_and_work
 # What a slot's warm sandbox holds (its zygote: ~196 MiB RSS measured, docs/decisions/0007-warm-sandbox.rst).
 ZYGOTE_MIB = 200
 # What the image's confinement layer lets a run's processes hold together, x VMEM
-# (run_memory_factor, deploy/provision.sh's CODEJAIL_RUN_MEMORY_FACTOR default).
-RUN_MEMORY_FACTOR = 2
+# (run_memory_factor in confinement.json: the configuration table's default).
+RUN_MEMORY_FACTOR = configuration_table().default("CODEJAIL_RUN_MEMORY_FACTOR")
 
 
 def pod_memory_floor_mib(config, workers):

@@ -113,3 +113,8 @@ def test_the_service_code_has_complete_annotations():
     toggles, _ = operator_reference.find_annotation_groups(
         source, operator_reference.FEATURE_TOGGLE_ANNOTATIONS_CONFIG_PATH, TOGGLE)
     assert "CODEJAIL_ENABLED" in toggles
+
+
+def test_the_configuration_table_loads_without_the_app():
+    table = operator_reference.load_configuration_table(str(ROOT / "codejail_service" / "configuration.py")).TABLE
+    assert "CODEJAIL_SANDBOX_POOL_SIZE" in [entry.name for entry in table]

@@ -60,7 +60,7 @@ def _fd_targets(pid):
 
 
 def holds_a_slot(pid):
-    """The worker holds a sandbox slot: its lock file is open only during a run (sandbox_pool.py)."""
+    """The worker holds a sandbox slot: its lock file is open only during a run (sandbox/pool.py)."""
     return any("slots" in target and target.endswith(".lock") for target in _fd_targets(pid))
 
 

@@ -124,7 +124,7 @@ def running_service(extra_config=()):
     config_dir = None
     if extra:
         config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
-    log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")  # noqa: SIM115
+    log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")
     process = subprocess.Popen(["bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -236,7 +236,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def sandbox_users():
-    """The sandbox user and its per-worker pool (``<user>-<i>``) as provisioned on this host."""
+    """The sandbox user and its pool (``<user>-<i>``, a user per run at once) as provisioned on this host."""
     pool = re.compile(re.escape(SANDBOX_USER) + r"(-[0-9]+)?")
     return sorted(entry.pw_name for entry in pwd.getpwall() if pool.fullmatch(entry.pw_name))
 
@@ -293,7 +293,7 @@ def _cmdline(pid):
 @pytest.fixture
 def aftermath(run, service):
     """Check the service after the test's hostile run(s) (aftermath.py)."""
-    from .aftermath import Aftermath  # noqa: PLC0415 -- aftermath.py imports this module
+    from .aftermath import Aftermath  # aftermath.py imports this module
 
     after = Aftermath(run, service)
     yield after

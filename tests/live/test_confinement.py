@@ -245,7 +245,7 @@ def test_allow_ctypes_calls(run):
 
 @pytest.mark.outside_layer  # each worker's own sandbox user keeps runs apart too
 def test_deny_signal_another_run(run, service):
-    # Concurrent runs are kept apart twice: by per-worker sandbox users, and by
+    # Concurrent runs are kept apart twice: by a sandbox user per run (the pool), and by
     # Landlock's signal scope (tested alone in codejail_service/confinement/tests).
     if not service["local"]:
         pytest.skip("finding the other run's processes needs the service's host")

@@ -98,7 +98,7 @@ if os.fork() == 0:
 """
 
 
-@pytest.mark.outside_layer  # the reaper ends it; so does the app's backstop (sandbox_runner.py)
+@pytest.mark.outside_layer  # the reaper ends it; so does the app's backstop (sandbox/processes.py)
 def test_deny_fork_chain_outliving_the_time_limit(run, aftermath):
     """
     The audit's escape: codejail's timeout kill missed the chain and killed the reaper. The

@@ -81,7 +81,7 @@ def test_allow_a_few_threads(run):
     assert result.globals.get("n") == 4, result
 
 
-@pytest.mark.outside_layer  # per-worker sandbox users (sandbox_pool.py): NPROC is per UID
+@pytest.mark.outside_layer  # a sandbox user per run (sandbox/pool.py): NPROC is per UID
 def test_deny_fork_bomb_starving_concurrent_runs(run, service, aftermath):
     """While one run holds its whole process budget, runs in the other workers still get theirs."""
     bomb = ("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
@@ -109,7 +109,7 @@ def test_deny_fork_bomb_starving_concurrent_runs(run, service, aftermath):
         assert result.emsg is None and result.globals.get("r") == 3.0, result
 
 
-@pytest.mark.outside_layer  # gunicorn's master adopts and reaps orphans (gunicorn_config.py)
+@pytest.mark.outside_layer  # gunicorn's master adopts and reaps orphans (sandbox/lifecycle.py)
 @pytest.mark.parametrize("code", [
     "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
     "import signal\nsignal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass",
@@ -242,7 +242,7 @@ def test_allow_a_hundred_files_in_tmp(run, aftermath):
     assert elapsed < ANSWER_WITHIN
 
 
-@pytest.mark.outside_layer  # the service's own clean-up (apps/core/sandbox_runner.py)
+@pytest.mark.outside_layer  # the service's own clean-up (sandbox/runner.py)
 def test_deny_thousands_of_files_holding_the_worker(run, aftermath):
     """codejail's clean-up spawns one rm per entry of tmp/; the service unlinks files itself."""
     result, elapsed = timed(run, "i = 0\ntry:\n    while True:\n        open('tmp/f%d' % i, 'w').close()\n"
@@ -288,7 +288,7 @@ def test_allow_hard_link_inside_run_tmp(run):
 
 # --- Output floods ---------------------------------------------------------------------------------
 
-@pytest.mark.outside_layer  # the service's output cap (apps/core/sandbox_runner.py)
+@pytest.mark.outside_layer  # the service's output cap (sandbox/runner.py)
 @pytest.mark.parametrize("fd", [1, 2], ids=["stdout", "stderr"])
 def test_deny_output_flood(run, aftermath, fd):
     """Output is capped while it is read (CODEJAIL_MAX_OUTPUT_BYTES), and emsg once more."""

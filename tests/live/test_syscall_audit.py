@@ -77,7 +77,7 @@ while _i < len(_numbers):
 
 
 def syscall_name(number):
-    lib = seccomp._load_library()  # noqa: SLF001 -- libseccomp's syscall table
+    lib = seccomp._load_library()  # libseccomp's syscall table
     lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
     lib.seccomp_syscall_resolve_num_arch.argtypes = [ctypes.c_uint32, ctypes.c_int]
     pointer = lib.seccomp_syscall_resolve_num_arch(0, number)  # 0: the native architecture

@@ -74,14 +74,14 @@ def service():
 def lms_client(service):
     """The client, pointed at the service."""
     settings.CODE_JAIL_REST_SERVICE_HOST = service["url"]
-    from xblocks_contrib.problem.capa.safe_exec import safe_exec  # noqa: PLC0415 -- after the settings
+    from xblocks_contrib.problem.capa.safe_exec import safe_exec  # after the settings
     return safe_exec
 
 
 @pytest.fixture(scope="session")
 def local_codejail():
     """codejail in this process, as on an LMS host: the platform's venv's python run as the sandbox user by sudo."""
-    from codejail import jail_code  # noqa: PLC0415
+    from codejail import jail_code
 
     python = os.path.join(LOCAL_VENV, "bin", "python")
     readable = subprocess.run(["sudo", "-u", SANDBOX_USER, python, "-c", "import numpy"],
@@ -99,9 +99,9 @@ def local_codejail():
 @pytest.fixture
 def darklaunch(local_codejail):
     """The client in darklaunch mode; yields the telemetry attributes it records."""
-    from django.test import override_settings  # noqa: PLC0415
+    from django.test import override_settings
 
-    from tests.lms_client.telemetry import ATTRIBUTES  # noqa: PLC0415
+    from tests.lms_client.telemetry import ATTRIBUTES
 
     ATTRIBUTES.clear()
     with override_settings(ENABLE_CODEJAIL_REST_SERVICE=False, ENABLE_CODEJAIL_DARKLAUNCH=True):

@@ -129,9 +129,9 @@ def test_a_course_grader_gives_what_the_lms_sandbox_gives(lms_client, darklaunch
 
 def test_the_local_arm_is_codejail_as_an_lms_host_runs_it(local_codejail):
     """The darklaunch comparison is with codejail itself: the sandbox user, /tmp/codejail-XXXX, limits."""
-    from codejail.safe_exec import safe_exec  # noqa: PLC0415 -- the local codejail the fixture configured
+    from codejail.safe_exec import safe_exec  # the local codejail the fixture configured
 
-    from tests.live.conftest import SANDBOX_USER  # noqa: PLC0415
+    from tests.live.conftest import SANDBOX_USER
 
     globals_dict = {}
     safe_exec("import os, pwd, resource, numpy\nuser = pwd.getpwuid(os.getuid()).pw_name\ncwd = os.getcwd()\n"

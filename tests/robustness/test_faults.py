@@ -40,7 +40,7 @@ class Service:
         # In /run, not /tmp: a wrapped service may get a /tmp of its own (test_fault_tmp_full).
         self.config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(
             [f"CODEJAIL_WARM_SANDBOX: {'true' if warm else 'false'}"], parent="/run")
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen([*wrapper, "bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -12,10 +12,10 @@ class CoreConfig(AppConfig):
 
     def ready(self):
         # Imported here: codejail's module import inspects the environment.
-        from codejail.django_integration_utils import apply_django_settings  # noqa: PLC0415
+        from codejail.django_integration_utils import apply_django_settings
 
         apply_django_settings(settings.CODE_JAIL)
         # codejail's subprocesses with capped output and no needless cleanup process.
-        from codejail_service.apps.core import sandbox_runner  # noqa: PLC0415
+        from codejail_service.sandbox import codejail_extension
 
-        sandbox_runner.install()
+        codejail_extension.install()

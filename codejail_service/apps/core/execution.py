@@ -9,10 +9,12 @@ import copy
 import errno
 import logging
 
-from codejail.safe_exec import SafeExecException, safe_exec
+from codejail.safe_exec import SafeExecException
 from codejail.safe_exec import json as codejail_json
 from django.conf import settings
 from edx_django_utils.monitoring import record_exception
+
+from codejail_service.sandbox.codejail_extension import safe_exec
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,11 @@ def cap_emsg(emsg):
     return f"{emsg[:keep]} [... {len(emsg) - 2 * keep} characters left out ...] {emsg[-keep:]}"
 
 
-def run_code(code, globals_dict, python_path=None, limit_overrides_context=None, slug=None, extra_files=None):
+def run_code(code, globals_dict, *, run, python_path=None, limit_overrides_context=None, slug=None,
+             extra_files=None):
     """
-    Run ``code`` in the sandbox and return ``(globals_dict_out, emsg)``.
+    Run ``code`` as ``run`` (a ``Run`` the admission gate handed out) and return
+    ``(globals_dict_out, emsg)``.
 
     ``globals_dict`` is never modified: safe_exec works on a deep copy. On success ``emsg`` is
     None and the first item holds the JSON-safe globals after the run. On any failure the first
@@ -54,6 +58,7 @@ def run_code(code, globals_dict, python_path=None, limit_overrides_context=None,
         safe_exec(
             code,
             globals_copy,
+            run=run,
             python_path=python_path,
             limit_overrides_context=limit_overrides_context,
             slug=slug,
@@ -74,7 +79,7 @@ def run_code(code, globals_dict, python_path=None, limit_overrides_context=None,
         # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
         log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)
         return globals_dict, f"Couldn't execute jailed code: the sandbox's output was not valid JSON ({exc})"
-    except Exception:  # noqa: BLE001 -- any failure must become an answer, never an HTML 500
+    except Exception:  # any failure must become an answer, never an HTML 500
         log.exception("Unexpected error while running code for %r", slug)
         record_exception()
         return globals_dict, UNEXPECTED_ERROR_EMSG

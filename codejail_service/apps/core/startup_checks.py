@@ -1,9 +1,10 @@
 """
 Startup safety checks: prove, once per process, that the sandbox really confines code.
 
-Each check is a named function returning a :class:`CheckResult`. The sandbox checks run real
-code through :func:`~codejail_service.apps.core.execution.run_code` (the same path requests
-take, under codejail's limits, so none can hang); ``webapp_egress`` runs in the web app itself.
+Each check is a named function returning a :class:`CheckResult`. The sandbox checks take a
+``Run`` (one per slot of the pool) and run real code through
+:func:`~codejail_service.apps.core.execution.run_code` (the same path requests take, under
+codejail's limits, so none can hang); ``run_dir_cap`` and ``webapp_egress`` take no run.
 
 ``run_startup_checks()`` runs every registered check once and caches the results in module
 state; ``codejail_service/wsgi.py`` calls it after the application is built (with gunicorn's
@@ -11,7 +12,7 @@ state; ``codejail_service/wsgi.py`` calls it after the application is built (wit
 import, in tests or in management commands. ``/health/`` and the code-exec view read the
 cached results through :func:`get_startup_check_results` / :func:`startup_checks_passed`.
 
-To add a check, decorate a function with ``@startup_check("name")``; return
+To add a check, decorate a function of the run with ``@startup_check("name")``; return
 ``CheckResult.ok(**details)`` or ``CheckResult.fail(reason, **details)``. Details (JSON-safe)
 are shown in /health/ next to ``passed`` and ``reason``.
 """
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from edx_django_utils.monitoring import set_custom_attribute
 
-from codejail_service.apps.core import sandbox_pool, warm_sandbox
 from codejail_service.apps.core.execution import run_code
+from codejail_service.sandbox import config, lifecycle, pool
+from codejail_service.sandbox.run import WARM, Run
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,9 @@ def startup_check(name, uses_sandbox=True):
     """
     Register the decorated function as the startup check called ``name``.
 
-    A check that ``uses_sandbox`` runs once for every user of the sandbox pool, holding that
-    user's slot (sandbox_pool.acquire), since each is a separately provisioned user and sudoers rule.
+    A check that ``uses_sandbox`` is called with a run, once for every user of the sandbox pool,
+    holding that user's slot (pool.acquire), since each is a separately provisioned user and
+    sudoers rule; any other check is called with nothing.
     """
 
     def register(check):
@@ -78,14 +81,14 @@ def startup_check(name, uses_sandbox=True):
     return register
 
 
-def _sandbox_probe(code, slug):
+def _sandbox_probe(run, code, slug):
     """
     Run probe ``code`` in the sandbox; it must set the global ``outcome``.
 
     Returns ``(outcome, None)``, or ``(None, failed CheckResult)`` when the probe itself did not
     run to completion: a check must never pass just because the sandbox is broken.
     """
-    globals_out, emsg = run_code(code, {}, slug=f"startup_check:{slug}")
+    globals_out, emsg = run_code(code, {}, run=run, slug=f"startup_check:{slug}")
     if emsg is not None:
         return None, CheckResult.fail(f"probe did not run to completion: {emsg}")
     if "outcome" not in globals_out:
@@ -94,9 +97,9 @@ def _sandbox_probe(code, slug):
 
 
 @startup_check("basic_execution")
-def check_basic_execution():
+def check_basic_execution(run):
     """The sandbox runs code at all: ``x = x + 1`` with x=16 gives 17."""
-    globals_out, emsg = run_code("x = x + 1", {"x": 16}, slug="startup_check:basic_execution")
+    globals_out, emsg = run_code("x = x + 1", {"x": 16}, run=run, slug="startup_check:basic_execution")
     if emsg is not None:
         return CheckResult.fail(f"execution failed: {emsg}")
     if globals_out.get("x") != 17:
@@ -144,8 +147,8 @@ except Exception as exc:
 """
 
 
-def _denial_check(code, slug, what):
-    outcome, failure = _sandbox_probe(code, slug)
+def _denial_check(run, code, slug, what):
+    outcome, failure = _sandbox_probe(run, code, slug)
     if failure is not None:
         return failure
     if outcome == "denied":
@@ -156,21 +159,21 @@ def _denial_check(code, slug, what):
 
 
 @startup_check("disk_escape")
-def check_disk_escape():
+def check_disk_escape(run):
     """Sandboxed code cannot list ``/`` (PermissionError)."""
-    return _denial_check(DISK_ESCAPE_PROBE, "disk_escape", "list /")
+    return _denial_check(run, DISK_ESCAPE_PROBE, "disk_escape", "list /")
 
 
 @startup_check("process_exec")
-def check_process_exec():
+def check_process_exec(run):
     """Sandboxed code cannot start another process (EACCES, EPERM or EAGAIN)."""
-    return _denial_check(PROCESS_EXEC_PROBE, "process_exec", "start /usr/bin/true")
+    return _denial_check(run, PROCESS_EXEC_PROBE, "process_exec", "start /usr/bin/true")
 
 
 @startup_check("network_socket")
-def check_network_socket():
+def check_network_socket(run):
     """Sandboxed code cannot create an IPv4 socket (PermissionError)."""
-    return _denial_check(NETWORK_SOCKET_PROBE, "network_socket", "create an AF_INET socket")
+    return _denial_check(run, NETWORK_SOCKET_PROBE, "network_socket", "create an AF_INET socket")
 
 
 # Reads what our confinement layer (codejail_service/confinement, run by a .pth file in the
@@ -185,7 +188,7 @@ except ImportError:
 
 
 @startup_check("confinement_layers")
-def check_confinement_layers():
+def check_confinement_layers(run):
     """
     Our Landlock + seccomp layer ran in the sandbox, and which parts of it are active.
 
@@ -193,17 +196,18 @@ def check_confinement_layers():
     skipped): that would fail open. ``mode: off`` is an operator's explicit choice for hosts
     where AppArmor confines (the deny checks above must then pass through AppArmor alone).
     """
-    outcome, failure = _sandbox_probe(CONFINEMENT_LAYERS_PROBE, "confinement_layers")
+    outcome, failure = _sandbox_probe(run, CONFINEMENT_LAYERS_PROBE, "confinement_layers")
     if failure is not None:
         return failure
     details = {key: outcome.get(key) for key in ("mode", "layers", "missing", "landlock_abi", "memory_bound",
                                                 "cpu_bound")}
-    # Forked by its slot's zygote (ADR 7) exactly when the warm sandbox is on.
+    # Forked by its slot's zygote (ADR 7) exactly when the run is warm.
     details["warm_sandbox"] = outcome.get("forked_by") == "zygote"
-    if details["warm_sandbox"] != warm_sandbox.enabled():
-        return CheckResult.fail(f"warm sandbox {'on' if warm_sandbox.enabled() else 'off'}, but the probe "
+    warm = run.mode == WARM
+    if details["warm_sandbox"] != warm:
+        return CheckResult.fail(f"warm sandbox {'on' if warm else 'off'}, but the probe "
                                 f"was forked by {outcome.get('forked_by', 'a fresh interpreter')}", **details)
-    if settings.CODEJAIL_WARM_SANDBOX and not warm_sandbox.enabled():  # the default, on a host without a pool
+    if settings.CODEJAIL_WARM_SANDBOX and not config.current().warm:  # the default, on a host without a pool
         details["warm_sandbox_note"] = ("CODEJAIL_WARM_SANDBOX needs a sandbox user pool and "
                                         "CODEJAIL_ZYGOTE_SCRIPT: fresh interpreters")
     if outcome.get("mode") not in ("enforce", "off"):
@@ -233,10 +237,10 @@ def check_run_dir_cap():
     if not root:
         return CheckResult.ok(capped=False)
     limit = settings.CODEJAIL_RUN_DIR_MAX_BYTES
-    if not sandbox_pool.pool_users():
+    if not pool.pool_users():
         return CheckResult.fail("CODEJAIL_RUN_DIR_ROOT needs a sandbox user pool (CODEJAIL_SANDBOX_POOL_SIZE > 0)")
     sizes = []
-    for index in range(len(sandbox_pool.pool_users())):
+    for index in range(len(pool.pool_users())):
         path = os.path.join(root, str(index))
         try:
             info, above = os.lstat(path), os.stat(root)
@@ -286,15 +290,11 @@ def check_webapp_egress():
 
 def run_startup_checks():
     """Run every registered check once per process, cache and return the results."""
-    global _results  # noqa: PLW0603 -- module state is the per-process cache
+    global _results  # module state is the per-process cache
     if _results is not None:
         return _results
     results = {}
-    if warm_sandbox.enabled():
-        try:
-            warm_sandbox.start_all()
-        except Exception:  # noqa: BLE001 -- the checks start any zygote still missing, and say why not
-            log.exception("Could not start the warm sandbox zygotes ahead of the checks")
+    lifecycle.start_zygotes()
     for name, check in STARTUP_CHECKS.items():
         result = _run_check_for_every_sandbox_user(name, check)
         results[name] = result
@@ -313,22 +313,25 @@ def run_startup_checks():
     return _results
 
 
-def _run_check(name, check):
+def _run_check(name, check, *run):
     try:
-        return check()
-    except Exception as exc:  # noqa: BLE001 -- a crashing check fails, it does not stop startup
+        return check(*run)
+    except Exception as exc:  # a crashing check fails, it does not stop startup
         log.exception("Startup check %s raised", name)
         return CheckResult.fail(f"check raised {exc!r}")
 
 
 def _run_check_for_every_sandbox_user(name, check):
     """One check's result: with a sandbox user pool, it passes only if it passed for every user."""
-    users = sandbox_pool.pool_users()
-    if not users or not getattr(check, "uses_sandbox", True):
+    if not getattr(check, "uses_sandbox", True):
         return _run_check(name, check)
+    users = pool.pool_users()
+    if not users:
+        with Run.in_slot(pool.acquire(None)) as run:
+            return _run_check(name, check, run)
     for index, user in enumerate(users):
-        with sandbox_pool.acquire(index):
-            result = _run_check(name, check)
+        with Run.in_slot(pool.acquire(index)) as run:
+            result = _run_check(name, check, run)
         if not result.passed:
             return CheckResult.fail(f"as sandbox user {user}: {result.reason}", **result.details)
     return CheckResult.ok(**result.details, sandbox_users=users)
@@ -346,5 +349,5 @@ def startup_checks_passed():
 
 def reset_startup_checks():
     """Forget the cached results (for tests)."""
-    global _results  # noqa: PLW0603
+    global _results
     _results = None

@@ -22,7 +22,7 @@ def in_child(function):
         os.close(read_end)
         try:
             value = function()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             value = {"raised": type(exc).__name__, "errno": getattr(exc, "errno", None),
                      "text": traceback.format_exc()[-2000:]}
         with os.fdopen(write_end, "w") as out:

@@ -554,7 +554,7 @@ def _assert_watchdog_verdict(run_dir, code, ended, inherited_mib=0):
         inherited = bytearray(b"\x01") * (inherited_mib << 20)  # written: resident, in the baseline
         status = confinement.confine({**ENFORCE, "run_memory_bytes": WATCHDOG_BOUND})
         assert status["memory_bound"] == {"kind": "watchdog", "bytes": WATCHDOG_BOUND}
-        exec(code, {"time": time, "inherited": inherited})  # noqa: S102 -- the test's own code
+        exec(code, {"time": time, "inherited": inherited})  # the test's own code
         os._exit(0)
     os.close(err_write)
     with os.fdopen(err_read, "rb") as err:

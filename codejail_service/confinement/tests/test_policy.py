@@ -69,7 +69,7 @@ def test_seccomp_refuses_by_default_with_eperm():
 
 
 def test_every_allowed_call_has_a_reason_and_exists_on_this_architecture():
-    lib = seccomp._load_library()  # noqa: SLF001 -- libseccomp's own syscall table
+    lib = seccomp._load_library()  # libseccomp's own syscall table
     for rule in POLICY["seccomp"]["rules"]:
         assert rule["reason"].strip(), rule
         if rule["syscall"] not in ("time",):  # vDSO-backed, still a syscall number on x86_64

@@ -260,17 +260,18 @@ class CodeExecView(APIView):
         # Beyond what this worker can start soon, say so at once: the LMS gives up after 3.5 s,
         # and a run it no longer waits for only delays the ones it still does.
         try:
-            turn = GATE.admit()
+            run = GATE.admit()
         except Overloaded as exc:
             response = _refuse(
                 "overloaded", f"The service is at capacity ({exc.reason}); retry in {exc.retry_after} s", 503
             )
             response["Retry-After"] = str(exc.retry_after)
             return response
-        with turn:
+        with run:
             globals_out, emsg = run_code(
                 payload["code"],
                 payload["globals_dict"],
+                run=run,
                 python_path=python_path,
                 limit_overrides_context=limit_overrides_context,
                 slug=slug,

@@ -27,8 +27,12 @@ from codejail_service.apps.core.startup_checks import (
     startup_check,
     startup_checks_passed,
 )
+from codejail_service.sandbox.pool import Slot
+from codejail_service.sandbox.run import FRESH, WARM, Run
 
 SAFE_EXEC = "codejail_service.apps.core.execution.safe_exec"
+# A fresh run for the checks that take one (safe_exec is mocked: nothing runs in it).
+RUN = Run(Slot(None, "codejail-sandbox", None), FRESH)
 
 
 def sandbox_reports(**globals_after):
@@ -55,20 +59,20 @@ def test_basic_execution_passes_when_x_becomes_17():
         globals_dict["x"] = 17
 
     with mock.patch(SAFE_EXEC, side_effect=ran):
-        assert check_basic_execution() == CheckResult.ok()
+        assert check_basic_execution(RUN) == CheckResult.ok()
     assert seen == [("x = x + 1", {"x": 16})]
 
 
 def test_basic_execution_fails_on_wrong_result():
     with sandbox_reports(x=16):
-        result = check_basic_execution()
+        result = check_basic_execution(RUN)
     assert not result.passed
     assert "got 16" in result.reason
 
 
 def test_basic_execution_fails_when_the_sandbox_fails():
     with sandbox_fails("Couldn't execute jailed code: stdout: b'', stderr: b'sudo: a password is required'"):
-        result = check_basic_execution()
+        result = check_basic_execution(RUN)
     assert not result.passed
     assert "sudo: a password is required" in result.reason
 
@@ -85,13 +89,13 @@ DENIAL_CHECKS = [
 @pytest.mark.parametrize("check, what", DENIAL_CHECKS)
 def test_denial_check_passes_when_the_probe_was_denied(check, what):
     with sandbox_reports(outcome="denied"):
-        assert check() == CheckResult.ok()
+        assert check(RUN) == CheckResult.ok()
 
 
 @pytest.mark.parametrize("check, what", DENIAL_CHECKS)
 def test_denial_check_fails_when_the_probe_was_allowed(check, what):
     with sandbox_reports(outcome="allowed"):
-        result = check()
+        result = check(RUN)
     assert not result.passed
     assert result.reason == f"sandboxed code was able to {what}"
 
@@ -99,7 +103,7 @@ def test_denial_check_fails_when_the_probe_was_allowed(check, what):
 @pytest.mark.parametrize("check, what", DENIAL_CHECKS)
 def test_denial_check_fails_on_an_unexpected_outcome(check, what):
     with sandbox_reports(outcome="unexpected: FileNotFoundError(2, 'No such file')"):
-        result = check()
+        result = check(RUN)
     assert not result.passed
     assert "FileNotFoundError" in result.reason
 
@@ -108,7 +112,7 @@ def test_denial_check_fails_on_an_unexpected_outcome(check, what):
 def test_denial_check_fails_when_the_probe_did_not_complete(check, what):
     """A broken sandbox (or a probe that crashed) must never count as 'denied'."""
     with sandbox_fails():
-        result = check()
+        result = check(RUN)
     assert not result.passed
     assert result.reason.startswith("probe did not run to completion: Couldn't execute jailed code")
 
@@ -116,7 +120,7 @@ def test_denial_check_fails_when_the_probe_did_not_complete(check, what):
 @pytest.mark.parametrize("check, what", DENIAL_CHECKS)
 def test_denial_check_fails_when_the_probe_reported_nothing(check, what):
     with sandbox_reports():
-        result = check()
+        result = check(RUN)
     assert not result.passed
     assert result.reason == "probe finished without reporting an outcome"
 
@@ -124,7 +128,7 @@ def test_denial_check_fails_when_the_probe_reported_nothing(check, what):
 def run_probe(code):
     """Run a probe in this (unconfined) process, as the sandbox would, and return its outcome."""
     scope = {}
-    exec(code, scope)  # noqa: S102 -- our own probe code
+    exec(code, scope)  # our own probe code
     return scope["outcome"]
 
 
@@ -247,7 +251,7 @@ def test_confinement_layers_passes_and_reports_when_enforced(settings):
     settings.CODEJAIL_WARM_SANDBOX = False
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": BOUND, "cpu_bound": CPU_BOUND}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert result == CheckResult.ok(mode="enforce", layers=LAYERS, missing=[], landlock_abi=7, memory_bound=BOUND,
                                     cpu_bound=CPU_BOUND, warm_sandbox=False)
 
@@ -256,34 +260,36 @@ def test_confinement_layers_fails_when_nothing_bounds_a_runs_memory(settings):
     settings.CODEJAIL_WARM_SANDBOX = False
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": None}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert not result.passed and "total memory" in result.reason
 
 
 def test_confinement_layers_passes_unbounded_memory_only_when_the_operator_allows_it(settings):
     settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True
     with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert result.passed and result.details["memory_bound"] is None
 
 
 @pytest.fixture
 def warm_sandbox_on(settings, tmp_path):
+    """A warm run, in slot 0 of a pool of 2."""
     settings.CODEJAIL_WARM_SANDBOX = True
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
+    return Run(Slot(0, "codejail-sandbox-0", None), WARM)
 
 
 def test_confinement_layers_reports_runs_forked_by_the_zygote(warm_sandbox_on):
     outcome = {"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7, "forked_by": "zygote",
                "memory_bound": BOUND}
     with sandbox_reports(outcome=outcome):
-        result = check_confinement_layers()
+        result = check_confinement_layers(warm_sandbox_on)
     assert result.passed and result.details["warm_sandbox"] is True
 
 
 def test_confinement_layers_fails_when_the_warm_sandbox_is_on_but_runs_are_fresh(warm_sandbox_on):
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(warm_sandbox_on)
     assert not result.passed and "forked by a fresh interpreter" in result.reason
 
 
@@ -292,7 +298,7 @@ def test_without_a_pool_the_warm_sandbox_default_means_fresh_interpreters_and_sa
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": BOUND}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert result.passed and result.details["warm_sandbox"] is False
     assert "needs a sandbox user pool" in result.details["warm_sandbox_note"]
 
@@ -302,14 +308,14 @@ def test_with_a_pool_and_the_opt_out_the_check_says_nothing_of_the_warm_sandbox(
     settings.CODEJAIL_SANDBOX_POOL_SIZE = 0
     with sandbox_reports(outcome={"mode": "enforce", "layers": LAYERS, "missing": [], "landlock_abi": 7,
                                   "memory_bound": BOUND}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert result.passed and "warm_sandbox_note" not in result.details
 
 
 def test_confinement_layers_passes_and_says_so_when_switched_off(settings):
     settings.CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY = True  # the layer's watchdog is off too
     with sandbox_reports(outcome={"mode": "off", "layers": [], "missing": [], "landlock_abi": None}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert result.passed
     assert result.details["mode"] == "off" and "switched off" in result.details["note"]
 
@@ -317,19 +323,19 @@ def test_confinement_layers_passes_and_says_so_when_switched_off(settings):
 @pytest.mark.parametrize("mode", ["not-installed", "not-run"])
 def test_confinement_layers_fails_when_the_layer_did_not_run(mode):
     with sandbox_reports(outcome={"mode": mode}):
-        result = check_confinement_layers()
+        result = check_confinement_layers(RUN)
     assert not result.passed
     assert repr(mode) in result.reason
 
 
 def test_confinement_layers_fails_when_the_probe_did_not_complete():
     with sandbox_fails():
-        assert not check_confinement_layers().passed
+        assert not check_confinement_layers(RUN).passed
 
 
 def test_confinement_layers_probe_reports_not_installed_outside_the_sandbox():
     scope = {}
-    exec(CONFINEMENT_LAYERS_PROBE, scope)  # noqa: S102 -- our own probe, run here unconfined
+    exec(CONFINEMENT_LAYERS_PROBE, scope)  # our own probe, run here unconfined
     assert scope["outcome"] == {"mode": "not-installed"}
 
 
@@ -352,15 +358,15 @@ def test_registering_a_name_twice_is_an_error():
 def fake_checks(monkeypatch):
     calls = []
 
-    def passing():
+    def passing(*run):
         calls.append("passing")
         return CheckResult.ok(layers=["landlock", "seccomp"])
 
-    def failing():
+    def failing(*run):
         calls.append("failing")
         return CheckResult.fail("nope")
 
-    def crashing():
+    def crashing(*run):
         calls.append("crashing")
         raise KeyError("boom")
 
@@ -385,7 +391,8 @@ def test_run_startup_checks_runs_each_check_once_and_caches(fake_checks):
 
 
 def test_startup_checks_pass_only_when_all_pass(monkeypatch):
-    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"a": CheckResult.ok, "b": CheckResult.ok})
+    passing = lambda *run: CheckResult.ok()  # noqa: E731 -- a stand-in check
+    monkeypatch.setattr(startup_checks, "STARTUP_CHECKS", {"a": passing, "b": passing})
     run_startup_checks()
     assert startup_checks_passed()
 

@@ -9,6 +9,8 @@ from codejail.safe_exec import SafeExecException
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
+from codejail_service.sandbox.run import Run
+
 URL = "/api/v0/code-exec"
 SAFE_EXEC = "codejail_service.apps.core.execution.safe_exec"
 SET_ATTRIBUTE = "codejail_service.apps.api.v0.views.set_custom_attribute"
@@ -37,7 +39,7 @@ def payload(**fields):
 def fake_safe_exec(code, globals_dict, **kwargs):
     """Run ``code`` in-process the way safe_exec reports it: globals updated in place."""
     scope = dict(globals_dict)
-    exec(code, scope)  # noqa: S102 -- trusted test code only
+    exec(code, scope)  # trusted test code only
     scope.pop("__builtins__", None)
     globals_dict.update(scope)
 
@@ -87,6 +89,7 @@ def test_successful_run_passes_payload_fields_to_safe_exec(client, enabled, safe
     args, kwargs = safe_exec.call_args
     assert args[0] == "x = x + 1"
     assert args[1] == {"x": 17}  # the copy safe_exec worked on (and updated)
+    assert isinstance(kwargs.pop("run"), Run)  # the run the admission gate handed out
     assert kwargs == {
         "python_path": [],
         "limit_overrides_context": "course-v1:edX+Big+2026",
@@ -386,7 +389,7 @@ def test_input_globals_are_not_mutated(enabled, safe_exec):
     from codejail_service.apps.core.execution import run_code
 
     nested = {"x": 16, "items": [1, 2]}
-    run_code("x = x + 1\nitems.append(3)", nested)
+    run_code("x = x + 1\nitems.append(3)", nested, run=None)
     assert nested == {"x": 16, "items": [1, 2]}
 
 

@@ -52,7 +52,7 @@ class Command(BaseCommand):
         self.stdout.write(json.dumps(report, indent=2))
         if options["seccomp_pfc"]:
             self.stdout.flush()
-            seccomp.export_pfc(policy["seccomp"], self.stdout._out.fileno())  # noqa: SLF001
+            seccomp.export_pfc(policy["seccomp"], self.stdout._out.fileno())
 
 
 def syscall_table(seccomp_policy):

@@ -1,21 +1,21 @@
 """
-Tests of the subprocess runner codejail uses here: the output cap and the cleanup shortcut.
+Tests of the runner: a run's program with its output capped, and the cleanup shortcut.
 
 These start real (unprivileged, unsandboxed) python processes: the pipes are the point.
 """
 
 import os
 import re
+import subprocess
 import sys
-import tempfile
 import time
 from unittest import mock
 
 import pytest
-from codejail import jail_code
 
-from codejail_service.apps.core import sandbox_pool, sandbox_runner
-from codejail_service.apps.core.sandbox_runner import run_subprocess
+from codejail_service.sandbox import processes, runner
+from codejail_service.sandbox.pool import Slot
+from codejail_service.sandbox.run import FRESH, Run
 
 PYTHON = [sys.executable, "-S", "-c"]
 
@@ -26,44 +26,12 @@ def cap(settings):
     return settings.CODEJAIL_MAX_OUTPUT_BYTES
 
 
-def test_install_points_codejail_at_the_runner():
-    with mock.patch.object(jail_code, "run_subprocess", "codejail's own"), \
-            mock.patch.object(jail_code, "temp_directory", "codejail's own"):
-        sandbox_runner.install()
-        assert jail_code.run_subprocess is run_subprocess
-        assert jail_code.temp_directory is sandbox_runner.temp_directory
-
-
-@pytest.fixture
-def slot_run_dirs(settings, tmp_path):
-    settings.CODEJAIL_SANDBOX_POOL_SIZE = 2
-    settings.CODEJAIL_SLOT_DIR = str(tmp_path / "slots")
-    settings.CODEJAIL_RUN_DIR_ROOT = str(tmp_path / "runs")
-    for index in range(2):
-        os.makedirs(tmp_path / "runs" / str(index))
-    return tmp_path / "runs"
-
-
-def test_a_run_dir_is_made_in_its_slots_directory_and_removed_after(slot_run_dirs):
-    with sandbox_pool.acquire(1), sandbox_runner.temp_directory() as path:
-        assert os.path.dirname(path) == str(slot_run_dirs / "1")
-        assert os.path.basename(path).startswith("codejail-")
-        open(os.path.join(path, "jailed_code"), "w").close()
-    assert os.listdir(slot_run_dirs / "1") == []
-
-
-def test_without_a_run_dir_root_run_dirs_go_to_the_temp_dir(slot_run_dirs, settings, tmp_path, monkeypatch):
-    settings.CODEJAIL_RUN_DIR_ROOT = None
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with sandbox_pool.acquire(1), sandbox_runner.temp_directory() as path:
-        assert os.path.dirname(path) == str(tmp_path)
-
-
-def test_the_run_dir_is_noted_in_the_slot_from_the_moment_it_exists(slot_run_dirs, tmp_path):
-    lock_file = tmp_path / "slots" / f"{sandbox_pool.pool_users()[0]}.lock"
-    with sandbox_pool.acquire(0), sandbox_runner.temp_directory() as path:
-        assert lock_file.read_bytes() == path.encode()
-    assert lock_file.read_bytes() == b""  # released: nothing to recover
+def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=None, slug=None, run_dir=None,
+                   slot=None):
+    """``runner.run_program`` for a fresh run of ``cmd`` (outside any pool slot unless ``slot``)."""
+    run = Run(slot or Slot(None, "codejail-sandbox", None), FRESH)
+    run.run_dir, run.rlimits, run.realtime = run_dir, tuple(rlimits or ()), realtime
+    return runner.run_program(run, cmd, stdin=stdin, cwd=cwd, env=env, slug=slug)
 
 
 # --- output cap ---------------------------------------------------------------------------------
@@ -112,7 +80,7 @@ def test_stderr_flood_beyond_the_drain_limit_is_closed_saying_so(cap):
     status, _, stderr = run_subprocess(PYTHON + [code])
     assert status != 0
     closed = re.search(rb"\n\[codejail-service: stderr closed after ([0-9]+) bytes: a flood\]$", stderr)
-    assert closed and 640_000 < int(closed[1]) <= 640_000 + sandbox_runner.READ_SIZE, stderr[-200:]
+    assert closed and 640_000 < int(closed[1]) <= 640_000 + runner.READ_SIZE, stderr[-200:]
     assert b"bytes of stderr left out" in stderr and len(stderr) < cap + 200
 
 
@@ -165,7 +133,7 @@ def test_rlimits_cwd_and_env_are_applied(cap, tmp_path):
 
 
 def test_realtime_starts_codejails_killer(cap):
-    with mock.patch.object(sandbox_runner, "ProcessKillerThread") as killer:
+    with mock.patch.object(processes, "ProcessKillerThread") as killer:
         run_subprocess(PYTHON + ["pass"], realtime=3, slug="p1")
     assert killer.call_args.kwargs == {"limit": 3}
     killer.return_value.start.assert_called_once_with()
@@ -187,24 +155,18 @@ def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(c
         time.sleep(0.4)
         events.append(("backstop ends", user))
 
-    slot = sandbox_pool.Slot(index=0, user="sbx-0", fd=None)
-    with mock.patch.object(sandbox_pool, "held_slot", return_value=slot), \
-            mock.patch.object(sandbox_pool, "sandbox_command", side_effect=lambda cmd: ["sudo", "-u", "sbx-0", *cmd]), \
-            mock.patch.object(sandbox_pool, "kill_all_processes_of", side_effect=slow_kill_all), \
-            mock.patch.object(sandbox_pool, "end_leftovers", side_effect=lambda *_, **__: events.append(("left",))), \
-            mock.patch.object(sandbox_runner, "ProcessKillerThread"), \
-            mock.patch.object(sandbox_runner, "BACKSTOP_SECONDS", 0.0):
-        status, _, _ = run_subprocess(PYTHON + ["import time; time.sleep(0.2)"], realtime=0.05)
+    slot = Slot(index=0, user="sbx-0", fd=None)
+    with mock.patch.object(processes, "kill_all_processes_of", side_effect=slow_kill_all), \
+            mock.patch.object(processes, "end_leftovers", side_effect=lambda *_, **__: events.append(("left",))), \
+            mock.patch.object(processes, "ProcessKillerThread"), \
+            mock.patch.object(processes, "BACKSTOP_SECONDS", 0.0):
+        status, _, _ = run_subprocess(["sudo", "-u", "sbx-0", *PYTHON, "import time; time.sleep(0.2)"],
+                                      realtime=0.05, slot=slot)
     assert status == 0
     assert events == [("backstop starts", "sbx-0"), ("backstop ends", "sbx-0"), ("left",)]
 
 
 # --- cleanup ------------------------------------------------------------------------------------
-
-
-def cleanup_cmd(run_dir):
-    return ["sudo", "-u", "codejail-sandbox", "/usr/bin/find", os.path.join(run_dir, "tmp"),
-            *sandbox_pool.CLEANUP_ARGS]
 
 
 @pytest.fixture
@@ -213,10 +175,14 @@ def run_dir(tmp_path):
     return tmp_path
 
 
+def clean_tmp(run_dir):
+    return runner.clean_tmp(Run(Slot(None, "codejail-sandbox", None), FRESH), str(run_dir / "tmp"))
+
+
 def test_cleanup_of_an_empty_tmp_starts_no_process(run_dir):
-    with mock.patch("subprocess.Popen") as popen:
-        assert run_subprocess(cleanup_cmd(str(run_dir)), cwd=str(run_dir)) == (0, b"", b"")
-    popen.assert_not_called()
+    with mock.patch("subprocess.run") as run:
+        assert clean_tmp(run_dir) == (0, b"", b"")
+    run.assert_not_called()
 
 
 def test_cleanup_removes_files_and_symlinks_itself_without_following_them(run_dir, tmp_path_factory):
@@ -224,52 +190,30 @@ def test_cleanup_removes_files_and_symlinks_itself_without_following_them(run_di
     outside.write_text("keep")
     (run_dir / "tmp" / "a.txt").write_text("a")
     (run_dir / "tmp" / "link").symlink_to(outside)
-    with mock.patch("subprocess.Popen") as popen:
-        assert run_subprocess(cleanup_cmd(str(run_dir)), cwd=str(run_dir)) == (0, b"", b"")
-    popen.assert_not_called()
+    with mock.patch("subprocess.run") as run:
+        assert clean_tmp(run_dir) == (0, b"", b"")
+    run.assert_not_called()
     assert os.listdir(run_dir / "tmp") == []
     assert outside.read_text() == "keep"
 
 
-def test_cleanup_of_a_directory_is_left_to_codejails_command(run_dir, cap):
+def test_cleanup_of_a_directory_is_left_to_codejails_command_as_the_runs_user(run_dir):
     (run_dir / "tmp" / "matplotlib-abc").mkdir()
     (run_dir / "tmp" / "f").write_text("f")
-    cmd = cleanup_cmd(str(run_dir))
-    with mock.patch("subprocess.Popen", side_effect=OSError("ran")) as popen:
-        with pytest.raises(OSError, match="ran"):
-            run_subprocess(cmd, cwd=str(run_dir))
-    assert popen.call_args.args[0] == cmd
+    done = subprocess.CompletedProcess([], 0, b"", b"")
+    with mock.patch("subprocess.run", return_value=done) as run:
+        assert clean_tmp(run_dir) == (0, b"", b"")
+    assert run.call_args.args[0] == ["sudo", "-n", "-u", "codejail-sandbox", "/usr/bin/find", str(run_dir / "tmp"),
+                                     "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", ";"]
     assert os.listdir(run_dir / "tmp") == ["matplotlib-abc"]  # the file went already
 
 
-def test_cleanup_of_an_unreadable_tmp_is_left_to_codejails_command(run_dir, cap):
+def test_cleanup_of_an_unreadable_tmp_is_left_to_codejails_command(run_dir):
     (run_dir / "tmp").rmdir()
-    with mock.patch("subprocess.Popen", side_effect=OSError("ran")) as popen:
-        with pytest.raises(OSError, match="ran"):
-            run_subprocess(cleanup_cmd(str(run_dir)), cwd=str(run_dir))
-    popen.assert_called_once()
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        lambda cmd, run_dir: cmd[:4] + [os.path.join(run_dir, "elsewhere")] + cmd[5:],  # not the run's tmp/
-        lambda cmd, run_dir: cmd[:-1] + ["+"],  # not codejail's arguments
-    ],
-)
-def test_other_find_commands_are_run_as_given(run_dir, cap, change):
-    cmd = change(cleanup_cmd(str(run_dir)), str(run_dir))
-    with mock.patch("subprocess.Popen", side_effect=OSError("ran")) as popen:
-        with pytest.raises(OSError, match="ran"):
-            run_subprocess(cmd, cwd=str(run_dir))
-    assert popen.call_args.args[0] == cmd
-
-
-def test_cleanup_without_a_cwd_is_run_as_given(run_dir, cap):
-    with mock.patch("subprocess.Popen", side_effect=OSError("ran")) as popen:
-        with pytest.raises(OSError, match="ran"):
-            run_subprocess(cleanup_cmd(str(run_dir)))
-    popen.assert_called_once()
+    done = subprocess.CompletedProcess([], 1, b"", b"find: no such directory")
+    with mock.patch("subprocess.run", return_value=done) as run:
+        assert clean_tmp(run_dir) == (1, b"", b"find: no such directory")
+    run.assert_called_once()
 
 
 # --- the run directory in a failed run's messages -----------------------------------------------
@@ -284,21 +228,22 @@ def codejail_run_dir(tmp_path):
 
 def test_a_failed_runs_output_names_its_run_dir_as_codejail_would(cap, codejail_run_dir):
     code = "import os, sys; print(os.getcwd() + '/jailed_code'); sys.exit(os.getcwd() + '/x')"
-    status, stdout, stderr = run_subprocess(PYTHON + [code], cwd=codejail_run_dir)
+    status, stdout, stderr = run_subprocess(PYTHON + [code], cwd=codejail_run_dir, run_dir=codejail_run_dir)
     assert status == 1
     assert stdout == b"/tmp/codejail-a1B2_c3/jailed_code\n"
     assert stderr == b"/tmp/codejail-a1B2_c3/x\n"
 
 
 def test_a_successful_runs_output_is_never_changed(cap, codejail_run_dir):
-    status, stdout, _ = run_subprocess(PYTHON + ["import os; print(os.getcwd())"], cwd=codejail_run_dir)
+    status, stdout, _ = run_subprocess(PYTHON + ["import os; print(os.getcwd())"], cwd=codejail_run_dir,
+                                       run_dir=codejail_run_dir)
     assert (status, stdout) == (0, f"{codejail_run_dir}\n".encode())
 
 
-def test_other_directories_are_not_renamed_in_messages(cap, tmp_path):
+def test_other_directories_are_not_renamed_in_messages(cap, tmp_path, codejail_run_dir):
     code = "import os, sys; sys.exit(os.getcwd())"
-    assert run_subprocess(PYTHON + [code], cwd=str(tmp_path))[2] == f"{tmp_path}\n".encode()
+    assert run_subprocess(PYTHON + [code], cwd=str(tmp_path), run_dir=codejail_run_dir)[2] == f"{tmp_path}\n".encode()
 
 
 def test_a_run_dir_already_in_tmp_is_left_as_it_is(cap):
-    assert sandbox_runner._as_codejail_names_it("/tmp/codejail-x", b"/tmp/codejail-x/y") == b"/tmp/codejail-x/y"
+    assert runner._as_codejail_names_it("/tmp/codejail-x", b"/tmp/codejail-x/y") == b"/tmp/codejail-x/y"

@@ -1,14 +1,15 @@
 """
-How codejail's subprocesses run in this service: codejail's ``run_subprocess``, with captured
-output capped and no cleanup process when there is nothing to clean.
+How a run's processes are started and read: codejail's ``run_subprocess``, for a ``Run``, with
+captured output capped and no cleanup process when there is nothing to clean.
 
-``codejail.safe_exec`` stays the one path to execution. Behind it, ``codejail.jail_code`` calls
-``run_subprocess`` twice per run: for the sandbox python, then for the cleanup of the run's
-``tmp/`` (``sudo -u <sandbox> find <run>/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;``).
-``install()`` (from ``CoreConfig.ready``) points ``codejail.jail_code.run_subprocess`` at
-``run_subprocess`` below, which differs from codejail's in two ways (see
+codejail's ``jail_code`` hands its two subprocesses (the sandbox python, then the cleanup of the
+run's ``tmp/``) to codejail_extension.py, which calls ``run_program`` and ``clean_tmp`` here
+with the run. They differ from codejail's ``run_subprocess`` in these ways (see
 docs/decisions/0005-run-cost-and-overload.rst):
 
+- **Who runs it.** A warm run (run.py) is forked by its slot's zygote (zygote_client.py), which
+  applies the same rlimits, session and confinement; a fresh one (or a warm one whose zygote did
+  not fork it) is the program command (commands.py) as the slot's user.
 - **Output caps.** codejail reads stdout and stderr whole into the worker's memory: a run that
   floods them grows the worker by hundreds of MB. Here each stream has a cap of its own:
 
@@ -25,7 +26,7 @@ docs/decisions/0005-run-cost-and-overload.rst):
     would otherwise spend its CPU reading until the time limit) and a note says so. This alone
     does not fail a run.
 - **Run directory in messages.** Our run directories live in the slot's capped filesystem
-  (``temp_directory``), but the LMS's darklaunch normaliser and operators' tooling know only
+  (pool.run_dir_parent), but the LMS's darklaunch normaliser and operators' tooling know only
   codejail's ``/tmp/codejail-<name>``. In the output of a *failed* run (which becomes ``emsg``)
   the run directory's path is written as codejail's would be, ``/tmp/<its own name>``: the same
   random name, so still unique; the real path is in the log line of the run. A successful run's
@@ -34,135 +35,101 @@ docs/decisions/0005-run-cost-and-overload.rst):
   (plus one ``rm`` process per entry). The app user owns ``tmp/`` (codejail makes it 0777,
   without the sticky bit), so it may unlink any entry there itself; only directories the sandbox
   made (whose contents the app may not remove) still need codejail's cleanup as the sandbox user.
+- **No process outlives the run's answer** (processes.py: the time limit, the backstop and
+  ``end_leftovers``).
 """
 
 import collections
-import contextlib
 import functools
 import logging
 import os
 import select
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
-import threading
 
-from codejail import jail_code
-from codejail.subproc import ProcessKillerThread, set_process_limits
-from django.conf import settings
+from codejail.subproc import set_process_limits
 
-from codejail_service.apps.core import sandbox_pool, warm_sandbox
+from codejail_service.sandbox import commands, config, processes, zygote_client
+from codejail_service.sandbox.run import WARM
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 # stderr is read to its end (for the traceback) up to this many times CODEJAIL_MAX_OUTPUT_BYTES.
 STDERR_DRAIN_FACTOR = 64
-# Seconds past REALTIME after which the slot's every process is killed, if the run still holds
-# its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin's reach.
-BACKSTOP_SECONDS = 0.5
 
 
-def install():
-    """Make codejail run its subprocesses through ``run_subprocess``, in ``temp_directory`` (idempotent)."""
-    jail_code.run_subprocess = run_subprocess
-    jail_code.temp_directory = temp_directory
-
-
-@contextlib.contextmanager
-def temp_directory():
+def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
     """
-    codejail's ``temp_directory``, in this run's slot directory (``sandbox_pool.run_dir_parent``):
-    with ``CODEJAIL_RUN_DIR_ROOT``, a size-limited filesystem of its own caps what a run writes.
-    The slot notes the directory from the moment it exists.
+    Run ``run``'s program in ``cwd`` (its run directory) with codejail's limits (``run.rlimits``,
+    ``run.realtime``): ``(status, stdout, stderr)``, as codejail's ``run_subprocess`` answers.
+    ``command`` starts it fresh: for a fresh run, and for a warm one whose zygote did not fork it.
     """
-    slot = sandbox_pool.held_slot()
-    path = tempfile.mkdtemp(prefix=sandbox_pool.RUN_DIR_PREFIX, dir=sandbox_pool.run_dir_parent(slot))
-    if slot is not None:
-        slot.record_run_dir(path)  # for whoever recovers the slot, should this process die
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=None, slug=None):
-    """
-    codejail's ``run_subprocess`` (same arguments, same result: ``(status, stdout, stderr)``),
-    with the output cap and the cleanup shortcut described in this module's docstring.
-    """
-    tmp_dir = _cleanup_target(cmd, cwd)
-    if tmp_dir is not None and _clean_as_app(tmp_dir):
-        return 0, b"", b""
-    cmd = sandbox_pool.sandbox_command(cmd)  # as the sandbox user of this run's slot
-    slot = sandbox_pool.held_slot()
+    rlimits = run.rlimits or ()
     process = None
-    if slot is not None and warm_sandbox.enabled() and warm_sandbox.is_sandbox_run(cmd):
+    if run.mode == WARM:
         # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
         try:
-            process = warm_sandbox.run(slot, cwd, rlimits or ())
-        except (warm_sandbox.ZygoteError, ConnectionRefusedError, FileNotFoundError):
+            process = zygote_client.run(run.user, cwd, rlimits)
+        except (zygote_client.ZygoteError, ConnectionRefusedError, FileNotFoundError):
             # Nothing of the run started: it runs as a fresh interpreter, confined the same way.
             # (The soak meets this now and then: a zygote just started refusing or closing.)
-            log.exception("The warm sandbox of %s did not fork the run: a fresh interpreter runs it", slot.user)
+            log.exception("The warm sandbox of %s did not fork the run: a fresh interpreter runs it", run.user)
     if process is None:
         # As codejail does: a new session (so its timeout can kill the whole group) and the rlimits.
-        process = subprocess.Popen(  # noqa: S603 -- codejail's own command line
-            cmd, cwd=cwd, env=env,
-            preexec_fn=functools.partial(set_process_limits, rlimits or ()),  # noqa: PLW1509
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env,
+            preexec_fn=functools.partial(set_process_limits, rlimits),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
     if slug:
         log.info("Executed jailed code %s in %s, with PID %s", slug, cwd, process.pid)
-    pooled = slot is not None and slot.index is not None and cmd[:2] == ["sudo", "-u"]
-    backstop = None
-    if realtime:
-        ProcessKillerThread(process, limit=realtime).start()
-        if pooled:
-            # Should the run's reaper be beaten (it ends what the time limit's `pkill -g` misses),
-            # every process of the slot's user is killed shortly after: the answer still comes.
-            backstop = threading.Timer(realtime + BACKSTOP_SECONDS, sandbox_pool.kill_all_processes_of,
-                                       (slot.user,))
-            backstop.daemon = True
-            backstop.start()
+    watch = processes.Watch(process, run.realtime, backstop_user=run.user if run.pooled else None)
 
-    margin = settings.CODEJAIL_MAX_OUTPUT_BYTES
+    margin = config.current().max_output_bytes
     stdout_limit = len(stdin or b"") + margin
     try:
         stdout, stderr, truncated = _communicate_capped(process, stdin, stdout_limit, margin)
         status = process.wait()
     finally:
-        if backstop is not None:
-            backstop.cancel()
-            # Had it fired, its kill loop must be over before the slot is released: else it could
-            # kill the next run's processes, or the zygote that run starts, in this slot.
-            backstop.join()
-    if pooled:
+        watch.stop()
+    if run.pooled:
         # No process of the run outlives its answer (recovering the slot if one tried).
-        sandbox_pool.end_leftovers(slot, killed=status == -signal.SIGKILL, keep=getattr(process, "zygote_pids", None))
+        processes.end_leftovers(run.user, killed=status == -signal.SIGKILL,
+                                keep=getattr(process, "zygote_pids", ()))
     if truncated:
         log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "
                    "stdout; the rest was not read]").encode()
         # Its globals (on stdout) cannot be read whole: never a success.
         status = status or 1
-    if status != 0 and tmp_dir is None and cwd is not None:
-        stdout, stderr = (_as_codejail_names_it(cwd, stream) for stream in (stdout, stderr))
+    if status != 0 and run.run_dir is not None:
+        stdout, stderr = (_as_codejail_names_it(run.run_dir, stream) for stream in (stdout, stderr))
     return status, stdout, stderr
+
+
+def clean_tmp(run, tmp_dir):
+    """
+    Empty the run's ``tmp_dir`` after its program: what the app user may remove itself, the rest
+    by codejail's cleanup as the sandbox user. ``(status, stdout, stderr)`` (codejail ignores it).
+    """
+    if _clean_as_app(tmp_dir):
+        return 0, b"", b""
+    result = subprocess.run(commands.cleanup(run.user, tmp_dir), capture_output=True, check=False)
+    return result.returncode, result.stdout, result.stderr
 
 
 # Where codejail makes its run directories by default, and so the only place the LMS's darklaunch
 # normaliser (``/tmp/codejail-[0-9a-zA-Z_]+``) knows them in.
-CODEJAIL_RUN_DIR_PARENT = "/tmp"  # noqa: S108 -- a name written in messages, never a path opened
+CODEJAIL_RUN_DIR_PARENT = "/tmp"  # a name written in messages, never a path opened
 
 
 def _as_codejail_names_it(run_dir, output):
     """``output`` with the path of ``run_dir`` (a codejail run directory) as codejail's default would be."""
     name = os.path.basename(run_dir)
-    if not name.startswith(sandbox_pool.RUN_DIR_PREFIX) or os.path.dirname(run_dir) == CODEJAIL_RUN_DIR_PARENT:
+    if os.path.dirname(run_dir) == CODEJAIL_RUN_DIR_PARENT:
         return output
     return output.replace(os.fsencode(run_dir), os.fsencode(os.path.join(CODEJAIL_RUN_DIR_PARENT, name)))
 
@@ -259,17 +226,6 @@ def _communicate_capped(process, stdin, stdout_limit, stderr_limit):
                 selector.unregister(key.fileobj)
                 key.fileobj.close()
     return b"".join(stdout), stderr.value(closed=stderr_closed), truncated
-
-
-def _cleanup_target(cmd, cwd):
-    """The run's ``tmp/`` if ``cmd`` is codejail's cleanup of it, else None."""
-    try:
-        find = cmd.index("/usr/bin/find")
-    except ValueError:
-        return None
-    if cwd is None or cmd[find + 2:] != sandbox_pool.CLEANUP_ARGS or cmd[find + 1] != os.path.join(cwd, "tmp"):
-        return None
-    return cmd[find + 1]
 
 
 def _clean_as_app(tmp_dir):

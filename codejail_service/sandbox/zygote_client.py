@@ -1,17 +1,17 @@
 """
-The warm sandbox, the web app's side (docs/decisions/0007-warm-sandbox.rst): with
-``CODEJAIL_WARM_SANDBOX`` on, a run is forked by its slot's zygote (codejail_service/confinement/
-zygote.py) instead of started as a fresh ``sudo -u <user> python -E -B jailed_code``.
+The warm sandbox's client, the web app's side (docs/decisions/0007-warm-sandbox.rst): a warm run
+(run.py) is forked by its slot's zygote (codejail_service/confinement/zygote.py) instead of
+started as a fresh ``sudo -u <user> python -E -B jailed_code``.
 
 codejail still builds the run: its run directory, ``jailed_code``, stdin, rlimits and time
-limit; ``sandbox_runner.run_subprocess`` hands those to ``run`` here, which returns an object
-shaped like the ``Popen`` it would otherwise have made, so the output cap and codejail's
+limit; ``runner.run_program`` hands those to ``run`` here, which returns an object shaped like
+the ``Popen`` it would otherwise have made, so the output cap and codejail's
 ``ProcessKillerThread`` (``sudo pkill -9 -g <pgid>``) work on it unchanged.
 
 One zygote per slot, shared by every worker: it listens on ``<slot dir>/<user>.sock`` (the app's
 private directory). Whichever worker holds the slot and finds no zygote there starts one. A
-slot's recovery (``sandbox_pool._recover``) kills it with the rest of the user's processes; the
-next run starts a new one.
+slot's recovery (``pool._recover``) kills it with the rest of the user's processes; the next run
+starts a new one.
 
 Recycling (``CODEJAIL_ZYGOTE_MAX_RUNS``, ``CODEJAIL_ZYGOTE_MAX_SECONDS``): a zygote that has
 served its share says so with a run's pid. The worker that hears it starts the successor in a
@@ -32,10 +32,7 @@ import subprocess
 import threading
 import time
 
-from django.conf import settings
-
-from codejail_service import gunicorn_config
-from codejail_service.apps.core import sandbox_pool
+from codejail_service.sandbox import commands, config, pool, processes
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +56,8 @@ class ZygoteGone(ZygoteError):
     """The zygote closed the connection."""
 
 
-def enabled():
-    """True when runs go through the slots' zygotes."""
-    return (bool(settings.CODEJAIL_WARM_SANDBOX) and bool(settings.CODEJAIL_SANDBOX_POOL_SIZE)
-            and bool(settings.CODEJAIL_ZYGOTE_SCRIPT))
-
-
-def is_sandbox_run(cmd):
-    """True for codejail's run of the sandbox python (not its cleanup or anything else)."""
-    return cmd[-4:] == [settings.CODE_JAIL["python_bin"], "-E", "-B", "jailed_code"]
-
-
 def socket_path(user):
-    return os.path.join(sandbox_pool.slot_dir(), f"{user}.sock")
+    return os.path.join(pool.slot_dir(), f"{user}.sock")
 
 
 def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
@@ -79,9 +65,9 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
     Start ``user``'s zygote, listening on a fresh socket at ``path`` (``socket_path(user)``).
 
     The zygote forks at once and its first process exits (waited for here): the zygote is then
-    gunicorn's master's child (a child subreaper, gunicorn_config), which reaps it as soon as it
+    gunicorn's master's child (a child subreaper, lifecycle.py), which reaps it as soon as it
     ends, and never a zombie of this worker, counted against its sandbox user (RLIMIT_NPROC, and
-    ``sandbox_pool.end_leftovers``) until this worker waits for it.
+    ``processes.end_leftovers``) until this worker waits for it.
     """
     path = path or socket_path(user)
     try:
@@ -92,9 +78,9 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
         listener.bind(path)
         listener.listen(8)
         # sudo closes every descriptor but 0-2: the listening socket goes in as stdin.
-        process = subprocess.Popen(  # noqa: S603 -- a pinned sudoers rule
-            ["sudo", "-n", "-u", user, settings.CODEJAIL_ZYGOTE_PYTHON or settings.CODE_JAIL["python_bin"],
-             "-E", "-B", "-S", settings.CODEJAIL_ZYGOTE_SCRIPT],
+        conf = config.current()
+        process = subprocess.Popen(
+            commands.zygote(user, conf.zygote_python or conf.python_bin, conf.zygote_script),
             stdin=listener, stdout=stdout,
         )
     try:
@@ -110,12 +96,10 @@ def start_all():
     Start the zygote of every free slot that has none, all at once: they preload in parallel
     (the startup checks, which come next, would otherwise start them one after another).
 
-    Run by the process that runs the startup checks: gunicorn's master, as it preloads the app,
-    before its ``on_starting`` hook. It becomes a child subreaper first, so that it adopts the
-    zygotes (each leaves its first process at once, ``start_zygote``), and gunicorn reaps them.
+    Run by lifecycle.start_zygotes once this process adopts orphans (each zygote leaves its first
+    process at once, ``start_zygote``).
     """
-    gunicorn_config.become_child_subreaper()
-    for slot in sandbox_pool.free_slots():
+    for slot in pool.free_slots():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             probe.connect(socket_path(slot.user))  # one there already (another service's): keep it
@@ -139,14 +123,14 @@ def replace(user):
 
 def _replace(user):
     try:
-        lock_path = os.path.join(sandbox_pool.slot_dir(), f"{user}.successor.lock")
+        lock_path = os.path.join(pool.slot_dir(), f"{user}.successor.lock")
         with open(lock_path, "a", encoding="ascii") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # another worker is starting it
             _hand_over(user)
-    except Exception:  # noqa: BLE001 -- a thread of our own: say it; the old zygote serves on
+    except Exception:  # a thread of our own: say it; the old zygote serves on
         log.exception("Could not replace the warm sandbox zygote of %s", user)
     finally:
         with _replacing_lock:
@@ -205,27 +189,27 @@ def _connect(user, starts=2):
     return conn
 
 
-def run(slot, cwd, rlimits):
-    """Have ``slot``'s zygote fork the run in ``cwd``; a ``WarmRun`` with its pipes."""
+def run(user, cwd, rlimits):
+    """Have ``user``'s zygote (its slot's) fork the run in ``cwd``; a ``WarmRun`` with its pipes."""
     try:
-        return _run(slot, cwd, rlimits)
+        return _run(user, cwd, rlimits)
     except ZygoteGone:
         # It exited (idle, retired, past its lifetime) as we connected, or was killed with its
         # slot's processes: once more, with its successor, or a new one if there is none.
         # Nothing of the run had started.
-        return _run(slot, cwd, rlimits)
+        return _run(user, cwd, rlimits)
 
 
-def _run(slot, cwd, rlimits):
-    conn = _connect(slot.user)
+def _run(user, cwd, rlimits):
+    conn = _connect(user)
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
     stderr_read, stderr_write = os.pipe()
     child_ends, our_ends = [stdin_read, stdout_write, stderr_write], [stdin_write, stdout_read, stderr_read]
     try:
+        conf = config.current()
         request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits],
-                   "max_runs": settings.CODEJAIL_ZYGOTE_MAX_RUNS,
-                   "max_seconds": settings.CODEJAIL_ZYGOTE_MAX_SECONDS}
+                   "max_runs": conf.zygote_max_runs, "max_seconds": conf.zygote_max_seconds}
         try:
             socket.send_fds(conn, [json.dumps(request).encode()], child_ends)
         except (ConnectionResetError, BrokenPipeError) as exc:
@@ -238,40 +222,25 @@ def _run(slot, cwd, rlimits):
     finally:
         for fd in child_ends:
             os.close(fd)
-    warm = WarmRun(conn, *our_ends, uid=_uid_of(slot.user))
+    warm = WarmRun(conn, *our_ends, uid=_uid_of(user))
     try:
         reply = warm.receive(FORK_TIMEOUT_SECONDS)
         if reply is None or "pid" not in reply:
-            raise ZygoteError(f"the zygote of {slot.user} did not fork the run: {reply!r}")
+            raise ZygoteError(f"the zygote of {user} did not fork the run: {reply!r}")
     except BaseException:
         warm.close()
         raise
     warm.pid = reply["pid"]
     warm.zygote_pid = reply.get("zygote")
     if reply.get("retire"):
-        replace(slot.user)
+        replace(user)
     return warm
 
 
 def _uid_of(user):
     try:
-        return sandbox_pool.uid_of(user)
+        return processes.uid_of(user)
     except KeyError:  # no such user (the unit tests' stand-ins)
-        return None
-
-
-def _is_zygote_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().rstrip(b"\0").endswith(b"/zygote.py")
-    except OSError:
-        return False
-
-
-def _session(pid):
-    try:
-        return int(sandbox_pool.stat_fields(pid)[3])
-    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -300,8 +269,8 @@ class WarmRun:
         pids = {self.zygote_pid} if self.zygote_pid else set()
         if self._uid is not None:
             ours = os.getsid(0)
-            for pid in sandbox_pool.processes_of(self._uid):
-                if _is_zygote_cmdline(pid) and _session(pid) == ours:
+            for pid in processes.processes_of(self._uid):
+                if processes.command_line_ends_with(pid, b"/zygote.py") and processes.session_of(pid) == ours:
                     pids.add(pid)
         return pids
 
