@@ -32,36 +32,33 @@ USER = "codejail-sandbox-0"
 APP_USER = "codejail-app"
 MIB = 1024 * 1024
 
-CODE = """
-import os, time
+# The run: {children} children, each running a CHILD below, then holding what it took; the
+# parent says how many it could start and waits for them.
+RUN = """
+import os, socket, time
 started = 0
-for _ in range({children}):
+for _ in range({{children}}):
     try:
         pid = os.fork()
     except OSError:
         break
     if pid == 0:
-        try:
-            b = bytearray({mib} * 1024 * 1024)
-        except MemoryError:
-            os._exit(3)
-        time.sleep(2.5)
+{child}
         os._exit(0)
     started += 1
 print('children started:', started, flush=True)
 for _ in range(started):
     os.wait()
 """
-
-BUFFERS_CODE = """
-import os, socket, time
-started = 0
-for _ in range({children}):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
+# Each child takes and touches {mib} MiB.
+MEMORY_CHILD = """\
+        try:
+            b = bytearray({mib} * 1024 * 1024)
+        except MemoryError:
+            os._exit(3)
+        time.sleep(2.5)"""
+# Each child fills as many socketpairs as its descriptors allow, after trying to raise SO_SNDBUF.
+BUFFERS_CHILD = """\
         pairs, queued = [], 0
         while True:
             try:
@@ -80,13 +77,7 @@ for _ in range({children}):
                 except OSError:
                     break
         print(len(pairs), queued, flush=True)
-        time.sleep(1.5)
-        os._exit(0)
-    started += 1
-print('children started:', started, flush=True)
-for _ in range(started):
-    os.wait()
-"""
+        time.sleep(1.5)"""
 
 
 def held_by(uid):
@@ -132,7 +123,8 @@ def main():
     os.mkdir(os.path.join(run_dir, "tmp"), 0o777)
     os.chmod(os.path.join(run_dir, "tmp"), 0o777)
     with open(os.path.join(run_dir, "jailed_code"), "w", encoding="utf-8") as jailed:
-        jailed.write((BUFFERS_CODE if args.buffers else CODE).format(children=args.children, mib=args.mib))
+        child = BUFFERS_CHILD if args.buffers else MEMORY_CHILD.format(mib=args.mib)
+        jailed.write(RUN.format(child=child).format(children=args.children))
     for path in (run_dir, os.path.join(run_dir, "tmp"), os.path.join(run_dir, "jailed_code")):
         os.chown(path, app.pw_uid, app.pw_gid)
     os.chmod(run_dir, 0o755)  # as codejail leaves it: the sandbox user reads jailed_code
@@ -167,7 +159,6 @@ def main():
         with open("/proc/sys/net/core/wmem_default", encoding="ascii") as wmem:
             socket_bytes = int(wmem.read())
         bound = 15 * 64 * (socket_bytes + 65536)
-        print(f"stdout: {process.stdout.decode()[:300]!r}")
         print(f"socketpairs: {sum(int(pairs) for pairs, _ in counts)} in {len(counts)} children, "
               f"{sum(int(queued) for _, queued in counts) / MIB:.0f} MiB queued; host memory in use rose by "
               f"up to {host_peak[0] / MIB:.0f} MiB (bound: NPROC 15 x 64 descriptors x "

@@ -347,26 +347,9 @@ def test_cpu_watchdog_bounds_what_the_runs_processes_use_together(run_dir, child
     RLIMIT_CPU 1 s per process, and run_cpu_factor 0.6: 0.6 s for all of them together. Three
     children of 0.4 s each, each under its own limit, are ended; one of 0.2 s is not.
     """
-    err_read, err_write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover
-        os.dup2(err_write, 2)
-        os.setsid()
-        os.chdir(run_dir)
-        resource.setrlimit(resource.RLIMIT_CPU, (1, resource.RLIM_INFINITY))
-        status = confinement.confine({**ENFORCE, "run_cpu_factor": 0.6})
-        assert status["cpu_bound"] == {"kind": "watchdog", "seconds": 0.6}
-        exec(SPIN.format(children=children, seconds=seconds), {"time": time})  # noqa: S102 -- the test's own code
-        os._exit(0)
-    os.close(err_write)
-    with os.fdopen(err_read, "rb") as err:
-        stderr = err.read()
-    _, wait_status = os.waitpid(pid, 0)
-    if ended:
-        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGXCPU, stderr
-        assert b"used more than 0.6 s of CPU time together]" in stderr
-    else:
-        assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
+    _assert_watchdog_verdict(run_dir, SPIN.format(children=children, seconds=seconds), ended,
+                             bound={"run_cpu_factor": 0.6}, cpu_limit=1,
+                             ended_by=(signal.SIGXCPU, b"used more than 0.6 s of CPU time together]"))
 
 
 def test_reaper_leaves_the_run_dir_itself(run_dir):
@@ -539,21 +522,26 @@ FORKED_MIB = ("import os\nkids = []\nfor _ in range(2):\n    pid = os.fork()\n  
 WATCHDOG_BOUND = 100 << 20
 
 
-def _assert_watchdog_verdict(run_dir, code, ended, inherited_mib=0):
+def _assert_watchdog_verdict(run_dir, code, ended, inherited_mib=0, bound=None, cpu_limit=None,
+                             ended_by=(signal.SIGKILL, b"of memory together]")):
     """
-    Run ``code`` in ``run_dir``, confined under a memory bound of 100 MiB (given ``inherited``: ``inherited_mib``
-    MiB made resident before the layer, as a warm sandbox's preloaded heap); assert the reaper
-    ended it for its memory, or not.
+    Run ``code`` in ``run_dir``, confined under ``bound`` (default: a memory bound of 100 MiB;
+    ``cpu_limit``: the RLIMIT_CPU the layer scales), with ``inherited_mib`` MiB made resident
+    before the layer (a warm sandbox's preloaded heap, in the baseline, as ``inherited``); assert
+    the reaper ended it with ``ended_by`` (its signal, and what its note says), or not.
     """
+    bound = bound or {"run_memory_bytes": WATCHDOG_BOUND}
     err_read, err_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover
         os.dup2(err_write, 2)
         os.setsid()
         os.chdir(run_dir)
+        if cpu_limit:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, resource.RLIM_INFINITY))
         inherited = bytearray(b"\x01") * (inherited_mib << 20)  # written: resident, in the baseline
-        status = confinement.confine({**ENFORCE, "run_memory_bytes": WATCHDOG_BOUND})
-        assert status["memory_bound"] == {"kind": "watchdog", "bytes": WATCHDOG_BOUND}
+        status = confinement.confine({**ENFORCE, **bound})
+        assert status["memory_bound"] or status["cpu_bound"], status
         exec(code, {"time": time, "inherited": inherited})  # the test's own code
         os._exit(0)
     os.close(err_write)
@@ -561,8 +549,8 @@ def _assert_watchdog_verdict(run_dir, code, ended, inherited_mib=0):
         stderr = err.read()
     _, wait_status = os.waitpid(pid, 0)
     if ended:
-        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == signal.SIGKILL, stderr
-        assert b"of memory together]" in stderr
+        assert os.WIFSIGNALED(wait_status) and os.WTERMSIG(wait_status) == ended_by[0], stderr
+        assert ended_by[1] in stderr
     else:
         assert os.waitstatus_to_exitcode(wait_status) == 0, stderr
 
