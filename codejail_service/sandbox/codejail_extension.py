@@ -27,6 +27,7 @@ import shutil
 
 from codejail import jail_code
 from codejail import safe_exec as codejail_safe_exec
+from codejail.safe_exec import SafeExecException
 
 from codejail_service.sandbox import commands, config, runner
 
@@ -43,14 +44,33 @@ def install():
 
 def safe_exec(code, globals_dict, *, run, python_path=None, limit_overrides_context=None, slug=None,
               extra_files=None):
-    """``codejail.safe_exec.safe_exec``, for ``run`` (a ``Run`` held from admission)."""
+    """
+    ``codejail.safe_exec.safe_exec``, for ``run`` (a ``Run`` held from admission).
+
+    Once the run's program has answered with status 0, codejail reads its stdout as the globals:
+    ``json.loads``, then ``dict.update``. What the run's code wrote there is its own choice, so
+    output codejail cannot read as a JSON object (not JSON, not UTF-8, another JSON value, nested
+    past the parser's recursion limit) is the run's failure, answered as codejail answers one
+    (``SafeExecException``), never the service's internal error.
+    """
     token = _current_run.set(run)
     try:
         codejail_safe_exec.safe_exec(code, globals_dict, python_path=python_path,
                                      limit_overrides_context=limit_overrides_context, slug=slug,
                                      extra_files=extra_files)
+    except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+        if run.status != 0:
+            raise
+        raise SafeExecException(_not_the_protocol(f"{type(exc).__name__}: {exc}")) from None
     finally:
         _current_run.reset(token)
+    if run.status == 0 and not run.answered_an_object:  # e.g. a list of pairs, which dict.update takes
+        raise SafeExecException(_not_the_protocol("not a JSON object"))
+
+
+def _not_the_protocol(detail):
+    return f"Couldn't execute jailed code: the sandbox's output was not the JSON object of globals codejail " \
+           f"reads ({detail[:300]})"
 
 
 def _run():
@@ -82,5 +102,7 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
         run.started = True
         run.rlimits, run.realtime = tuple(rlimits or ()), realtime
         command = commands.program(run.user, config.current().python_bin)
-        return runner.run_program(run, command, stdin=stdin, cwd=cwd, env=env, slug=slug)
+        status, stdout, stderr = runner.run_program(run, command, stdin=stdin, cwd=cwd, env=env, slug=slug)
+        run.status, run.answered_an_object = status, stdout.lstrip()[:1] == b"{"
+        return status, stdout, stderr
     return runner.clean_tmp(run, os.path.join(run.run_dir, "tmp"))

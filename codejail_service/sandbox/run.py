@@ -22,6 +22,8 @@ class Run:
         self.mode = mode
         self.run_dir = None
         self.started = False  # its program started (codejail's next subprocess is its cleanup)
+        self.status = None  # its program's exit status, once it has answered
+        self.answered_an_object = False  # its program's stdout began as a JSON object does
         # codejail's limits for this run, as jail_code hands them to its subprocess.
         self.rlimits = ()
         self.realtime = None

@@ -5,6 +5,8 @@ default size; RLIMIT_NOFILE bounds how many), and a tmp/ tree its cleanup cannot
 failed cleanup would end the slot's zygote with it, and the slot's next runs would wait for a new
 one). Each deny test sits next to the nearest allowed run; each is followed by the aftermath check.
 """
+import pytest
+
 from .conftest import WARM, zygotes
 from .probe import probe
 from .test_hostile import ANSWER_WITHIN, timed
@@ -89,3 +91,21 @@ def test_allow_a_shallow_tree_in_tmp(run, aftermath):
     result = run("import os\nos.makedirs('tmp/a/b/c')\nopen('tmp/a/b/c/f', 'w').close()\nr = 1")
     assert result.emsg is None and result.globals.get("r") == 1, result
 
+
+
+# Code that writes its own answer where codejail reads the globals, and exits before codejail's
+# wrapper writes them.
+OWN_OUTPUT = "import os, sys\nsys.__stdout__.write({text!r})\nsys.__stdout__.flush()\nos._exit(0)"
+
+
+@pytest.mark.outside_layer  # the web app's reading of a run's output
+@pytest.mark.parametrize("text", ["[1, 2]", '[["x", 2]]', "7", '{"x": ' * 3000 + "1" + "}" * 3000, '{"x": '])
+def test_deny_output_that_is_not_a_json_object_taking_the_internal_error_path(run, aftermath, text):
+    result = run(OWN_OUTPUT.format(text=text), globals_dict={"x": 1})
+    assert result.status == 200 and result.globals == {"x": 1}, result
+    assert result.emsg.startswith("Couldn't execute jailed code: the sandbox's output was not the JSON object"), result
+
+
+def test_allow_a_json_object_of_globals_written_by_the_code_itself(run):
+    result = run(OWN_OUTPUT.format(text='{"x": 2, "y": [1]}'), globals_dict={"x": 1})
+    assert result.emsg is None and result.globals == {"x": 2, "y": [1]}, result

@@ -10,7 +10,6 @@ import errno
 import logging
 
 from codejail.safe_exec import SafeExecException
-from codejail.safe_exec import json as codejail_json
 from django.conf import settings
 from edx_django_utils.monitoring import record_exception
 
@@ -49,7 +48,8 @@ def run_code(code, globals_dict, *, run, python_path=None, limit_overrides_conte
 
     - the code raised, was killed, or exited non-zero: codejail's own message, with the
       sandbox's stdout, stderr (traceback) and status, which operators and authors rely on;
-    - the sandbox's stdout was not the JSON that codejail's protocol expects;
+    - the sandbox's stdout was not the JSON object that codejail's protocol expects (the run's
+      own doing: codejail_extension.safe_exec says so as codejail says a run failed);
     - anything else (misconfiguration, sudo failure, ...): logged with its traceback, recorded
       with record_exception(), and answered with a generic message.
     """
@@ -75,10 +75,6 @@ def run_code(code, globals_dict, *, run, python_path=None, limit_overrides_conte
         log.error("No space for the run directory of %r: %s", slug, exc)
         record_exception()
         return globals_dict, f"Couldn't execute jailed code: no space left for its run directory ({exc.strerror})"
-    except (codejail_json.JSONDecodeError, UnicodeDecodeError) as exc:
-        # The jail exited 0 but its stdout is not JSON: e.g. code that wrote to sys.__stdout__.
-        log.warning("Sandbox output for %r was not valid JSON: %s", slug, exc)
-        return globals_dict, f"Couldn't execute jailed code: the sandbox's output was not valid JSON ({exc})"
     except Exception:  # any failure must become an answer, never an HTML 500
         log.exception("Unexpected error while running code for %r", slug)
         record_exception()

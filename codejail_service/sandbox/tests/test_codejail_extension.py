@@ -127,3 +127,34 @@ def test_the_sudoers_file_allows_exactly_the_commands_the_app_runs():
     # codejail's time limit: `sudo pkill -9 -g <pgid>` as root (subproc.ProcessKillerThread).
     assert aliases["CODEJAIL_KILL"] == [["/usr/bin/pkill", "-9", "-g", "*"]]
     assert '"sudo", "pkill", "-9", "-g"' in inspect.getsource(subproc.ProcessKillerThread.run)
+
+
+@pytest.mark.parametrize(("stdout", "detail"), [
+    (b'[["x", 2]]', "not a JSON object"),  # dict.update would take it
+    (b"[1, 2]", "TypeError: cannot convert dictionary update sequence"),
+    (b"7", "TypeError: 'int' object is not iterable"),
+    (b'{"x": ' * 100_000 + b"1" + b"}" * 100_000, "RecursionError"),
+    (b'{"x": "\xff"}', "UnicodeDecodeError"),
+    (b'{"x": ', "JSONDecodeError"),
+])
+def test_output_that_is_not_a_json_object_of_globals_is_the_runs_failure(configured, stdout, detail):
+    """What the run's code writes as its output is its own doing: a failed run, not an internal error."""
+    with mock.patch.object(runner, "run_program", return_value=(0, stdout, b"")), mock.patch("subprocess.run"):
+        globals_dict = {"x": 1}
+        with pytest.raises(codejail_safe_exec.SafeExecException, match="was not the JSON object of globals") as raised:
+            codejail_extension.safe_exec("x = 2", globals_dict, run=configured)
+    assert detail in str(raised.value)
+
+
+def test_a_json_object_of_globals_is_read_as_it_is(configured):
+    answer = (0, b' {"x": [[1]]}', b"")
+    with mock.patch.object(runner, "run_program", return_value=answer), mock.patch("subprocess.run"):
+        globals_dict = {"x": 1}
+        codejail_extension.safe_exec("x = [[1]]", globals_dict, run=configured)
+    assert globals_dict == {"x": [[1]]}
+
+
+def test_a_failed_runs_output_is_codejails_to_report(configured):
+    with mock.patch.object(runner, "run_program", return_value=(1, b"[1]", b"Traceback")), mock.patch("subprocess.run"):
+        with pytest.raises(codejail_safe_exec.SafeExecException, match="with status code: 1"):
+            codejail_extension.safe_exec("raise", {}, run=configured)
