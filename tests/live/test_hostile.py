@@ -13,8 +13,6 @@ import errno
 import io
 import json
 import re
-import shutil
-import subprocess
 import threading
 import time
 import zipfile
@@ -22,7 +20,7 @@ import zipfile
 import pytest
 import requests
 
-from .aftermath import Aftermath, run_dirs
+from .aftermath import run_dirs
 from .probe import probe
 
 REALTIME = 3  # settings.CODE_JAIL["limits"]["REALTIME"]
@@ -30,22 +28,6 @@ ADMISSION_WAIT = 1  # settings.CODEJAIL_ADMISSION: the longest a request waits b
 # Seconds: the limit, a wait behind the worker's previous run, codejail's 0.25 s polling, start-up, cleanup.
 ANSWER_WITHIN = REALTIME + ADMISSION_WAIT + 1.5
 LMS_PROLOG = "import os\nos.environ['OPENBLAS_NUM_THREADS'] = '1'\n"
-
-
-@pytest.fixture
-def known_gap(run, service):
-    """
-    For the xfail cases, and deny tests that leak when the sabotage run turns the layer off: the
-    aftermath is checked in the test body (so a failure there is the
-    expected failure), then, as root, any run directory the gap leaked is removed, so the rest
-    of the suite starts clean.
-    """
-    after = Aftermath(run, service)
-    yield after
-    if service["local"]:
-        for directory in after.leftovers(wait=10)[1]:
-            subprocess.run(["chmod", "-R", "u+rwx", directory], check=False)
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def timed(run, code, **kwargs):
