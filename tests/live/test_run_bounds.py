@@ -69,9 +69,11 @@ def test_allow_descriptors_within_run_open_files(run):
 
 
 # 18 nested directories of 250-character names (deeper than PATH_MAX), a file in each, the last
-# locked: a tree that only a walk by relative names removes.
+# locked with a file in it: a tree that only a walk by relative names that unlocks what it finds
+# removes (codejail's rm -rf cannot enter the last directory).
 DEEP_TREE = ("import os\nfor level in range(18):\n    name = '%02d' % level + 'd' * 248\n    os.mkdir(name)\n"
-             "    open(name[:8] + '.f', 'w').close()\n    os.chdir(name)\nos.chmod('.', 0)\nr = 1")
+             "    open(name[:8] + '.f', 'w').close()\n    os.chdir(name)\nopen('last', 'w').close()\n"
+             "os.chmod('.', 0)\nr = 1")
 
 
 def test_deny_tmp_tree_deeper_than_path_max_taking_the_slots_zygote(run, known_gap):
