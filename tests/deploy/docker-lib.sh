@@ -33,7 +33,7 @@ log() { echo "[${LOG_TAG:-docker}] $*" >&2; }
 
 docker_setup() {
     [ "$(id -u)" = 0 ] || { log "run as root (dockerd, nftables)"; exit 2; }
-    ensure_tools "${LOG_TAG:-docker}" "$DOCKER:docker.io" dockerd:docker.io mmdebstrap:mmdebstrap nft:nftables \
+    ensure_tools "${LOG_TAG:-docker}" "$DOCKER:docker.io" mmdebstrap:mmdebstrap nft:nftables \
         curl:curl ip:iproute2 "${DOCKER_EXTRA_TOOLS[@]}"
     mkdir -p "$CACHE_DIR"
     # Our firewall first: no container may reach anything but the host's own connections to it.
@@ -110,9 +110,12 @@ docker_wheelhouse() {
     if [ ! -d "$wheelhouse" ]; then
         log "building the wheelhouse"
         rm -rf "$CACHE_DIR"/wheelhouse-*
+        # One resolution per venv: the app's pins and the sandbox's may differ (cffi, for one).
         /usr/bin/python3.11 -m pip wheel -q --disable-pip-version-check -w "$wheelhouse.tmp" \
-            -r "$repo/requirements/base.txt" -r "$repo/requirements/sandbox/current-py311.txt" \
-            "setuptools>=77" wheel pip "$EXTRA_SANDBOX_PACKAGE" 2> >(grep -v "^WARNING: Location" >&2)
+            -r "$repo/requirements/base.txt" "setuptools>=77" wheel pip 2> >(grep -v "^WARNING: Location" >&2)
+        /usr/bin/python3.11 -m pip wheel -q --disable-pip-version-check -w "$wheelhouse.tmp" \
+            -r "$repo/requirements/sandbox/current-py311.txt" "$EXTRA_SANDBOX_PACKAGE" \
+            2> >(grep -v "^WARNING: Location" >&2)
         mv "$wheelhouse.tmp" "$wheelhouse"
     fi
 }
