@@ -205,6 +205,15 @@ def test_support_health_reports_each_slot_capped(service):
     assert 0 < cap["bytes_per_run"] <= 64 * 1024 * 1024, cap
 
 
+def test_support_health_reports_the_sandboxs_python_and_packages(service):
+    """What the sandbox runs code with, read by the web app (under its AppArmor profile, in the VM)."""
+    import requests
+
+    sandbox = requests.get(service["url"] + "/health/", timeout=10).json()["sandbox"]
+    assert "error" not in sandbox, sandbox
+    assert sandbox["python"].startswith("3.") and "numpy" in sandbox["packages"], sandbox
+
+
 # The operator's extra sandbox package (CODEJAIL_EXTRA_PIP_REQUIREMENTS): `make test-live` provisions
 # the host with it and `make test-image` builds the image with it; each names it here.
 EXTRA_PACKAGE = os.environ.get("CODEJAIL_LIVE_EXTRA_PACKAGE", "")
