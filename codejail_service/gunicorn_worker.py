@@ -103,6 +103,15 @@ def status_line(status):
             + ("Retry-After: 1\r\n" if status == 503 else "") + "\r\n").encode("ascii")
 
 
+def allow_open_files(wanted):
+    """Raise this process's soft RLIMIT_NOFILE to ``wanted`` (at most its hard limit); the limits it had."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    return soft, hard
+
+
 class DeadlineUnreader(SocketUnreader):
     """gunicorn's socket reader, whose reads end at the request's receive deadline."""
 
@@ -169,11 +178,7 @@ class ReceivingThreadWorker(gthread.ThreadWorker):
         self.budget = self.cfg.threads * (self.max_body + HEAD_BYTES)
         # Past its descriptor limit, accept() fails and gthread's worker exits: make gunicorn's
         # own cap on connections (worker_connections) the one that applies.
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = self.cfg.worker_connections + SPARE_DESCRIPTORS
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY
-                                                        else min(wanted, hard), hard))
+        allow_open_files(self.cfg.worker_connections + SPARE_DESCRIPTORS)
 
     # --- Receiving ------------------------------------------------------------------------------
 
