@@ -103,6 +103,16 @@ def status_line(status):
             + ("Retry-After: 1\r\n" if status == 503 else "") + "\r\n").encode("ascii")
 
 
+def receive(sock, size):
+    """What a readable non-blocking socket holds: None if nothing after all, b"" once the peer is gone."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def allow_open_files(wanted):
     """Raise this process's soft RLIMIT_NOFILE to ``wanted`` (at most its hard limit); the limits it had."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -207,12 +217,9 @@ class ReceivingThreadWorker(gthread.ThreadWorker):
         if self.held >= self.budget:
             self.refuse(conn, 503)
             return
-        try:
-            data = conn.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = receive(conn.sock, RECV_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away before its request was complete
             self.refuse(conn, None)
             return
@@ -329,12 +336,9 @@ class ReceivingThreadWorker(gthread.ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_lingering, conn))
 
     def on_lingering(self, conn, _sock):
-        try:
-            data = conn.sock.recv(LINGER_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = receive(conn.sock, LINGER_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained >= LINGER_BYTES:
             self.end_linger(conn)
