@@ -295,6 +295,13 @@ class ReceivingThreadWorker(gthread.ThreadWorker):
         while self.lingering and self.lingering[0].deadline <= now:
             self.end_linger(self.lingering[0])
 
+    def _cap_keepalive(self, deadline):
+        # A stopping worker waits for its connections: requests still arriving get what kept-alive
+        # connections get (gthread's linger), not the whole receive time.
+        super()._cap_keepalive(deadline)
+        for conn in self.receiving:
+            conn.deadline = min(conn.deadline, deadline)
+
     # --- In the thread ---------------------------------------------------------------------------
 
     def handle(self, conn):

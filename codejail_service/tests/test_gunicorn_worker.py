@@ -64,10 +64,11 @@ class Running:
         self.thread.start()
 
     def stop(self):
-        self.worker.alive = False
-        self.worker.method_queue.defer(lambda: None)
-        self.thread.join(30)
-        self.worker.tmp.close()
+        if self.thread.is_alive():
+            self.worker.alive = False
+            self.worker.method_queue.defer(lambda: None)
+            self.thread.join(30)
+            self.worker.tmp.close()
 
 
 @pytest.fixture
@@ -318,3 +319,14 @@ def test_a_lingering_connection_is_closed_after_its_linger_time(serve, clients, 
     while running.worker.lingering and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running.worker.lingering
+
+
+def test_a_stopping_worker_waits_for_a_stalled_request_only_as_for_a_kept_alive_connection(serve, clients):
+    running = serve()
+    client = clients(running.address)
+    client.sendall(STALLS["part of the body"])
+    while not running.worker.receiving:
+        time.sleep(0.01)
+    running.stop()
+    assert answer(client).startswith(b"HTTP/1.1 408 ")  # within ANSWER_WAIT, not PATIENT
+
