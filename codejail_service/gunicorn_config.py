@@ -11,6 +11,9 @@ Environment:
   or waiting for a sandbox slot, so that beyond capacity a request is answered 503 at once
   instead of waiting unseen in the listen backlog; keep it above ``CODEJAIL_ADMISSION["max_waiting"]`` + 1.
 - ``CODEJAIL_SERVICE_TIMEOUT``: seconds before a silent worker is killed and replaced.
+- ``CODEJAIL_SERVICE_RECEIVE_TIMEOUT``: seconds a request has to arrive whole (its headers and
+  body together), from when the worker starts waiting for it; later, it is answered 408 and closed
+  (codejail_service/gunicorn_worker.py). Waiting holds no thread.
 """
 
 import multiprocessing
@@ -22,7 +25,12 @@ bind = os.environ.get("CODEJAIL_SERVICE_BIND", "127.0.0.1:8550")
 # would queue unseen in the kernel's backlog until the LMS times out. With threads, every
 # request reaches the admission gate, which starts it in a free sandbox slot (each run its own
 # sandbox user) and answers 503 + Retry-After beyond a short bounded wait.
-worker_class = "gthread"
+#
+# The worker is gthread's, with a receiving front (codejail_service/gunicorn_worker.py): a thread
+# takes a request only once all of it has arrived, so clients that send part of one and stall
+# hold no thread, whatever their number; after receive_timeout they are dropped.
+worker_class = "codejail_service.gunicorn_worker.ReceivingThreadWorker"
+receive_timeout = float(os.environ.get("CODEJAIL_SERVICE_RECEIVE_TIMEOUT", 20))
 workers = int(os.environ.get("CODEJAIL_SERVICE_WORKERS", 2 * multiprocessing.cpu_count()))
 threads = int(os.environ.get("CODEJAIL_SERVICE_THREADS", 16))
 

@@ -40,7 +40,8 @@ def test_startup_checks_do_not_run_on_settings_or_app_import():
 @pytest.fixture
 def gunicorn_config(monkeypatch):
     def load(**env):
-        for name in ("CODEJAIL_SERVICE_BIND", "CODEJAIL_SERVICE_WORKERS", "CODEJAIL_SERVICE_TIMEOUT"):
+        for name in ("CODEJAIL_SERVICE_BIND", "CODEJAIL_SERVICE_WORKERS", "CODEJAIL_SERVICE_TIMEOUT",
+                     "CODEJAIL_SERVICE_THREADS", "CODEJAIL_SERVICE_RECEIVE_TIMEOUT"):
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
@@ -55,8 +56,10 @@ def test_gunicorn_defaults(gunicorn_config, monkeypatch):
     config = gunicorn_config()
     assert config.bind == "127.0.0.1:8550"
     assert config.workers == 6
-    # Threads hold the requests waiting for the worker's one sandbox (apps/core/admission.py).
-    assert (config.worker_class, config.threads) == ("gthread", 16)
+    # Threads hold the requests waiting for a sandbox slot (apps/core/admission.py); they take
+    # only requests that have fully arrived (gunicorn_worker.py).
+    assert (config.worker_class, config.threads) == ("codejail_service.gunicorn_worker.ReceivingThreadWorker", 16)
+    assert config.receive_timeout == 20
     assert config.preload_app is True
     assert config.max_requests > 0 and config.max_requests_jitter > 0
     assert config.accesslog == "-" and config.errorlog == "-"
@@ -65,5 +68,7 @@ def test_gunicorn_defaults(gunicorn_config, monkeypatch):
 
 def test_gunicorn_environment_overrides(gunicorn_config):
     config = gunicorn_config(CODEJAIL_SERVICE_BIND="0.0.0.0:9000", CODEJAIL_SERVICE_WORKERS="3",
-                             CODEJAIL_SERVICE_TIMEOUT="12", CODEJAIL_SERVICE_THREADS="5")
+                             CODEJAIL_SERVICE_TIMEOUT="12", CODEJAIL_SERVICE_THREADS="5",
+                             CODEJAIL_SERVICE_RECEIVE_TIMEOUT="7.5")
     assert (config.bind, config.workers, config.timeout, config.threads) == ("0.0.0.0:9000", 3, 12, 5)
+    assert config.receive_timeout == 7.5
