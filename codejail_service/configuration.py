@@ -182,6 +182,9 @@ TABLE = (
          "when its config is written).", unit="processes", aliases={TUTOR: "WORKERS"}, overrides={TUTOR: 4}),
     Name("CODEJAIL_SERVICE_THREADS", "int", 16, (PROCESS_ENV,),
          "Threads per worker; keep above CODEJAIL_ADMISSION['max_waiting'] + 1.", unit="threads"),
+    Name("CODEJAIL_SERVICE_RECEIVE_TIMEOUT", "float", 20, (PROCESS_ENV,),
+         "Seconds a request has to arrive whole (headers and body) before it is answered 408 and closed; "
+         "waiting holds no thread (gunicorn_worker.py).", unit="s"),
     Name("CODEJAIL_SERVICE_TIMEOUT", "int", 30, (PROCESS_ENV,), "Seconds before a silent worker is replaced.",
          unit="s"),
     Name("CODEJAIL_SERVICE_LOG_LEVEL", "str", "info", (PROCESS_ENV,), "Log level of gunicorn and the app."),

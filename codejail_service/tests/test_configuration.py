@@ -82,6 +82,7 @@ def test_gunicorns_defaults_are_the_tables(gunicorn_config):
     assert gunicorn_config.bind == configuration.default("CODEJAIL_SERVICE_BIND")
     assert gunicorn_config.threads == configuration.default("CODEJAIL_SERVICE_THREADS")
     assert gunicorn_config.timeout == configuration.default("CODEJAIL_SERVICE_TIMEOUT")
+    assert gunicorn_config.receive_timeout == configuration.default("CODEJAIL_SERVICE_RECEIVE_TIMEOUT")
     assert gunicorn_config.loglevel == configuration.default("CODEJAIL_SERVICE_LOG_LEVEL")
     assert configuration.default("CODEJAIL_SERVICE_WORKERS") is None  # unset: by the CPU count
     assert gunicorn_config.workers == 2 * multiprocessing.cpu_count()
