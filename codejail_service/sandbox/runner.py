@@ -117,7 +117,10 @@ def clean_tmp(run, tmp_dir):
     """
     if _clean_as_app(tmp_dir):
         return 0, b"", b""
-    result = subprocess.run(commands.cleanup(run.user, tmp_dir), capture_output=True, check=False)
+    # In the run directory, as codejail runs it: find opens its starting directory, and the
+    # cleanup's AppArmor profile (codejail_cleanup) may read run directories only, not the app's "/".
+    result = subprocess.run(commands.cleanup(run.user, tmp_dir), cwd=os.path.dirname(tmp_dir), capture_output=True,
+                            check=False)
     return result.returncode, result.stdout, result.stderr
 
 

@@ -205,6 +205,7 @@ def test_cleanup_of_a_directory_is_left_to_codejails_command_as_the_runs_user(ru
         assert clean_tmp(run_dir) == (0, b"", b"")
     assert run.call_args.args[0] == ["sudo", "-n", "-u", "codejail-sandbox", "/usr/bin/find", str(run_dir / "tmp"),
                                      "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", ";"]
+    assert run.call_args.kwargs["cwd"] == str(run_dir)  # as codejail runs it (AppArmor's codejail_cleanup)
     assert os.listdir(run_dir / "tmp") == ["matplotlib-abc"]  # the file went already
 
 
