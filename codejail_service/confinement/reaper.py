@@ -178,8 +178,6 @@ class RunWatchdog:
         self.memory_bytes = memory_bytes
         self.cpu_seconds = cpu_seconds
         self.baseline = _private_and_shared_bytes(os.getpid()) if memory_bytes else 0
-        self.peak = 0
-        self.cpu_used = 0.0
 
     def held(self, pid, minor_faults):
         """What ``pid`` holds beyond what it was born with, as above (bytes)."""
@@ -200,14 +198,13 @@ class RunWatchdog:
             if self.memory_bytes:
                 memory += self.held(pid, fields["minflt"])
             ticks += fields["cpu_ticks"]
-        self.peak = max(self.peak, memory)
         if self.memory_bytes and memory > self.memory_bytes:
             return signal.SIGKILL, (f"its processes held more than {self.memory_bytes // (1024 * 1024)} MiB "
                                     "of memory together")
         if self.cpu_seconds:
             reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-            self.cpu_used = ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
-            if self.cpu_used > self.cpu_seconds:
+            used = ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
+            if used > self.cpu_seconds:
                 return signal.SIGXCPU, f"its processes used more than {self.cpu_seconds:g} s of CPU time together"
         return None
 
