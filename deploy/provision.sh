@@ -301,9 +301,11 @@ fi
 # The app may run exactly codejail's command lines as the sandbox user (pinned
 # arguments: no -S or -I that would skip the confinement hook), and pkill as
 # root for codejail's timeout. TMPDIR is the only variable codejail passes. A sandbox user
-# may also be made to kill all its own processes (the clean-up of a slot whose run's worker
-# died), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX, on by default: docs/decisions/
-# 0007-warm-sandbox.rst), which confines each run it forks with the same layer.
+# may also be made to kill the process groups of its runs (what a run left, never its slot's
+# zygote: docs/decisions/0009-run-bounds-across-processes.rst) or all its own processes (the
+# last resort, and the service's stop), and to start its slot's zygote (CODEJAIL_WARM_SANDBOX,
+# on by default: docs/decisions/0007-warm-sandbox.rst), which confines each run it forks with
+# the same layer.
 # Speed (make bench; docs/decisions/0005-run-cost-and-overload.rst): with no PAM session or setcred to close
 # and no pty (codejail runs sudo with no terminal; Debian's default use_pty would only keep a
 # monitor), sudo execs the sandbox python in place instead of forking and waiting for it:
@@ -314,6 +316,7 @@ cat > "$sudoers" <<SUDOERS
 # Managed by codejail-service deploy/provision.sh
 Runas_Alias CODEJAIL_SANDBOX_USERS = $runas_users
 Cmnd_Alias CODEJAIL_KILL_OWN = /usr/bin/kill -9 -1
+Cmnd_Alias CODEJAIL_KILL_GROUPS = /usr/bin/kill -9 -- -*
 Cmnd_Alias CODEJAIL_PYTHON = $sandbox_venv/bin/python -E -B jailed_code
 Cmnd_Alias CODEJAIL_CLEANUP = /usr/bin/find /tmp/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;, \\
     /usr/bin/find $run_root/*/codejail-*/tmp -mindepth 1 -maxdepth 1 -exec rm -rf {} ;
@@ -322,8 +325,9 @@ Cmnd_Alias CODEJAIL_KILL = /usr/bin/pkill -9 -g *
 Defaults!CODEJAIL_PYTHON env_keep = "TMPDIR", !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_CLEANUP !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_KILL_OWN !pam_session, !pam_setcred, !use_pty
+Defaults!CODEJAIL_KILL_GROUPS !pam_session, !pam_setcred, !use_pty
 Defaults!CODEJAIL_ZYGOTE !pam_session, !pam_setcred, !use_pty
-$app_user ALL=(CODEJAIL_SANDBOX_USERS) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP, CODEJAIL_KILL_OWN, CODEJAIL_ZYGOTE
+$app_user ALL=(CODEJAIL_SANDBOX_USERS) NOPASSWD: CODEJAIL_PYTHON, CODEJAIL_CLEANUP, CODEJAIL_KILL_OWN, CODEJAIL_KILL_GROUPS, CODEJAIL_ZYGOTE
 $app_user ALL=(root) NOPASSWD: CODEJAIL_KILL
 SUDOERS
 visudo -c -q -f "$sudoers"

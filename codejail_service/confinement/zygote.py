@@ -24,9 +24,11 @@ connection, one run:
 Or, from the app once a successor listens in this zygote's place: ``{"retire": true}`` (no
 descriptors); it serves the runs already queued, then exits.
 
-It writes ``ready`` to its stdout once it has preloaded. It exits after ``IDLE_SECONDS`` without
-a connection, when retired, and whenever its slot is recovered (``kill -9 -1`` as the slot's
-user).
+It writes ``ready`` to its stdout once it has preloaded (the app makes its socket reachable only
+then). It exits when retired, with the service (``kill -9 -1`` as the slot's user), and idle
+once the service that started it is gone (``serve_forever``). The app's clean-up of a run kills
+the run's process groups, in the run's session, never this one's (sandbox/processes.py), but as
+its last resort.
 """
 import errno
 import json
@@ -80,6 +82,7 @@ PRELOAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 # matplotlib's font list, built at provisioning (deploy/provision.sh) into this read-only
 # directory of the sandbox venv (relative to its prefix, which site sets); see preload_matplotlib.
 MATPLOTLIB_CACHE = ("share", "codejail-matplotlib")
+# How often an idle zygote looks whether the service that started it is still there.
 IDLE_SECONDS = 600
 MAX_MESSAGE = 64 * 1024
 
@@ -241,14 +244,25 @@ class Lifetime:
 
 
 def serve_forever(listener, layer, config, run_env):
-    """One run per connection, until idle, retired or past its lifetime."""
+    """
+    One run per connection, until retired or past its lifetime, or idle once orphaned: every
+    ``IDLE_SECONDS`` without a connection, it exits if its parent is no longer the one that
+    adopted it (gunicorn's master, ``main``), i.e. the service that started it is gone. While the
+    service runs it stays, however quiet its slot: a slot without a zygote serves its runs in
+    fresh interpreters until a new one has preloaded (the app's zygote_client.py).
+    """
     listener.settimeout(IDLE_SECONDS)
+    service = os.getppid()
     lifetime = Lifetime()
     retiring = False
     while True:
         try:
             conn, _ = listener.accept()
-        except (TimeoutError, BlockingIOError):  # idle; or retiring, and nothing left queued
+        except TimeoutError:  # idle
+            if os.getppid() == service:
+                continue
+            return
+        except BlockingIOError:  # retiring, and nothing left queued
             return
         with conn:
             conn.settimeout(None)

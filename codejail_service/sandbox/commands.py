@@ -25,6 +25,14 @@ def kill_own(user):
     return ["sudo", "-n", "-u", user, "/usr/bin/kill", "-9", "-1"]
 
 
+def kill_groups(user, groups):
+    """
+    SIGKILL the process groups ``groups`` (of the runs of ``user``), only ``user``'s processes in
+    them (sudoers: CODEJAIL_KILL_GROUPS).
+    """
+    return ["sudo", "-n", "-u", user, "/usr/bin/kill", "-9", "--", *(f"-{group}" for group in groups)]
+
+
 def zygote(user, python, script):
     """Start ``user``'s zygote (sudoers: CODEJAIL_ZYGOTE); ``-S``: its script sets up ``site``."""
     return ["sudo", "-n", "-u", user, python, "-E", "-B", "-S", script]

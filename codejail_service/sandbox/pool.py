@@ -13,7 +13,8 @@ A slot is held by an exclusive ``flock`` on its lock file, in a directory privat
 user (``CODEJAIL_SLOT_DIR``). The kernel drops the lock when its holder dies, so a worker killed
 mid-run frees its slot at once; the lock file still names the run directory of that run, and
 whoever takes the slot next (gunicorn's master, in ``child_exit``, or the next run) first kills
-the slot user's processes and removes that directory (``_recover``). Every worker and every
+what that run left (its process groups: processes.end_run_processes; the slot's zygote stays) and
+removes that directory (``_recover``). Every worker and every
 service on the host that uses the same directory shares the pool safely.
 
 With N = 0, every run is codejail's plain run as ``CODE_JAIL["user"]``: one run at a time per
@@ -197,9 +198,9 @@ def recover_free_slots():
 def _recover(slot, run_dir):
     """A holder died mid-run: end what its run left running, then remove its run directory."""
     user = slot.user
-    log.warning("Sandbox user %s was left mid-run in %s: killing its processes, removing the directory",
+    log.warning("Sandbox user %s was left mid-run in %s: killing its run's processes, removing the directory",
                 user, run_dir)
-    processes.kill_processes_of(user)
+    processes.end_run_processes(user)  # the slot's zygote stays
     if not is_run_dir(slot, run_dir):
         log.error("Not removing %r: not a codejail run directory in %s", run_dir, run_dir_parent(slot))
         return

@@ -8,10 +8,15 @@ Kill paths, from the first to fire to the last resort:
    process of the run before its answer; it lives in the sandbox venv and reads /proc itself;
 2. codejail's time limit (``ProcessKillerThread``: ``sudo pkill -9 -g <pgid>``), started here by
    ``watch``;
-3. the backstop (``watch``): REALTIME + ``BACKSTOP_SECONDS`` later, every process of the slot's
-   user, should the reaper have been beaten;
-4. ``end_leftovers``: after the run, before its slot is released;
-5. a slot's recovery (pool.py), when the worker that held it died: ``kill_processes_of``.
+3. the backstop (``watch``): REALTIME + ``BACKSTOP_SECONDS`` later, the process groups of the
+   slot's runs (``end_run_processes``), should the reaper have been beaten;
+4. ``end_leftovers``: after the run, before its slot is released, the same;
+5. a slot's recovery (pool.py), when the worker that held it died: the same.
+
+None of them reaches the slot's zygote: 3 to 5 kill the process groups of the runs' own sessions
+(``run_groups_of``), as the sandbox user, and a zygote is in the service's session. Only where a
+run's processes keep making new groups (possible without our layer) do they fall back to
+``kill -9 -1`` as the user, zygote included (``kill_processes_of``, also the service's stop).
 
 The confinement layer (codejail_service/confinement/) keeps its own /proc reading and its own
 libc handle: it is installed on its own into the sandbox venv as ``codejail_confinement``, runs
@@ -34,11 +39,15 @@ from codejail_service.sandbox import commands
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
-# Seconds past REALTIME after which the slot's every process is killed, if the run still holds
-# its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin's reach.
+# Seconds past REALTIME after which the process groups of the slot's runs are killed, if the run
+# still holds its pipes open then (a beaten reaper): well within the LMS's 3.5 s - REALTIME margin.
 BACKSTOP_SECONDS = 0.5
-# How long a run's last processes may take to be gone once its output has closed.
+# How long a run's last processes may take to be gone once its output has closed (the reaper
+# empties tmp/ after it has ended the rest), killed at the time limit or not.
 LEFTOVER_GRACE_SECONDS = 0.5
+# How long the kills of a run's process groups may go on finding new groups before every process
+# of the slot's user is killed at once (``end_run_processes``).
+KILL_GROUPS_SECONDS = 1.0
 
 
 @functools.cache
@@ -59,46 +68,103 @@ def become_child_subreaper():
         log.warning("Could not become a child subreaper: %s", os.strerror(ctypes.get_errno()))
 
 
-def stat_fields(pid):
+def stat_fields(pid, thread=None):
     """
-    The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...),
-    split after its closing parenthesis: a command name may hold spaces and parentheses.
+    The fields of /proc/<pid>/stat (of /proc/<pid>/task/<thread>/stat, given a ``thread``) after
+    the command name (state, ppid, pgrp, session, ...), split after its closing parenthesis: a
+    command name may hold spaces and parentheses.
     """
-    with open(f"/proc/{pid}/stat", "rb") as stat_file:
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, "rb") as stat_file:
         return stat_file.read().rsplit(b")", 1)[1].split()
 
 
-def session_of(pid):
-    """The session ID of ``pid``, or None if it is gone."""
-    try:
-        return int(stat_fields(pid)[3])
-    except (OSError, ValueError, IndexError):
-        return None
+# /proc/<pid>/stat states of a task that has exited: a zombie (its parent has not waited for it
+# yet) and a dead one (being removed).
+EXITED = (b"Z", b"X")
 
 
-def command_line_ends_with(pid, suffix):
-    """True when ``pid``'s command line ends with ``suffix`` (bytes); False if it is gone."""
+def _has_a_live_thread(pid):
+    """
+    True while any thread of ``pid`` runs. A process whose main thread has exited shows as a zombie
+    in /proc/<pid>/stat while its other threads run on: only /proc/<pid>/task/*/stat tells.
+    """
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return cmdline.read().rstrip(b"\0").endswith(suffix)
-    except OSError:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    for thread in threads:
+        try:
+            if stat_fields(pid, thread)[0] not in EXITED:
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # that thread is gone meanwhile
+    return False
+
+
+def _live_processes_of(uid):
+    """``(pid, stat fields)`` of every live process of ``uid`` (see ``processes_of``)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                fields = stat_fields(name)
+                if fields[0] not in EXITED or _has_a_live_thread(name):
+                    found.append((int(name), fields))
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # gone meanwhile (between the listing and the stat, or the stat and the read)
+    return found
 
 
 def processes_of(uid):
     """
-    The PIDs of every live process of ``uid`` on the host, from /proc (about 0.4 ms). Zombies
-    are left out: they hold nothing but their PID, and only their parent can remove them.
+    The PIDs of every live process of ``uid`` on the host, from /proc (about 0.4 ms): every process
+    that has a live thread. Zombies are left out: they hold nothing but their PID, and only their
+    parent can remove them.
     """
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid and stat_fields(name)[0] != b"Z":
-                    pids.append(int(name))
-            except (FileNotFoundError, ProcessLookupError):
-                pass  # gone meanwhile (between the listing and the stat, or the stat and the read)
-    return pids
+    return [pid for pid, _ in _live_processes_of(uid)]
+
+
+def run_groups_of(uid):
+    """
+    ``{process group: [PIDs]}`` of the live processes of ``uid`` that belong to runs: those in a
+    run's session (``is_a_runs_session``).
+
+    A slot's zygote stays in the service's session (the app starts it without a session of its
+    own, and gunicorn's master and workers share one); every run takes a session of its own
+    (codejail's ``setsid`` for a fresh run, the zygote's for a forked one), and no process of a
+    run can take another (seccomp refuses ``setsid`` and ``setpgid`` to the run's code; the
+    reaper takes its own group once, before its filter, in the run's session). A process group
+    lies within one session, so killing these groups never reaches a zygote.
+    """
+    ours = os.getsid(0)
+    runs_sessions = {}
+    groups = {}
+    for pid, fields in _live_processes_of(uid):
+        session = int(fields[3])
+        if session not in runs_sessions:
+            runs_sessions[session] = is_a_runs_session(session, uid, ours)
+        if runs_sessions[session]:
+            groups.setdefault(int(fields[2]), []).append(pid)
+    return groups
+
+
+def is_a_runs_session(session, uid, ours):
+    """
+    True when ``session`` (of a process of ``uid``) is a run's: not this service's (``ours``),
+    and led by a process of ``uid`` (a run's leader) or by none any more (it was killed). The
+    session of another service's zygotes, which may share the pool's slots, is led by that
+    service's own process (root's or the app user's) as long as it runs. (0: a session made
+    outside this PID namespace, as a container's may be; never a run's.)
+    """
+    if session in (ours, 0):
+        return False
+    try:
+        return os.stat(f"/proc/{session}").st_uid == uid
+    except (FileNotFoundError, ProcessLookupError):
+        return True  # the leader is gone; the number is not reused while the session has a member
 
 
 @functools.cache
@@ -106,19 +172,34 @@ def uid_of(user):
     return pwd.getpwnam(user).pw_uid
 
 
+def _sudo_kill(command, user, what):
+    """Run a kill ``command`` through sudo; True when sudo ran it (kill's 1: nothing was left)."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode not in (0, 1) or "sudo" in result.stderr:
+        log.error("Could not kill %s of sandbox user %s: %s", what, user, result.stderr.strip())
+        return False
+    return True
+
+
 def kill_processes_of(user):
     """
-    SIGKILL every process ``user`` has (left over by a run whose worker died).
+    SIGKILL every process ``user`` has, its zygote included (the service's stop; the last resort
+    of ``end_run_processes``).
 
     Runs ``kill -9 -1`` as that user (sudoers allows exactly this): it reaches that user's
     processes only, whatever their process group. Returns True when sudo and kill succeeded;
     kill fails (status 1) when there was nothing to kill, which is fine too.
     """
-    result = subprocess.run(commands.kill_own(user), capture_output=True, text=True, check=False)
-    if result.returncode not in (0, 1) or "sudo" in result.stderr:
-        log.error("Could not kill the processes of sandbox user %s: %s", user, result.stderr.strip())
-        return False
-    return True
+    return _sudo_kill(commands.kill_own(user), user, "the processes")
+
+
+def kill_groups(user, groups):
+    """
+    SIGKILL the process groups ``groups`` as ``user`` (``kill -9 -- -<pgid> ...``): each group in
+    one pass of the kernel (kill(-pgid) is atomic, as kill(-1) is: a fork chain within the group
+    cannot outrun it), and only ``user``'s processes in it.
+    """
+    return _sudo_kill(commands.kill_groups(user, sorted(groups)), user, f"the process groups {sorted(groups)}")
 
 
 def kill_all_processes_of(user, timeout=5.0):
@@ -134,22 +215,42 @@ def kill_all_processes_of(user, timeout=5.0):
     return True
 
 
-def end_leftovers(user, killed, keep=()):
+def end_run_processes(user, timeout=None):
     """
-    After a run, before its slot is released: nothing of the slot's ``user`` may be left running
-    but its zygotes (``keep``: a zygote and its successor). The run's reaper ends every process
-    of the run before the run's answer, so this finds nothing, unless the reaper itself was
-    beaten; then, and after a run that was ``killed`` (its time limit, its memory bound), the
-    slot is recovered like one whose worker died: every process of its user is killed, zygote
-    included.
+    SIGKILL every process of ``user``'s runs (``run_groups_of``), never its zygote, until none is
+    left. Each group dies in one pass; a run can make no new group (seccomp), so this ends within
+    a pass or two. Where something can (our layer off, e.g. AppArmor-only hosts: a chain of
+    ``setsid`` and ``fork``) and new groups still appear after ``timeout`` seconds
+    (``KILL_GROUPS_SECONDS``), or sudo refuses the group kill, every process of the user is
+    killed at once, zygote included: the slot's next run is then served by a fresh interpreter
+    while a new zygote preloads (zygote_client.py). True when nothing of the runs is left.
     """
     uid = uid_of(user)
-    keep = set(keep)
+    deadline = time.monotonic() + (KILL_GROUPS_SECONDS if timeout is None else timeout)
+    while groups := run_groups_of(uid):
+        if time.monotonic() > deadline or not kill_groups(user, groups):
+            log.error("Processes of sandbox user %s outlive the kills of their process groups (%s): killing "
+                      "every process of the user, its zygote too", user, groups)
+            return kill_all_processes_of(user)
+        time.sleep(0.01)  # SIGKILL is delivered when the process next runs
+    return True
+
+
+def end_leftovers(user):
+    """
+    After a run, before its slot is released: nothing of the slot's ``user`` may be left running
+    but its zygotes (a zygote and a successor that may be preloading). The run's reaper ends
+    every process of the run before the run's answer, so this finds nothing, unless the reaper
+    itself was beaten: then, after ``LEFTOVER_GRACE_SECONDS``, the run's process groups are
+    killed (``end_run_processes``); the zygote keeps serving the slot.
+    """
+    uid = uid_of(user)
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-    while left := [pid for pid in processes_of(uid) if pid not in keep]:
-        if killed or time.monotonic() > deadline:
-            log.warning("Sandbox user %s has processes %s left after its run: killing them all", user, left)
-            kill_all_processes_of(user)
+    while left := run_groups_of(uid):
+        if time.monotonic() > deadline:
+            log.warning("Sandbox user %s has processes %s left after its run: killing their process groups",
+                        user, left)
+            end_run_processes(user)
             return
         time.sleep(0.01)  # the reaper and the run's leader are exiting
 
@@ -157,7 +258,7 @@ def end_leftovers(user, killed, keep=()):
 class Watch:
     """
     A started run's time limit: codejail's killer thread (``sudo pkill -9 -g``) and, for a run
-    in a pool slot, the backstop that kills every process of the slot's user a little later.
+    in a pool slot, the backstop that kills the process groups of the slot's runs a little later.
     """
 
     def __init__(self, process, realtime, backstop_user=None):
@@ -167,8 +268,8 @@ class Watch:
         ProcessKillerThread(process, limit=realtime).start()
         if backstop_user is not None:
             # Should the run's reaper be beaten (it ends what the time limit's `pkill -g` misses),
-            # every process of the slot's user is killed shortly after: the answer still comes.
-            self._backstop = threading.Timer(realtime + BACKSTOP_SECONDS, kill_all_processes_of,
+            # the slot's runs' process groups are killed shortly after: the answer still comes.
+            self._backstop = threading.Timer(realtime + BACKSTOP_SECONDS, end_run_processes,
                                              (backstop_user,))
             self._backstop.daemon = True
             self._backstop.start()
@@ -176,7 +277,7 @@ class Watch:
     def stop(self):
         """
         The run is over. A backstop that fired has ended its kill loop when this returns: else it
-        could kill the next run's processes, or the zygote that run starts, in this slot.
+        could kill the next run's processes in this slot.
         """
         if self._backstop is not None:
             self._backstop.cancel()

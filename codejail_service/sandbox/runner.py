@@ -8,8 +8,9 @@ with the run. They differ from codejail's ``run_subprocess`` in these ways (see
 docs/decisions/0005-run-cost-and-overload.rst):
 
 - **Who runs it.** A warm run (run.py) is forked by its slot's zygote (zygote_client.py), which
-  applies the same rlimits, session and confinement; a fresh one (or a warm one whose zygote did
-  not fork it) is the program command (commands.py) as the slot's user.
+  applies the same rlimits, session and confinement; a fresh one (or a warm one whose slot has no
+  zygote ready, or whose zygote did not fork it) is the program command (commands.py) as the
+  slot's user, at once: a run never waits for a zygote's preload.
 - **Output caps.** codejail reads stdout and stderr whole into the worker's memory: a run that
   floods them grows the worker by hundreds of MB. Here each stream has a cap of its own:
 
@@ -36,7 +37,7 @@ docs/decisions/0005-run-cost-and-overload.rst):
   without the sticky bit), so it may unlink any entry there itself; only directories the sandbox
   made (whose contents the app may not remove) still need codejail's cleanup as the sandbox user.
 - **No process outlives the run's answer** (processes.py: the time limit, the backstop and
-  ``end_leftovers``).
+  ``end_leftovers``), and none of these ends the slot's zygote.
 """
 
 import collections
@@ -45,7 +46,6 @@ import logging
 import os
 import select
 import selectors
-import signal
 import stat
 import subprocess
 
@@ -73,9 +73,12 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
         # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
         try:
             process = zygote_client.run(run.user, cwd, rlimits)
+        except zygote_client.ZygoteNotReady as exc:
+            # No zygote ready in the slot (gone, or its successor preloading off this path): the
+            # run does not wait for one. It runs at once as a fresh interpreter, confined the same way.
+            log.info("No warm sandbox of %s is ready (%s): a fresh interpreter runs the run", run.user, exc)
         except (zygote_client.ZygoteError, ConnectionRefusedError, FileNotFoundError):
             # Nothing of the run started: it runs as a fresh interpreter, confined the same way.
-            # (The soak meets this now and then: a zygote just started refusing or closing.)
             log.exception("The warm sandbox of %s did not fork the run: a fresh interpreter runs it", run.user)
     if process is None:
         # As codejail does: a new session (so its timeout can kill the whole group) and the rlimits.
@@ -96,9 +99,8 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
     finally:
         watch.stop()
     if run.pooled:
-        # No process of the run outlives its answer (recovering the slot if one tried).
-        processes.end_leftovers(run.user, killed=status == -signal.SIGKILL,
-                                keep=getattr(process, "zygote_pids", ()))
+        # No process of the run outlives its answer; the slot's zygote stays.
+        processes.end_leftovers(run.user)
     if truncated:
         log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "

@@ -9,16 +9,20 @@ the ``Popen`` it would otherwise have made, so the output cap and codejail's
 ``ProcessKillerThread`` (``sudo pkill -9 -g <pgid>``) work on it unchanged.
 
 One zygote per slot, shared by every worker: it listens on ``<slot dir>/<user>.sock`` (the app's
-private directory). Whichever worker holds the slot and finds no zygote there starts one. A
-slot's recovery (``pool._recover``) kills it with the rest of the user's processes; the next run
-starts a new one.
+private directory), which only ever names a zygote that has preloaded. Nothing the app does to
+end a run's processes reaches it (processes.py). A run that finds no zygote ready there (none
+yet, or it died: crashed, idle past ``IDLE_SECONDS``, or killed by the last resort of
+processes.end_run_processes) never waits for one: it runs at once as a fresh interpreter,
+confined the same way (``ZygoteNotReady``; runner.py), while a new zygote preloads in the
+background (``replace``) and takes the socket once ready. Only the service's start waits for its
+zygotes (``start_all``), off every request's path.
 
 Recycling (``CODEJAIL_ZYGOTE_MAX_RUNS``, ``CODEJAIL_ZYGOTE_MAX_SECONDS``): a zygote that has
 served its share says so with a run's pid. The worker that hears it starts the successor in a
-background thread, off every request's path (``replace``): the successor listens on
-``<user>.sock.next`` and preloads while its predecessor keeps serving; once it says ``ready``,
-its socket is renamed over ``<user>.sock`` (new connections reach it) and the predecessor is told
-to retire (it serves what was already queued, then exits). One replacement per slot at a time,
+background thread, off every request's path (``replace``, as for a slot without a zygote): the
+successor listens on ``<user>.sock.next`` and preloads while its predecessor keeps serving; once
+it says ``ready``, its socket is renamed over ``<user>.sock`` (new connections reach it) and the
+predecessor is told to retire (it serves what was already queued, then exits). One replacement per slot at a time,
 service-wide (an flock on ``<user>.successor.lock``).
 """
 
@@ -32,20 +36,23 @@ import subprocess
 import threading
 import time
 
-from codejail_service.sandbox import commands, config, pool, processes
+from codejail_service.sandbox import commands, config, pool
 
 log = logging.getLogger(__name__)
 
-# How long a run may wait for its zygote to fork it: a new zygote preloads first (PRELOAD in
-# confinement/zygote.py, ~2.5 s of CPU; several at once when the service starts, on a busy host).
+# How long a run may wait for its zygote to fork it. Only a zygote that has preloaded is ever
+# reached (``socket_path``), so it forks at once; this bounds a stuck one.
 FORK_TIMEOUT_SECONDS = 30
-# How long a successor may take to preload before the replacement is given up (and retried at
-# a later run: its predecessor keeps asking).
+# How long a new zygote may take to preload (PRELOAD in confinement/zygote.py, ~2.5 s of CPU;
+# several at once when the service starts, on a busy host) before it is given up (and another
+# started by a later run: its predecessor keeps asking, or the slot still has none).
 SUCCESSOR_TIMEOUT_SECONDS = 120
 MAX_MESSAGE = 4096
 # Users whose zygote's successor a thread of this process is starting.
 _replacing = set()
 _replacing_lock = threading.Lock()
+# A forked worker has none of its parent's threads: none of their users is being replaced in it.
+os.register_at_fork(after_in_child=_replacing.clear)
 
 
 class ZygoteError(Exception):
@@ -54,6 +61,10 @@ class ZygoteError(Exception):
 
 class ZygoteGone(ZygoteError):
     """The zygote closed the connection."""
+
+
+class ZygoteNotReady(ZygoteError):
+    """No zygote is ready in the slot: one is preloading in the background; nothing of the run started."""
 
 
 def socket_path(user):
@@ -93,32 +104,39 @@ def start_zygote(user, path=None, stdout=subprocess.DEVNULL):
 
 def start_all():
     """
-    Start the zygote of every free slot that has none, all at once: they preload in parallel
-    (the startup checks, which come next, would otherwise start them one after another).
+    Start the zygote of every free slot that has none, all at once, and wait until each has
+    preloaded (in parallel) or failed: the startup checks, which come next, prove the warm
+    sandbox with them.
 
     Run by lifecycle.start_zygotes once this process adopts orphans (each zygote leaves its first
     process at once, ``start_zygote``).
     """
+    starting = []
     for slot in pool.free_slots():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             probe.connect(socket_path(slot.user))  # one there already (another service's): keep it
         except (FileNotFoundError, ConnectionRefusedError):
-            start_zygote(slot.user)
+            starting.append(replace(slot.user))
         finally:
             probe.close()
+    for thread in filter(None, starting):
+        thread.join(SUCCESSOR_TIMEOUT_SECONDS + FORK_TIMEOUT_SECONDS)
 
 
 def replace(user):
     """
-    Start ``user``'s zygote's successor in a background thread (a no-op if this process is at it
-    already); see the module's docstring.
+    Start a new zygote for ``user``'s slot in a background thread, which puts it in the place of
+    the slot's zygote (if there is one) once it has preloaded; see the module's docstring. The
+    thread, or None if this process is at it already.
     """
     with _replacing_lock:
         if user in _replacing:
-            return
+            return None
         _replacing.add(user)
-    threading.Thread(target=_replace, args=(user,), name=f"zygote-successor-{user}", daemon=True).start()
+    thread = threading.Thread(target=_replace, args=(user,), name=f"zygote-successor-{user}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _replace(user):
@@ -161,28 +179,23 @@ def _hand_over(user):
     finally:
         if predecessor is not None:
             predecessor.close()
-    log.info("Replaced the warm sandbox zygote of %s: its successor was ready in %.2f s",
+    log.info("%s the warm sandbox zygote of %s: ready in %.2f s", "Replaced" if predecessor else "Started",
              user, time.monotonic() - started)
 
 
-def _connect(user, starts=2):
+def _connect(user):
     """
-    A connection to ``user``'s zygote, starting one if none listens (at most ``starts`` times: a
-    zygote just started was seen refusing once under the hostile soak, cause not found yet).
+    A connection to ``user``'s zygote. If none listens (none yet, or it died), a new one is
+    started in the background (``replace``) and ``ZygoteNotReady`` raised: the run does not
+    wait for its preload.
     """
-    for attempt in range(starts):
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            conn.connect(socket_path(user))
-            return conn
-        except (FileNotFoundError, ConnectionRefusedError):
-            conn.close()
-            if attempt:
-                log.warning("The new warm sandbox zygote of %s refused the connection: starting another", user)
-            start_zygote(user)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         conn.connect(socket_path(user))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        conn.close()
+        replace(user)
+        raise ZygoteNotReady("a new zygote is preloading") from exc
     except BaseException:
         conn.close()
         raise
@@ -190,14 +203,22 @@ def _connect(user, starts=2):
 
 
 def run(user, cwd, rlimits):
-    """Have ``user``'s zygote (its slot's) fork the run in ``cwd``; a ``WarmRun`` with its pipes."""
+    """
+    Have ``user``'s zygote (its slot's) fork the run in ``cwd``; a ``WarmRun`` with its pipes.
+    ``ZygoteNotReady`` (a ``ZygoteError``) when the slot has no zygote ready: nothing of the run
+    started, and one is preloading.
+    """
     try:
         return _run(user, cwd, rlimits)
     except ZygoteGone:
-        # It exited (idle, retired, past its lifetime) as we connected, or was killed with its
-        # slot's processes: once more, with its successor, or a new one if there is none.
-        # Nothing of the run had started.
+        # It exited (idle, retired, past its lifetime) as we connected, or died: once more, with
+        # its successor if it has one in place. Nothing of the run had started.
+        pass
+    try:
         return _run(user, cwd, rlimits)
+    except ZygoteGone:
+        replace(user)  # it takes connections and drops them: a new one takes its place
+        raise
 
 
 def _run(user, cwd, rlimits):
@@ -222,7 +243,7 @@ def _run(user, cwd, rlimits):
     finally:
         for fd in child_ends:
             os.close(fd)
-    warm = WarmRun(conn, *our_ends, uid=_uid_of(user))
+    warm = WarmRun(conn, *our_ends)
     try:
         reply = warm.receive(FORK_TIMEOUT_SECONDS)
         if reply is None or "pid" not in reply:
@@ -231,48 +252,22 @@ def _run(user, cwd, rlimits):
         warm.close()
         raise
     warm.pid = reply["pid"]
-    warm.zygote_pid = reply.get("zygote")
     if reply.get("retire"):
         replace(user)
     return warm
 
 
-def _uid_of(user):
-    try:
-        return processes.uid_of(user)
-    except KeyError:  # no such user (the unit tests' stand-ins)
-        return None
-
-
 class WarmRun:
     """A run forked by a zygote, with what ``run_subprocess`` uses of a ``Popen``."""
 
-    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd, uid=None):
+    def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
         self.pid = None
-        self._uid = uid
-        self.zygote_pid = None  # left running after the run: it forks the slot's next one
         self.returncode = None
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
         self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
         self.stderr = os.fdopen(stderr_fd, "rb", buffering=0)
         self._conn = conn
         self._lock = threading.Lock()  # poll() runs in codejail's killer thread too
-
-    @property
-    def zygote_pids(self):
-        """
-        Every zygote of this run's slot now: the one that forked it, and a successor that may be
-        preloading (``replace``), which another worker may have started. A zygote has the zygote's
-        command line and stays in the service's session (the app starts it without a session of
-        its own); every run takes a session of its own, and its processes keep it.
-        """
-        pids = {self.zygote_pid} if self.zygote_pid else set()
-        if self._uid is not None:
-            ours = os.getsid(0)
-            for pid in processes.processes_of(self._uid):
-                if processes.command_line_ends_with(pid, b"/zygote.py") and processes.session_of(pid) == ours:
-                    pids.add(pid)
-        return pids
 
     def receive(self, timeout):
         """
@@ -292,7 +287,7 @@ class WarmRun:
             except ConnectionResetError:  # queued on a zygote that exited before taking it
                 message = b""
             if not message:
-                raise ZygoteGone("the zygote closed the connection (killed with its slot's processes?)")
+                raise ZygoteGone("the zygote closed the connection (it died?)")
             reply = json.loads(message)
             if "status" in reply:
                 self.returncode = reply["status"]

@@ -6,8 +6,12 @@ Each deny test sits next to its nearest allowed twin; the whole file runs with f
 interpreters and with the warm sandbox, and the sabotage run proves each deny test fails
 without our layer.
 """
+import os
+import signal
+
 import pytest
 
+from .conftest import SABOTAGE, zygotes
 from .probe import probe
 from .test_hostile import ANSWER_WITHIN, timed
 
@@ -148,6 +152,20 @@ for pid in range(max(os.getpid() - 4000, 2), os.getpid() + 4000):
 """
 
 
+@pytest.fixture
+def zygotes_it_may_have_changed_end():
+    """
+    In the sabotage run nothing refuses these changes: the slots' zygotes (which live as long as
+    the service) would hand them to every later run they fork. End them after the test; each slot
+    serves fresh interpreters until its new zygote has preloaded.
+    """
+    yield
+    if SABOTAGE:
+        for pid in zygotes():
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("zygotes_it_may_have_changed_end")
 @pytest.mark.parametrize(("name", "change"), [
     ("prlimit", "import resource; resource.prlimit(pid, resource.RLIMIT_NOFILE, (16, 16))"),
     ("setpriority", "os.setpriority(os.PRIO_PROCESS, pid, 19)"),

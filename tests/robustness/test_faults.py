@@ -19,7 +19,7 @@ import time
 import pytest
 import requests
 from live.aftermath import holds_a_slot, run_dirs, service_pids
-from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes, service_config_with
+from live.conftest import REPO, _free_port, _wait_for_health, sandbox_processes, service_config_with, zygotes
 
 SANDBOX_VENV = "/opt/codejail-service/sandbox-venv"
 SUDOERS = "/etc/sudoers.d/codejail-service"
@@ -123,13 +123,15 @@ def _kill_a_worker_mid_run(service):
 def test_fault_worker_killed_mid_run(start, warm):
     service = start(warm=warm)
     service.health(want_ok=True)
+    zygotes_before = zygotes()
     victim, before, _ = _kill_a_worker_mid_run(service)
-    # The master's child_exit recovered the dead worker's slot: killed what its user still ran
-    # (with the warm sandbox, the slot's zygote too).
+    # The master's child_exit recovered the dead worker's slot: killed what its run still ran
+    # (its process groups), never the slot's zygote.
     deadline = time.monotonic() + 3
     while set(sandbox_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(sandbox_processes()) - before == set(), "a sandbox process outlived its worker"
+    assert zygotes() == zygotes_before, "a slot's zygote was ended with the dead worker's run"
     # gunicorn replaced the worker; the service answers.
     now = service.workers()
     assert len(now) == 4 and victim not in now

@@ -190,6 +190,19 @@ def test_told_to_retire_a_zygote_serves_what_is_queued_then_exits(run_dir, tmp_p
         sock.close()
 
 
+def test_an_idle_zygote_stays_while_its_service_runs_and_goes_once_orphaned(tmp_path, monkeypatch):
+    """Its parent (the service's master) is there for three idle timeouts, then gone: it exits."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(tmp_path / "zygote.sock"))
+    listener.listen(1)
+    monkeypatch.setattr(zygote, "IDLE_SECONDS", 0.01)
+    parents = [100] * 4 + [1]  # adopted by 100 (its first look), then re-parented: 100 died
+    monkeypatch.setattr(zygote.os, "getppid", lambda: parents.pop(0))
+    zygote.serve_forever(listener, confinement, ENFORCE, {"PATH": "/usr/bin"})
+    assert parents == []
+    listener.close()
+
+
 def test_a_retire_message_with_descriptors_is_a_malformed_run(run_dir):
     read_end, write_end = os.pipe()
     messages, _, _ = serve_one(run_dir, fds=[read_end], retire=True)

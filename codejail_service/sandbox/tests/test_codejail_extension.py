@@ -122,6 +122,7 @@ def test_the_sudoers_file_allows_exactly_the_commands_the_app_runs():
     assert aliases["CODEJAIL_CLEANUP"] == [commands.cleanup("u", "/tmp/codejail-*/tmp")[4:],
                                            commands.cleanup("u", "$run_root/*/codejail-*/tmp")[4:]]
     assert aliases["CODEJAIL_KILL_OWN"] == [commands.kill_own("u")[4:]]
+    assert aliases["CODEJAIL_KILL_GROUPS"] == [commands.kill_groups("u", ["*"])[4:]]
     assert aliases["CODEJAIL_ZYGOTE"] == [
         commands.zygote("u", f"{venv}-zygote", "$site_packages/codejail_confinement/zygote.py")[4:]]
     # codejail's time limit: `sudo pkill -9 -g <pgid>` as root (subproc.ProcessKillerThread).

@@ -147,7 +147,7 @@ def test_a_slot_left_mid_run_is_recovered_by_its_next_holder(pool_of_three, sett
         pool.try_acquire(2).record_run_dir(str(run_dir))
         os._exit(0)
     os.waitpid(pid, 0)
-    with mock.patch.object(pool.processes, "kill_processes_of") as kill, \
+    with mock.patch.object(pool.processes, "end_run_processes") as kill, \
             mock.patch("subprocess.run") as run:
         slot = pool.try_acquire(2)
     kill.assert_called_once_with("sbx-2")
@@ -161,7 +161,7 @@ def test_a_slot_released_normally_has_nothing_to_recover(pool_of_three, temp_roo
     run_dir = _run_dir(temp_root)
     with pool.acquire_any() as slot:
         slot.record_run_dir(str(run_dir))
-    with mock.patch.object(pool.processes, "kill_processes_of") as kill:
+    with mock.patch.object(pool.processes, "end_run_processes") as kill:
         pool.recover_free_slots()
     kill.assert_not_called()
     assert run_dir.exists()
@@ -181,9 +181,9 @@ def test_recovery_removes_only_a_codejail_run_dir(pool_of_three, settings, temp_
     pool.slot_dir()
     with open(_slot_file(settings, "sbx-0"), "w") as lock_file:  # as a holder that died would leave it
         lock_file.write(str(target))
-    with mock.patch.object(pool.processes, "kill_processes_of") as kill, mock.patch("subprocess.run") as run:
+    with mock.patch.object(pool.processes, "end_run_processes") as kill, mock.patch("subprocess.run") as run:
         pool.recover_free_slots()
-    kill.assert_called_once_with("sbx-0")  # whatever the directory, the user's processes go
+    kill.assert_called_once_with("sbx-0")  # whatever the directory, its run's processes go (not the zygote)
     run.assert_not_called()
     assert run_dir.exists()
     if where == "outside":
@@ -254,7 +254,7 @@ def test_recovery_removes_a_run_dir_in_the_slots_own_directory(pool_of_three, se
     pool.slot_dir()
     with open(_slot_file(settings, "sbx-1"), "w") as lock_file:
         lock_file.write(str(run_dir))
-    with mock.patch.object(pool.processes, "kill_processes_of"), mock.patch("subprocess.run") as run:
+    with mock.patch.object(pool.processes, "end_run_processes"), mock.patch("subprocess.run") as run:
         pool.recover_free_slots()
     assert run.call_args.args[0][:5] == ["sudo", "-n", "-u", "sbx-1", "/usr/bin/find"]
     assert not run_dir.exists()

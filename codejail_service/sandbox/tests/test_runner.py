@@ -141,8 +141,8 @@ def test_realtime_starts_codejails_killer(cap):
 
 def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(cap, tmp_path, monkeypatch):
     """
-    The backstop (REALTIME + BACKSTOP_SECONDS) kills every process of the slot's user until none
-    is left; were the slot released meanwhile, it could kill the next run's, or its new zygote.
+    The backstop (REALTIME + BACKSTOP_SECONDS) kills the process groups of the slot's runs until
+    none is left; were the slot released meanwhile, it could kill the next run's.
     """
     sudo = tmp_path / "sudo"  # `sudo -u <user> cmd...` runs cmd here, as this user
     sudo.write_text('#!/bin/sh\nshift 2\nexec "$@"\n')
@@ -150,13 +150,13 @@ def test_a_backstop_that_fired_has_ended_its_kills_before_the_slot_is_released(c
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     events = []  # ("left",): end_leftovers, the last step before the slot is released
 
-    def slow_kill_all(user):
+    def slow_kill(user):
         events.append(("backstop starts", user))
         time.sleep(0.4)
         events.append(("backstop ends", user))
 
     slot = Slot(index=0, user="sbx-0", fd=None)
-    with mock.patch.object(processes, "kill_all_processes_of", side_effect=slow_kill_all), \
+    with mock.patch.object(processes, "end_run_processes", side_effect=slow_kill), \
             mock.patch.object(processes, "end_leftovers", side_effect=lambda *_, **__: events.append(("left",))), \
             mock.patch.object(processes, "ProcessKillerThread"), \
             mock.patch.object(processes, "BACKSTOP_SECONDS", 0.0):

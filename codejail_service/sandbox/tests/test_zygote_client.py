@@ -110,7 +110,7 @@ def test_a_warm_run_is_handed_to_the_zygote(warm, settings):
     zygote.stop()
     assert result == (0, b"out", b"err")
     assert zygote.stdin_seen == [b"[1]"]
-    warm.end_leftovers.assert_called_once_with("sbx-1", killed=False, keep={4000})
+    warm.end_leftovers.assert_called_once_with("sbx-1")
 
 
 @pytest.mark.parametrize("setting", ["CODEJAIL_WARM_SANDBOX", "CODEJAIL_ZYGOTE_SCRIPT", "CODEJAIL_SANDBOX_POOL_SIZE"])
@@ -131,40 +131,34 @@ def test_a_zygote_that_does_not_fork_the_run_is_an_error(warm):
     zygote.stop()
 
 
-def test_a_zygote_gone_before_the_fork_is_replaced_once(warm):
-    """E.g. it exited idle just as the run connected: the run goes to a new zygote."""
+def test_a_zygote_gone_before_the_fork_with_no_successor_is_not_waited_for(warm):
+    """E.g. it died just as the run connected: a new one preloads in the background; the run is not held."""
     gone = FakeZygote(warm.user, replies=[])
     gone.start()
-    replacements = []
-
-    def start(user):
-        gone.join(5)
-        os.unlink(zygote_client.socket_path(user))
-        replacements.append(FakeZygote(user, status=0))
-        replacements[-1].start()
-
-    with mock.patch.object(zygote_client, "start_zygote", side_effect=start):
-        process = zygote_client.run(warm.user, "/tmp/codejail-z", [])
-        process.stdin.close()
-        assert process.wait() == 0
-    replacements[0].stop()
-    assert len(replacements) == 1
-
-
-def test_a_zygote_gone_twice_is_an_error(warm):
-    zygotes = [FakeZygote(warm.user, replies=[])]
-    zygotes[0].start()
-
-    def start(user):
-        zygotes[-1].join(5)
-        os.unlink(zygote_client.socket_path(user))
-        zygotes.append(FakeZygote(user, replies=[]))
-        zygotes[-1].start()
-
-    with mock.patch.object(zygote_client, "start_zygote", side_effect=start), \
-            pytest.raises(zygote_client.ZygoteGone):
+    with mock.patch.object(zygote_client, "replace") as replace, pytest.raises(zygote_client.ZygoteNotReady):
         zygote_client.run(warm.user, "/tmp/codejail-z", [])
-    zygotes[-1].stop()
+    replace.assert_called_once_with(warm.user)
+    gone.stop()
+
+
+def test_a_zygote_that_drops_every_connection_is_an_error_and_replaced(warm):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(zygote_client.socket_path(warm.user))
+    listener.listen(2)
+
+    def drop_two():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            socket.recv_fds(conn, 4096, 3)
+            conn.close()
+
+    dropper = threading.Thread(target=drop_two, daemon=True)
+    dropper.start()
+    with mock.patch.object(zygote_client, "replace") as replace, pytest.raises(zygote_client.ZygoteGone):
+        zygote_client.run(warm.user, "/tmp/codejail-z", [])
+    replace.assert_called_once_with(warm.user)
+    dropper.join(5)
+    listener.close()
 
 
 def test_a_silent_zygote_times_out(warm, monkeypatch):
@@ -177,19 +171,53 @@ def test_a_silent_zygote_times_out(warm, monkeypatch):
     listener.close()
 
 
-def test_no_zygote_yet_starts_one_then_runs(warm):
-    zygotes = []
+@pytest.mark.parametrize("socket_left", [False, True], ids=["none-yet", "dead"])
+def test_no_zygote_ready_starts_one_in_the_background_and_the_run_does_not_wait(warm, socket_left):
+    """None yet, or one that died (its socket is left, refusing): nothing of the run starts there."""
+    if socket_left:
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        dead.bind(zygote_client.socket_path(warm.user))
+        dead.close()
+    with mock.patch.object(zygote_client, "replace") as replace, \
+            mock.patch.object(zygote_client, "start_zygote") as start_zygote, \
+            pytest.raises(zygote_client.ZygoteNotReady):
+        zygote_client.run(warm.user, "/tmp/codejail-w", [])
+    replace.assert_called_once_with(warm.user)
+    start_zygote.assert_not_called()  # not on the run's path
 
-    def start(user):
-        zygotes.append(FakeZygote(user, status=0))
-        zygotes[-1].start()
 
-    with mock.patch.object(zygote_client, "start_zygote", side_effect=start) as start_zygote:
-        process = zygote_client.run(warm.user, "/tmp/codejail-w", [])
-    start_zygote.assert_called_once_with(warm.user)
+def test_a_run_in_a_slot_without_a_zygote_ready_runs_at_once_in_a_fresh_interpreter(warm, caplog):
+    """The runner's side: the fresh command, while the successor preloads (here: a thread that waits)."""
+    caplog.set_level("INFO")
+    preloading = threading.Event()
+    successors = []
+
+    def start(user, path=None, stdout=None):
+        preloading.wait(5)  # the successor's preload, until the fresh run has answered
+        successors.append(FakeSuccessor(user, path))
+        return successors[-1]
+
+    cmd = ["sudo", "-u", "sbx-1", "TMPDIR=tmp", PYTHON_BIN, "-E", "-B", "jailed_code"]
+    fresh = subprocess.Popen(["/bin/echo", "-n", "fresh"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    with mock.patch.object(zygote_client, "start_zygote", side_effect=start), \
+            mock.patch("subprocess.Popen", return_value=fresh) as popen:
+        result = run_program(warm, cmd, stdin=b"", cwd="/tmp/codejail-f")
+        assert result == (0, b"fresh", b"") and popen.call_args.args[0] == cmd
+        assert "No warm sandbox of sbx-1 is ready" in caplog.text
+        preloading.set()
+        _join_replacements()
+    # Once ready, the successor serves the slot's next run.
+    process = zygote_client.run(warm.user, "/tmp/codejail-g", [])
     process.stdin.close()
-    assert process.wait() == 0
-    zygotes[0].stop()
+    assert process.wait() == 0 and successors[0].zygote.requests[0]["cwd"] == "/tmp/codejail-g"
+    successors[0].zygote.stop()
+
+
+def _join_replacements():
+    for thread in threading.enumerate():
+        if thread.name.startswith("zygote-successor-"):
+            thread.join(5)
 
 
 def test_start_zygote_runs_the_pinned_command_with_its_socket_as_stdin(warm, settings):
@@ -256,9 +284,7 @@ def test_a_zygote_that_asks_for_a_successor_gets_one_in_the_background(warm):
     with mock.patch.object(zygote_client, "start_zygote", side_effect=start):
         process = zygote_client.run(warm.user, "/tmp/codejail-r", [])
         assert process.wait() == 0
-        for thread in threading.enumerate():
-            if thread.name.startswith("zygote-successor-"):
-                thread.join(5)
+        _join_replacements()
     assert len(successors) == 1
     # The predecessor got the retire message on a connection of its own.
     conn, _ = old.listener.accept()
@@ -344,7 +370,7 @@ def test_a_run_queued_on_a_zygote_that_exits_goes_to_its_successor(warm):
     successor[0].stop()
 
 
-def test_start_all_starts_a_zygote_for_each_free_slot_without_one(warm, settings):
+def test_start_all_starts_a_zygote_for_each_free_slot_without_one_and_waits_for_its_preload(warm, settings):
     # Slot 1 is held (the fixture); slot 0 has a zygote already (it is not replaced).
     there = FakeZygote(pool.pool_users()[0])
     there.start()
@@ -356,11 +382,21 @@ def test_start_all_starts_a_zygote_for_each_free_slot_without_one(warm, settings
     there.join(5)
     assert there.requests == [None]
     there.listener.close()
-    with mock.patch.object(zygote_client, "start_zygote") as start_zygote, \
+    successors = []
+
+    def start(user, path=None, stdout=None):
+        successors.append(FakeSuccessor(user, path))
+        return successors[-1]
+
+    with mock.patch.object(zygote_client, "start_zygote", side_effect=start), \
             mock.patch.object(processes, "become_child_subreaper"):
         lifecycle.start_zygotes()
-    start_zygote.assert_called_once_with(pool.pool_users()[0])
-    there.join(5)
+    # Preloaded and in place when start_all returns: the startup checks' runs are forked by it.
+    assert len(successors) == 1
+    process = zygote_client.run(pool.pool_users()[0], "/tmp/codejail-c", [])
+    process.stdin.close()
+    assert process.wait() == 0 and successors[0].zygote.requests[0]["cwd"] == "/tmp/codejail-c"
+    successors[0].zygote.stop()
 
 
 def test_the_zygote_starts_as_its_own_python_where_one_is_named(warm, settings):
@@ -409,23 +445,6 @@ def test_a_reset_connection_mid_run_is_a_zygote_gone(warm):
                 os.close(fd)
             except OSError:
                 pass
-
-
-def test_the_zygotes_of_a_slot_are_its_zygote_command_lines_in_the_services_session(warm, monkeypatch):
-    run = zygote_client.WarmRun(mock.Mock(), *[os.open(os.devnull, os.O_RDWR) for _ in range(3)], uid=4242)
-    run.zygote_pid = 10
-    monkeypatch.setattr(processes, "processes_of", lambda uid: [10, 11, 12, 13])
-    monkeypatch.setattr(processes, "command_line_ends_with", lambda pid, end: pid != 13)  # 13: something else
-    ours = os.getsid(0)
-    monkeypatch.setattr(processes, "session_of", lambda pid: {10: ours, 11: ours, 12: ours + 1, 13: ours}[pid])
-    assert run.zygote_pids == {10, 11}  # 11: a successor; 12: a run (a session of its own)
-    run.close()
-
-
-def test_a_process_session_and_command_line_from_proc():
-    assert processes.session_of(os.getpid()) == os.getsid(0) and processes.session_of(-1) is None
-    assert not processes.command_line_ends_with(os.getpid(), b"/zygote.py")
-    assert not processes.command_line_ends_with(-1, b"/zygote.py")
 
 
 def test_a_run_the_zygote_cannot_fork_runs_in_a_fresh_interpreter(warm):
