@@ -141,6 +141,36 @@ def confine(config):
     return status
 
 
+def confine_forked(config):
+    """
+    Confine a run forked by a warm sandbox's zygote, which reaps it (zygote.supervise_run): the
+    code runs in this process, in a Landlock domain nested in the zygote's (its run directory
+    only, no ``/proc``, no signal out of it), under the runs' seccomp filter. Returns the status.
+    """
+    status = {"mode": config["mode"], "layers": [], "missing": [], "landlock_abi": None}
+    if config["mode"] == "off":
+        return status
+    if len(os.listdir("/proc/self/task")) != 1:
+        raise ConfinementRefused("the interpreter is already multi-threaded")
+    policy = build_policy(sys.prefix, find_run_dir(config))
+    abi = status["landlock_abi"] = landlock.abi_version()
+    status["missing"] = missing_features(config, abi)
+    process.set_no_new_privs()
+    process.set_not_dumpable()
+    if abi:
+        status["layers"] += landlock.restrict_self(policy["landlock"], abi)
+    # The zygote enforces them from the same rlimits (zygote.supervise_run); said here as a fresh
+    # run says them.
+    bound = reaper.memory_bound(config, ADDRESS_SPACE_OFFSET)
+    status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
+    cpu_seconds = reaper.cpu_bound(config)
+    status["cpu_bound"] = {"kind": "watchdog", "seconds": cpu_seconds} if cpu_seconds else None
+    _lower_limit(resource.RLIMIT_NOFILE, config["run_open_files"])
+    status["layers"] += seccomp.load_program(seccomp.compile_program(policy["seccomp"]))
+    status["layers"].append("reaper")  # the zygote
+    return status
+
+
 def _lower_limit(limit, value):
     """Lower an rlimit of this process (soft and hard) to ``value``; never raise one."""
     soft, hard = resource.getrlimit(limit)
@@ -199,13 +229,15 @@ def confine_from_site():
     confine_or_exit()
 
 
-def confine_or_exit(config=None, **status):
+def confine_or_exit(config=None, forked=False, **status):
     """
-    Confine this process (with ``config``, else the operator's), recording ``status`` too; or
-    end it, saying why, with EXIT_REFUSED, before any submitted code runs.
+    Confine this process (with ``config``, else the operator's; ``forked``: a run a zygote forked,
+    ``confine_forked``), recording ``status`` too; or end it, saying why, with EXIT_REFUSED,
+    before any submitted code runs.
     """
     try:
-        STATUS.update(confine(load_config() if config is None else config), **status)
+        config = load_config() if config is None else config
+        STATUS.update(confine_forked(config) if forked else confine(config), **status)
     except BaseException as exc:  # pylint: disable=broad-except
         os.write(2, f"codejail confinement refused to run: {exc}\n".encode())
         os._exit(EXIT_REFUSED)

@@ -1,8 +1,9 @@
 """
-Make every process of a run end with the run, bound the run's total memory, and leave its tmp/
-empty.
+Make every process of a run end with the run, bound the run's total memory and CPU time, and
+leave its tmp/ empty.
 
-A run is three processes (``confine`` in __init__.py sets them up):
+A fresh run (an interpreter codejail started) is three processes (``confine`` in __init__.py sets
+them up):
 
 - the *leader*: the process codejail started (a session and process group of its own: codejail's
   time limit is ``sudo pkill -9 -g <leader>``). It only waits for the reaper and exits as it did.
@@ -12,6 +13,11 @@ A run is three processes (``confine`` in __init__.py sets them up):
 - the *code*: the reaper's child, back in the leader's process group (so the time-limit kill
   reaches it too), which runs the submitted code in a Landlock domain nested in the reaper's (so
   it can neither signal the reaper nor read ``/proc``).
+
+A run forked by a warm sandbox's zygote is one process: the zygote is its reaper (zygote.py,
+``supervise_run``). Forking the zygote's whole preload costs about 9 ms a process, so the two
+processes a fresh run needs to outlive codejail's kill are not forked there: the zygote is
+outside the run's process group and its Landlock domain already.
 
 When the code's process exits, or the leader dies (the time limit), or the run's processes hold
 more memory or have used more CPU time together than its bounds (``RunWatchdog``: RLIMIT_AS and
@@ -39,18 +45,25 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def kill_the_rest():
+def kill_the_rest(group=None):
     """
-    SIGKILL every process this domain may signal, and reap them all.
+    SIGKILL every process this domain may signal (or, given a ``group``, that process group), and
+    reap them all.
 
     Every process of the run descends from us (we are its subreaper, and
     nothing can re-parent elsewhere), so once we have no child left, nothing
     of the run is left. kill(-1) cannot tell us that: it reports success
-    whenever any process exists, signalled or not. kill(-1) is one pass under
-    the kernel's task list lock, so a process cannot fork past it.
+    whenever any process exists, signalled or not. kill(-1), as kill(-group),
+    is one pass under the kernel's task list lock, so a process cannot fork
+    past it. A zygote names its run's group: no process of a run can leave it
+    (seccomp refuses setsid and setpgid), and a zygote that is not in a scoped
+    Landlock domain of its own (a unit test's) must not kill(-1).
     """
     for _ in range(_MAX_SWEEPS):
-        os.kill(-1, signal.SIGKILL)
+        try:
+            os.kill(-1 if group is None else -group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone: its last processes may still wait to be reaped
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
@@ -122,30 +135,30 @@ def _unlink_files_here():
     return subdirectories
 
 
-def memory_bound(config, address_space_offset=0):
+def memory_bound(config, address_space_offset=0, soft=None):
     """
     The most memory (bytes) all of a run's processes may take together, or None for no bound:
-    ``run_memory_factor`` x the run's VMEM (its RLIMIT_AS, less ``address_space_offset``: what a
-    warm sandbox's zygote had mapped, which RLIMIT_AS counts on top of; a course's limit override
-    scales it), or ``run_memory_bytes`` when given.
+    ``run_memory_factor`` x the run's VMEM (its RLIMIT_AS, ``soft`` or this process's, less
+    ``address_space_offset``: what a warm sandbox's zygote had mapped, which RLIMIT_AS counts on
+    top of; a course's limit override scales it), or ``run_memory_bytes`` when given.
     """
     if config.get("run_memory_bytes"):
         return int(config["run_memory_bytes"])
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0] if soft is None else soft
     factor = config["run_memory_factor"]  # load_config fills in the layer's DEFAULTS
     if not factor or soft == resource.RLIM_INFINITY:
         return None
     return int(factor * (soft - address_space_offset))
 
 
-def cpu_bound(config):
+def cpu_bound(config, soft=None):
     """
     The most CPU time (seconds) all of a run's processes may use together, or None for no bound:
-    ``run_cpu_factor`` x the run's RLIMIT_CPU (codejail's CPU, per process; a course's limit
-    override scales it). RLIMIT_CPU alone lets each of a run's processes use that much, so a run
-    that forks could hold every core for its whole REALTIME.
+    ``run_cpu_factor`` x the run's RLIMIT_CPU (``soft`` or this process's: codejail's CPU, per
+    process; a course's limit override scales it). RLIMIT_CPU alone lets each of a run's
+    processes use that much, so a run that forks could hold every core for its whole REALTIME.
     """
-    soft = resource.getrlimit(resource.RLIMIT_CPU)[0]
+    soft = resource.getrlimit(resource.RLIMIT_CPU)[0] if soft is None else soft
     factor = config.get("run_cpu_factor", 3)
     if not factor or soft == resource.RLIM_INFINITY:
         return None
@@ -168,8 +181,8 @@ class RunWatchdog:
     process (faults of pages freed again, of files), never undercounts.
 
     CPU: each live process's user + system time with that of the children it has reaped, plus
-    that of every process the reaper itself has reaped (RUSAGE_CHILDREN). The reaper's own time
-    is not the run's (its RLIMIT_CPU bounds it).
+    that of every process the reaper itself has reaped since the run began (RUSAGE_CHILDREN: a
+    zygote's counts its earlier runs too). The reaper's own time is not the run's.
 
     Both are read without ptrace access (the run is not dumpable): /proc/<pid>/status and stat.
     """
@@ -178,6 +191,7 @@ class RunWatchdog:
         self.memory_bytes = memory_bytes
         self.cpu_seconds = cpu_seconds
         self.baseline = _private_and_shared_bytes(os.getpid()) if memory_bytes else 0
+        self.reaped_before = _reaped_cpu_seconds()
 
     def held(self, pid, minor_faults):
         """What ``pid`` holds beyond what it was born with, as above (bytes)."""
@@ -202,11 +216,15 @@ class RunWatchdog:
             return signal.SIGKILL, (f"its processes held more than {self.memory_bytes // (1024 * 1024)} MiB "
                                     "of memory together")
         if self.cpu_seconds:
-            reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-            used = ticks / CLOCK_TICKS + reaped.ru_utime + reaped.ru_stime
+            used = ticks / CLOCK_TICKS + _reaped_cpu_seconds() - self.reaped_before
             if used > self.cpu_seconds:
                 return signal.SIGXCPU, f"its processes used more than {self.cpu_seconds:g} s of CPU time together"
         return None
+
+
+def _reaped_cpu_seconds():
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return reaped.ru_utime + reaped.ru_stime
 
 
 def _descendants(pid):
@@ -299,28 +317,46 @@ def supervise(child, leader, watchdog):
     """
     status = None
     try:
-        next_look = 0.0
-        while True:
-            status = _reap(child, status)
-            if status is not None or os.getppid() != leader:
-                break
-            now = time.monotonic()
-            if watchdog is not None and now >= next_look:
-                # Paced by the clock, not by wake-ups: a storm of SIGCHLD (a fork chain) must not
-                # spend the reaper's own RLIMIT_CPU, which is the run's.
-                next_look = now + WATCH_INTERVAL_SECONDS
-                verdict = watchdog.over()
-                if verdict:
-                    kill_the_rest()
-                    os.write(2, f"\n[codejail-service: the run was ended: {verdict[1]}]\n".encode())
-                    status = verdict[0]  # as a wait status: killed by that signal
-                    break
-            signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE},
-                                max(next_look - now, 0.001) if watchdog is not None else 1.0)
+        status = watch(child, watchdog, leader)
         kill_the_rest()
         empty_run_tmp()
     finally:
         _exit_like(status)
+
+
+def watch(child, watchdog, leader=None, stderr=2, group=None):
+    """
+    Wait until ``child`` exits, ``leader`` (if given) dies, or ``watchdog`` (a RunWatchdog, or
+    None) finds the run over a bound. ``child``'s wait status; past a bound, as if killed by the
+    watchdog's signal, with its note written to the run's ``stderr`` (a descriptor: the app
+    reads it to its end, so the write cannot block for long); None if the leader died first.
+    ``group``: as for ``kill_the_rest``. SIGCHLD (and LEADER_GONE) must be blocked: they are waited for.
+    """
+    status = None
+    next_look = 0.0
+    while True:
+        status = _reap(child, status)
+        if status is not None or (leader is not None and os.getppid() != leader):
+            return status
+        now = time.monotonic()
+        if watchdog is not None and now >= next_look:
+            # Paced by the clock, not by wake-ups: a storm of SIGCHLD (a fork chain) must not
+            # spend the reaper's own CPU time.
+            next_look = now + WATCH_INTERVAL_SECONDS
+            verdict = watchdog.over()
+            if verdict:
+                kill_the_rest(group)
+                _say(stderr, f"\n[codejail-service: the run was ended: {verdict[1]}]\n")
+                return verdict[0]  # as a wait status: killed by that signal
+        signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE},
+                            max(next_look - now, 0.001) if watchdog is not None else 1.0)
+
+
+def _say(fd, note):
+    try:
+        os.write(fd, note.encode())
+    except OSError:
+        pass  # the app has gone: nobody reads the note
 
 
 def _reap(child, status):

@@ -31,11 +31,13 @@ the run's process groups, in the run's session, never this one's (sandbox/proces
 its last resort.
 """
 import errno
+import gc
 import json
 import os
 import pwd
 import resource
 import runpy
+import signal
 import socket
 import sys
 import time
@@ -108,9 +110,19 @@ def main():
     config = layer.load_config()
     # Confined before it imports anything (docs/decisions/0007-warm-sandbox.rst).
     layer.confine_zygote(config, own_user_name())
+    if supervises(config):
+        # Each run's reaper (supervise_run): what its processes leave behind is ours to reap, and
+        # their ends are waited for (sigtimedwait).
+        layer.process.become_subreaper()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     run_env = dict(os.environ)
     preload()
     serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
+
+
+def supervises(config):
+    """True when this zygote is its runs' reaper: with our layer on (off, a run is its own, as a fresh one)."""
+    return config["mode"] != "off"
 
 
 def own_user_name():
@@ -134,6 +146,10 @@ def preload(names=PRELOAD):
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
     as_after_prolog()
+    # What the preload made lives as long as the zygote: out of the collector's sight, a run's
+    # collections do not walk (and so copy, page by page) the inherited objects.
+    gc.collect()
+    gc.freeze()
     # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
     # can serve.
     os.write(1, b"ready\n")
@@ -301,15 +317,48 @@ def serve(conn, listener, layer, config, run_env, lifetime):
     pid = os.fork()
     if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
         run(request, fds, (conn, listener), layer, config, run_env, mapped)
+    stderr = fds.pop(2)  # for the note of a run ended past its bounds (supervise_run)
     for fd in fds:
         os.close(fd)
-    reply = {"pid": pid, "zygote": os.getpid()}
-    if lifetime.served(request):
-        reply["retire"] = True
-    conn.send(json.dumps(reply).encode())
-    _, wait_status = os.waitpid(pid, 0)
+    try:
+        reply = {"pid": pid, "zygote": os.getpid()}
+        if lifetime.served(request):
+            reply["retire"] = True
+        conn.send(json.dumps(reply).encode())
+        if supervises(config):
+            wait_status = supervise_run(pid, request, layer, config, mapped, stderr)
+        else:
+            _, wait_status = os.waitpid(pid, 0)
+    finally:
+        os.close(stderr)
     conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status)}).encode())
     return "over" if lifetime.over(request) else None
+
+
+def supervise_run(pid, request, layer, config, mapped, stderr):
+    """
+    Be the reaper of the run ``pid`` (confinement/reaper.py), as a fresh run's own reaper
+    process is: wait until it exits, or its processes together go past their memory or CPU bound
+    (from the run's rlimits, as the run states them); then kill its process group (every
+    process of the run: none can leave it), reap them all (this zygote is their subreaper) and
+    empty its tmp/. The run's wait status. Nothing here may raise: the zygote serves on.
+    """
+    limits = {name: soft for name, soft, _ in request["rlimits"]}
+    memory = layer.reaper.memory_bound(config, soft=limits.get(resource.RLIMIT_AS, resource.RLIM_INFINITY))
+    cpu = layer.reaper.cpu_bound(config, soft=limits.get(resource.RLIMIT_CPU, resource.RLIM_INFINITY))
+    watchdog = layer.reaper.RunWatchdog(memory, cpu) if memory or cpu else None
+    status = layer.reaper.watch(pid, watchdog, stderr=stderr, group=pid)
+    layer.reaper.kill_the_rest(group=pid)
+    home = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.chdir(request["cwd"])
+        layer.reaper.empty_run_tmp()
+    except OSError as exc:
+        print(f"codejail zygote: cannot empty the run's tmp/: {exc!r}", file=sys.stderr)
+    finally:
+        os.fchdir(home)
+        os.close(home)
+    return status
 
 
 def address_space():
@@ -380,6 +429,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
             os.dup2(fd, target)
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a fresh process's (the zygote waits for SIGCHLD)
         os.chdir(request["cwd"])
         for name, soft, hard in run_rlimits(request["rlimits"], mapped):
             resource.setrlimit(name, (soft, hard))
@@ -387,7 +437,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)
         apparmor_enter_sandbox()  # where AppArmor confines: the profile a fresh run would get
         layer.ADDRESS_SPACE_OFFSET = mapped  # the run's memory bound counts from its VMEM, as RLIMIT_AS
-        layer.confine_or_exit(config, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
+        layer.confine_or_exit(config, forked=True, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
         status = run_jailed_code()
     except BaseException:  # the zygote's own failure: say it where the app looks
         os.write(2, f"codejail zygote: the run could not start:\n{traceback.format_exc()}".encode())

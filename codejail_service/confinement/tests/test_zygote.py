@@ -2,9 +2,11 @@
 import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,7 +29,12 @@ def serve_one(cwd, stdin=b"", rlimits=(), fds=None, lifetime=None, **extra):
     socket.send_fds(app, [json.dumps(request).encode()], fds if fds is not None else [stdin_r, stdout_w, stderr_w])
     for fd in (stdin_r, stdout_w, stderr_w):
         os.close(fd)
-    zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, lifetime or zygote.Lifetime())
+    # As the zygote's main does: it waits for its runs' SIGCHLD.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, lifetime or zygote.Lifetime())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     messages = []
     app.setblocking(False)
     try:
@@ -351,3 +358,82 @@ def test_a_forked_run_reseeds_the_generators_the_zygote_made_and_finds_its_tmp_d
     zygote.fresh_state()
     assert random.getstate() != before and random2.seeded == 1
     assert tempfile.tempdir is None
+
+
+# --- The zygote as its runs' reaper (one process per run: zygote.supervise_run) -------------------
+
+def _state(pid):
+    """A process's /proc state letter, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except FileNotFoundError:
+        return None
+
+
+def _left_running(pid, seconds=2.0):
+    """True if ``pid`` still runs after ``seconds`` (a zombie, or gone, is not running)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _state(pid) in (None, "Z", "X"):
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_deny_a_runs_child_outliving_the_run_it_is_killed_and_tmp_emptied(run_dir):
+    write_code(run_dir, "import os, time\n"
+                        "child = os.fork()\n"
+                        "if child == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+                        "os.makedirs('tmp/deep/er')\nopen('tmp/deep/er/file', 'w').close()\n"
+                        "print(child)\n")
+    messages, out, err = serve_one(run_dir)
+    assert messages[1] == {"status": 0}, err
+    child = int(out.split()[0])
+    assert not _left_running(child), "the run's child outlived its answer"
+    assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+def test_allow_a_run_that_leaves_nothing_keeps_its_output(run_dir):
+    write_code(run_dir, "import os\nopen('tmp/kept-until-the-end', 'w').close()\n"
+                        "print(sorted(os.listdir('tmp')))\n")
+    messages, out, err = serve_one(run_dir)
+    assert messages[1] == {"status": 0}, err
+    assert out == b"['kept-until-the-end']\n"
+    assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+# {n} children, each spinning {seconds} s of CPU time, then the run says it is done.
+SPIN = """
+import os, time
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+children = []
+for _ in range({n}):
+    pid = os.fork()
+    if pid == 0:
+        spin({seconds})
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.waitpid(pid, 0)
+print("done")
+"""
+
+
+def test_deny_a_run_past_its_cpu_bound_across_processes(run_dir, monkeypatch):
+    monkeypatch.setitem(ENFORCE, "run_cpu_factor", 0.5)  # x RLIMIT_CPU 2 s: 1 s for the whole run
+    write_code(run_dir, SPIN.format(n=3, seconds=0.9))
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_CPU, (2, 2))])
+    assert messages[1] == {"status": -24}, (messages, err)
+    assert b"used more than 1 s of CPU time together" in err and out == b""
+
+
+def test_allow_a_run_within_its_cpu_bound_across_processes(run_dir, monkeypatch):
+    monkeypatch.setitem(ENFORCE, "run_cpu_factor", 0.5)
+    write_code(run_dir, SPIN.format(n=2, seconds=0.2))
+    messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_CPU, (2, 2))])
+    assert messages[1] == {"status": 0}, (messages, err)
+    assert out == b"done\n"
