@@ -78,8 +78,9 @@ TABLE = (
          "Longest emsg answered for a failed run (head and tail kept).", unit="characters"),
     Name("CODEJAIL_MAX_OUTPUT_BYTES", "int", 1 * MIB, (DJANGO,),
          "Output of one run kept beyond what its globals need.", unit="bytes"),
-    Name("CODEJAIL_ADMISSION", "dict", {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1},
-         (DJANGO,), "Overload behaviour: how many may wait for a slot, how long, and the 503's Retry-After."),
+    Name("CODEJAIL_ADMISSION", "dict", {"max_waiting": 8, "deadline_seconds": 3.5, "retry_after_seconds": 1},
+         (DJANGO,), "Overload behaviour: how many may wait for a slot, the caller's deadline that bounds the wait, "
+         "and the 503's Retry-After."),
     # --- The sandbox user pool ----------------------------------------------------------------
     Name("CODEJAIL_SANDBOX_POOL_SIZE", "int", 4, (DJANGO, PROVISION, DOCKERFILE, TUTOR),
          "Sandbox users in the pool, and so runs at once; provision.sh makes them, the service uses them. "

@@ -6,7 +6,11 @@ forked by the slot's zygote, zygote_client.py; ``FRESH``: a new interpreter), an
 has made them, its run directory and its limits. It is passed down explicitly, from the view
 through ``execution.run_code`` to ``codejail_extension.safe_exec``; only inside codejail's own
 ``jail_code`` is it carried by one context variable (codejail_extension.py).
+
+It also keeps where its time went (``stages``: ``mark`` at each boundary), which the API answers
+in a ``Server-Timing`` header and ``make bench`` sums (docs/decisions/0010-run-cost.rst).
 """
+import time
 
 from codejail_service.sandbox import config, pool
 
@@ -17,9 +21,13 @@ FRESH = "fresh"
 class Run:
     """One run of course code, from its admission to the release of its slot."""
 
-    def __init__(self, slot, mode):
+    def __init__(self, slot, mode, waited=0.0):
         self.slot = slot
         self.mode = mode
+        # Seconds per stage, in order: from "admit" (the wait for a slot) to "release".
+        self.stages = {"admit": waited}
+        self.counts = {}  # what the run's processes did, as counted by the zygote (page faults)
+        self._last_mark = time.perf_counter()
         self.run_dir = None
         self.started = False  # its program started (codejail's next subprocess is its cleanup)
         self.status = None  # its program's exit status, once it has answered
@@ -29,11 +37,30 @@ class Run:
         self.realtime = None
 
     @classmethod
-    def in_slot(cls, slot):
-        """A run in a held ``slot``: warm when the configuration says so and the slot is the pool's."""
+    def in_slot(cls, slot, waited=0.0):
+        """
+        A run in a held ``slot`` (after ``waited`` seconds for it): warm when the configuration says
+        so and the slot is the pool's.
+        """
         warm = config.current().warm and slot.index is not None
-        return cls(slot, WARM if warm else FRESH)
+        return cls(slot, WARM if warm else FRESH, waited)
 
+    def mark(self, stage):
+        """The stage ``stage`` ended now: it took the time since the last mark (added up if repeated)."""
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self._last_mark
+        self._last_mark = now
+
+    @property
+    def seconds(self):
+        """The run's time from its admission to the last mark."""
+        return sum(self.stages.values()) - self.stages["admit"]
+
+    def server_timing(self):
+        """The stages as an HTTP ``Server-Timing`` value (milliseconds; counts as descriptions)."""
+        metrics = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.stages.items()]
+        metrics += [f'{name};desc="{count}"' for name, count in self.counts.items()]
+        return ", ".join(metrics)
     @property
     def user(self):
         """The sandbox user the run's processes run as."""
@@ -51,7 +78,9 @@ class Run:
 
     def release(self):
         """The run is over (its directory removed): free its slot."""
+        self.mark("cleanup")  # codejail's work since the program's answer (reading globals, rmtree)
         self.slot.release()
+        self.mark("release")
 
     def __enter__(self):
         return self

@@ -69,6 +69,7 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
     """
     rlimits = run.rlimits or ()
     process = None
+    run.mark("prepare")  # codejail's own work: the run directory, its files, the limits
     if run.mode == WARM:
         # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
         try:
@@ -89,6 +90,7 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
         )
     if slug:
         log.info("Executed jailed code %s in %s, with PID %s", slug, cwd, process.pid)
+    run.mark("start")  # the zygote's fork, or a fresh interpreter's spawn (its sudo, exec)
     watch = processes.Watch(process, run.realtime, backstop_user=run.user if run.pooled else None)
 
     margin = config.current().max_output_bytes
@@ -98,9 +100,12 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
         status = process.wait()
     finally:
         watch.stop()
+    run.mark("run")  # the code, its process's exit, and its reaper's end of the run
+    run.counts.update(getattr(process, "counts", {}))
     if run.pooled:
         # No process of the run outlives its answer; the slot's zygote stays.
         processes.end_leftovers(run.user)
+        run.mark("leftovers")
     if truncated:
         log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "

@@ -263,6 +263,7 @@ class WarmRun:
     def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
         self.pid = None
         self.returncode = None
+        self.counts = {}  # what the run's processes used, as its zygote counted it
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
         self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
         self.stderr = os.fdopen(stderr_fd, "rb", buffering=0)
@@ -291,6 +292,7 @@ class WarmRun:
             reply = json.loads(message)
             if "status" in reply:
                 self.returncode = reply["status"]
+                self.counts = reply.get("counts", {})
             return reply
 
     def poll(self):

@@ -158,14 +158,16 @@ CODEJAIL_MAX_EMSG_CHARS = 64 * 1024
 CODEJAIL_MAX_OUTPUT_BYTES = 1 * MIB
 
 # .. setting_name: CODEJAIL_ADMISSION
-# .. setting_default: {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
+# .. setting_default: {"max_waiting": 8, "deadline_seconds": 3.5, "retry_after_seconds": 1}
 # .. setting_description: Overload behaviour. A run needs a free slot of the sandbox user pool
 #   (CODEJAIL_SANDBOX_POOL_SIZE; without a pool, its worker's one turn). A request finding none
-#   waits, at most ``max_wait_seconds`` and with at most ``max_waiting`` others in its worker;
-#   beyond that it is answered at once with 503 and ``Retry-After: retry_after_seconds`` rather
-#   than left to time out in the LMS (3.5 s). Each worker needs more gunicorn threads than
-#   ``max_waiting`` + 1 (CODEJAIL_SERVICE_THREADS).
-CODEJAIL_ADMISSION = {"max_waiting": 8, "max_wait_seconds": 1.0, "retry_after_seconds": 1}
+#   waits, with at most ``max_waiting`` others in its worker, as long as its answer can still
+#   reach the caller within ``deadline_seconds`` (the LMS's read timeout, 3.5 s): that less the
+#   time it has spent and the 90th percentile of its worker's recent runs' times
+#   (codejail_service/apps/core/admission.py). Beyond that it is answered at once with 503 and
+#   ``Retry-After: retry_after_seconds`` rather than left to time out in the LMS. Each worker
+#   needs more gunicorn threads than ``max_waiting`` + 1 (CODEJAIL_SERVICE_THREADS).
+CODEJAIL_ADMISSION = {"max_waiting": 8, "deadline_seconds": 3.5, "retry_after_seconds": 1}
 
 # .. setting_name: CODEJAIL_SANDBOX_POOL_SIZE
 # .. setting_default: 4

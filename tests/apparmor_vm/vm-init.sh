@@ -93,7 +93,7 @@ CODE_JAIL:
   user: codejail-sandbox
   limits: {CPU: ${VM_CPU_LIMIT:-4}, REALTIME: ${VM_REALTIME_LIMIT:-4}, VMEM: 536870912, FSIZE: 1048576, NPROC: 15, PROXY: 0}
 # A request for a busy worker may wait longer than 1 s: emulated runs are slow.
-CODEJAIL_ADMISSION: {max_waiting: 8, max_wait_seconds: 10.0, retry_after_seconds: 1}
+CODEJAIL_ADMISSION: {max_waiting: 8, deadline_seconds: 13.0, retry_after_seconds: 1}
 # AppArmor alone bounds no run's total memory across its processes (ADR 8): say so.
 CODEJAIL_ALLOW_UNBOUNDED_RUN_MEMORY: true
 YAML

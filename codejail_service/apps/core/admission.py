@@ -8,10 +8,14 @@ run takes; an immediate ``503`` with ``Retry-After`` is an honest answer the cal
 A run needs a free slot of the sandbox user pool (codejail_service/sandbox/pool.py): the pool's size is the
 service's number of concurrent runs, shared by all gunicorn workers (gthread: their threads hold
 the requests), so a request that lands on a worker busy with another run still starts at once
-while any slot is free. When none is, it waits, at most ``CODEJAIL_ADMISSION["max_wait_seconds"]``
-and at most ``max_waiting`` requests per worker; any other request is refused at once.
+while any slot is free. When none is, it waits as long as its answer can still reach the LMS in
+time: ``CODEJAIL_ADMISSION["deadline_seconds"]`` (the LMS's 3.5 s), less what the request has
+spent already and what a run takes here (the 90th percentile of this worker's recent runs, at
+least ``MIN_RUN_SECONDS``); at most ``max_waiting`` requests per worker wait. Any other request is
+refused at once.
 """
 
+import collections
 import threading
 import time
 
@@ -22,6 +26,10 @@ from codejail_service.sandbox.run import Run
 
 # How often a waiting request looks for a free slot (slots are freed by other processes too).
 POLL_SECONDS = 0.01
+# The runs a worker's estimate of a run's time is taken from, and its floor (also its value
+# before any run has been seen): a request never waits into the last quarter second.
+RECENT_RUNS = 64
+MIN_RUN_SECONDS = 0.25
 
 
 class Overloaded(Exception):
@@ -39,12 +47,23 @@ class ExecutionGate:
     def __init__(self):
         self._count_lock = threading.Lock()
         self.waiting = 0
+        self._run_seconds = collections.deque(maxlen=RECENT_RUNS)
 
-    def admit(self):
+    def ran(self, run):
+        """``run`` is over: its time feeds the estimate of how long a run takes."""
+        self._run_seconds.append(run.seconds)
+
+    def expected_run_seconds(self):
+        """The 90th percentile of this worker's recent runs' times, at least ``MIN_RUN_SECONDS``."""
+        recent = sorted(self._run_seconds)
+        return max(MIN_RUN_SECONDS, recent[int(0.9 * (len(recent) - 1))] if recent else 0.0)
+
+    def admit(self, received=None):
         """
         A ``Run`` holding a sandbox slot (a context manager that frees it), or raise Overloaded.
+        ``received``: when the request began (``time.monotonic()``), which its wait counts from.
 
-        Usage: ``with GATE.admit() as run: run_code(..., run=run)``.
+        Usage: ``with GATE.admit(received) as run: run_code(..., run=run)``.
         """
         config = settings.CODEJAIL_ADMISSION
         # A free slot now: no wait, no count (the common case).
@@ -56,8 +75,9 @@ class ExecutionGate:
                 raise Overloaded("queue_full", config["retry_after_seconds"])
             self.waiting += 1
         started = time.monotonic()
+        budget = config["deadline_seconds"] - (started - (received or started)) - self.expected_run_seconds()
         try:
-            while slot is None and time.monotonic() - started < config["max_wait_seconds"]:
+            while slot is None and time.monotonic() - started < budget:
                 time.sleep(POLL_SECONDS)
                 slot = pool.acquire_any()
         finally:
@@ -65,7 +85,7 @@ class ExecutionGate:
                 self.waiting -= 1
         if slot is None:
             raise Overloaded(f"waited {time.monotonic() - started:.2f} s", config["retry_after_seconds"])
-        return Run.in_slot(slot)
+        return Run.in_slot(slot, waited=time.monotonic() - started)
 
 
 # The gate of this worker process (each gunicorn worker has its own after fork).

@@ -1,6 +1,7 @@
 """Tests of the admission gate: a sandbox slot per run, a bounded wait, then Overloaded."""
 
 import threading
+import time
 
 import pytest
 
@@ -9,7 +10,7 @@ from codejail_service.apps.core.admission import ExecutionGate, Overloaded
 
 @pytest.fixture
 def admission(settings):
-    settings.CODEJAIL_ADMISSION = {"max_waiting": 1, "max_wait_seconds": 5.0, "retry_after_seconds": 2}
+    settings.CODEJAIL_ADMISSION = {"max_waiting": 1, "deadline_seconds": 5.0, "retry_after_seconds": 2}
     return settings.CODEJAIL_ADMISSION
 
 
@@ -52,7 +53,7 @@ def test_a_waiting_request_runs_when_the_turn_is_given_back(admission):
 
 
 def test_a_wait_past_the_limit_is_refused(admission):
-    admission["max_wait_seconds"] = 0.01
+    admission["deadline_seconds"] = 0.26  # a quarter second is kept for the run (MIN_RUN_SECONDS)
     gate = ExecutionGate()
     with gate.admit():
         with pytest.raises(Overloaded) as refused:
@@ -93,3 +94,45 @@ def test_with_a_pool_a_busy_worker_still_starts_a_run_in_another_slot(admission,
             gate.admit()
     with gate.admit():
         pass
+
+
+class _Ran:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+
+def test_the_wait_leaves_the_deadline_room_for_a_run_as_long_as_recent_ones(admission):
+    gate = ExecutionGate()
+    assert gate.expected_run_seconds() == 0.25  # nothing seen yet: the floor
+    for seconds in [0.5] * 9 + [2.0]:
+        gate.ran(_Ran(seconds))
+    assert gate.expected_run_seconds() == 0.5  # the 90th percentile, not the one slow run
+    gate = ExecutionGate()
+    gate.ran(_Ran(0.01))
+    assert gate.expected_run_seconds() == 0.25  # never under the floor
+    for seconds in [2.0] * 10:
+        gate.ran(_Ran(seconds))
+    assert gate.expected_run_seconds() == 2.0
+
+
+def test_deny_a_wait_its_answer_could_not_come_back_from_in_time(admission):
+    # 5 s deadline, 1 s spent before admission, runs of 3.9 s here: no time left to wait.
+    gate = ExecutionGate()
+    for _ in range(10):
+        gate.ran(_Ran(3.9))
+    with gate.admit():
+        started = time.monotonic()
+        with pytest.raises(Overloaded):
+            gate.admit(received=started - 1.0)
+        assert time.monotonic() - started < 0.2
+
+
+def test_allow_a_wait_within_what_the_deadline_leaves(admission):
+    # Runs of 0.1 s: a request may wait up to about 3.9 s of its 5 s; the slot comes back in 0.3 s.
+    gate = ExecutionGate()
+    for _ in range(10):
+        gate.ran(_Ran(0.1))
+    held = gate.admit()
+    threading.Timer(0.3, held.release).start()
+    with gate.admit(received=time.monotonic() - 1.0) as run:
+        assert 0.2 < run.stages["admit"] < 2.0
