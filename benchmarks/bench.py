@@ -42,6 +42,7 @@ from lms_prolog import wrap as lms_wrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOOR_COMMAND = ["/usr/bin/python3.11", "-E", "-B", "-c", "import json, sys"]
+SANDBOX_PYTHON = "/opt/codejail-service/sandbox-venv/bin/python"
 CONNECT_TIMEOUT = 0.5  # the LMS's (xmodule/capa/safe_exec/remote_exec.py)
 READ_TIMEOUT = 3.5
 
@@ -174,7 +175,25 @@ async def one_request(host, port, request, check):
         return "bad_json", elapsed, len(raw)
     if "emsg" in answer:
         return "emsg", elapsed, len(raw), answer["emsg"][:400]
-    return ("ok" if check(answer.get("globals_dict", {})) else "wrong_result"), elapsed, len(raw)
+    outcome = "ok" if check(answer.get("globals_dict", {})) else "wrong_result"
+    return outcome, elapsed, len(raw), None, server_timing(headers.get("server-timing", ""))
+
+
+def server_timing(value):
+    """
+    The service's ``Server-Timing`` header as ``{name: number}``: each stage's milliseconds
+    (``dur``), and what the run's processes used (``desc``: CPU ms, page faults, reaping ms).
+    """
+    metrics = {}
+    for metric in filter(None, (part.strip() for part in value.split(","))):
+        name, *params = (param.strip() for param in metric.split(";"))
+        for param in params:
+            key, _, number = param.partition("=")
+            try:
+                metrics[name] = float(number.strip('"'))
+            except ValueError:
+                pass
+    return metrics
 
 
 def dechunk(body):
@@ -355,6 +374,30 @@ class Zygotes:
         return sizes
 
 
+def pod_memory_mib(master_pid):
+    """(RSS, PSS) MiB summed over ``master_pid`` and every process below it: what a pod holds."""
+    pids, pending = [], [master_pid] if master_pid else []
+    while pending:
+        pid = pending.pop()
+        pids.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as children:
+                    pending += [int(child) for child in children.read().split()]
+        except OSError:
+            pass
+    # The zygotes left their first process at once: gunicorn's master adopted them (a subreaper).
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as rollup:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup if line.split()[-1] == "kB"}
+        except OSError:
+            continue
+        rss, pss = rss + fields["Rss"], pss + fields["Pss"]
+    return round(rss / 1024, 1), round(pss / 1024, 1)
+
+
 def _is_zygote(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
@@ -428,7 +471,7 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
     samples = {}  # one emsg per cell, to see what failed
     for outcome, *rest in results:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if outcome != "shed" and len(rest) > 2:
+        if outcome not in ("shed", "ok") and len(rest) > 2:
             samples.setdefault(outcome, rest[2])
     latencies = [result[1] for result in results]
     ok_latencies = [result[1] for result in results if result[0] == "ok"]
@@ -461,7 +504,29 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
             round(sum(zygotes_after[pid] - zygotes_before[pid] for pid in zygotes_after) * 1000 / len(results), 1)
             if results and zygotes_after and set(zygotes_before) == set(zygotes_after) else None),
         "zygotes_replaced": len(set(zygotes_after) - set(zygotes_before)),
+        "stages_p50_ms": stages_p50([result for result in results if result[0] == "ok"]),
     }
+
+
+# The stages a run's time is split into by the service (sandbox/run.py), in order; "http" is
+# the rest of what the client waited: connection, HTTP parsing, Django, the view's checks, JSON.
+STAGES = ("admit", "prepare", "start", "run", "leftovers", "cleanup", "release")
+COUNTS = ("cpu-ms", "faults", "reap-ms")
+
+
+def stages_p50(ok_results):
+    """The median of each stage (ms), of ``http`` (the rest) and of each count, over ``ok_results``."""
+    timings = [(result[1] * 1000, result[4]) for result in ok_results if len(result) > 4 and result[4]]
+    if not timings:
+        return {}
+    medians = {}
+    for name in STAGES + COUNTS:
+        values = [timing[name] for _, timing in timings if name in timing]
+        if values:
+            medians[name] = round(percentile(values, 0.5), 2)
+    medians["http"] = round(percentile([total - sum(timing.get(name, 0) for name in STAGES)
+                                        for total, timing in timings], 0.5), 2)
+    return medians
 
 
 def _cpu_per_request(before, after, index, count):
@@ -495,6 +560,44 @@ def print_table(cells):
             print(f"{'':15}errors: {cell['error_kinds']}")
             for sample in cell["error_samples"].values():
                 print(f"{'':15}e.g. {sample[:200]!r}")
+
+
+def print_stages(cells, own):
+    """Where a run's time goes (medians), and the service's share beside the code's own cost."""
+    print("\nwhere a run's time goes, ms (medians of answered runs: Server-Timing; admit: the wait for a slot; "
+          "start: the zygote's fork or a fresh interpreter's spawn; run: the code to its answer, with its process's "
+          "exit and reaping; leftovers, cleanup, release: after it; http: the rest, HTTP and Django). cpu/faults/reap: "
+          "the run's processes' CPU ms and page faults, and the zygote's ms to end the run, warm only. "
+          "own: the code in a warm interpreter (no service); added: p50 - own.\n")
+    header = (f"{'scenario':<11}{'c':>4}{'p50':>8}{'own':>7}{'added':>7}{'http':>7}"
+              + "".join(f"{name:>9}" for name in STAGES + COUNTS))
+    print(header)
+    print("-" * len(header))
+    for cell in cells:
+        stages = cell.get("stages_p50_ms", {})
+        own_ms = own.get(cell["scenario"])
+        added = None if own_ms is None or cell["ok_p50_ms"] is None else cell["ok_p50_ms"] - own_ms
+        cell["own_p50_ms"], cell["added_p50_ms"] = own_ms, added
+        print(f"{cell['scenario']:<11}{cell['concurrency']:>4}{_fmt(cell['ok_p50_ms'], 8)}{_fmt(own_ms, 7)}"
+              f"{_fmt(added, 7)}{_fmt(stages.get('http'), 7)}"
+              + "".join(_fmt(stages.get(name), 9) for name in STAGES + COUNTS))
+
+
+def measure_own_cost(scenarios, runs=30):
+    """
+    Each scenario's code, as the service receives it, in an interpreter that has already imported
+    what the zygote preloads (the sandbox venv's own Python, no service, no confinement): its
+    p50 ms, the cost no service can take away (benchmarks/own_cost.py).
+    """
+    command = [SANDBOX_PYTHON, "-E", "-B", os.path.join(REPO, "benchmarks", "own_cost.py"), str(runs)]
+    cases = {name: {"code": SCENARIOS[name][0], "globals": SCENARIOS[name][1]} for name in scenarios}
+    try:
+        done = subprocess.run(command, input=json.dumps(cases), capture_output=True, text=True, check=True,
+                              timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"could not measure the code's own cost: {exc}", flush=True)
+        return {}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _fmt(value, width=9):
@@ -560,6 +663,7 @@ def main(argv=None):
                       f"errors {cell['errors']}", flush=True)
         rss_end = memory.rss_kib()
         zygote_memory_end = Zygotes.memory_mib()
+        pod_memory = pod_memory_mib(master_pid)
         floor, floor_cpu = measure_floor(args.floor_seconds)
         floors.append(floor)
         floor_cpus.append(floor_cpu)
@@ -575,11 +679,15 @@ def main(argv=None):
         cell["floor_cpu_ms"] = round((floor_cpus[i] + floor_cpus[i + 1]) / 2, 1)
         cell["execs_per_s"] = round(cell["execs_per_s"], 2)
     print_table(cells)
+    print("measuring each scenario's own cost in a warm interpreter ...", flush=True)
+    print_stages(cells, measure_own_cost(scenarios))
     print(f"\nfloor measurements (per s, in order): {[round(f, 1) for f in floors]}, CPU ms per floor "
           f"interpreter: {[round(c, 1) for c in floor_cpus]}; worker RSS MiB "
           f"at start {_mib(rss_start)}, at end {_mib(rss_end)}")
     print(f"zygotes (RSS, PSS) MiB at start {sorted(zygote_memory_start.values())}, "
           f"at end {sorted(zygote_memory_end.values())}")
+    print(f"the pod (gunicorn's master and every process below it: workers, zygotes), at the end: "
+          f"RSS {pod_memory[0]} MiB, PSS {pod_memory[1]} MiB")
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "label": args.label,
@@ -590,6 +698,7 @@ def main(argv=None):
                   "per_s": [round(f, 2) for f in floors], "cpu_ms_each": [round(c, 2) for c in floor_cpus]},
         "worker_rss_kib": {"start": rss_start, "end": rss_end},
         "zygote_rss_pss_mib": {"start": zygote_memory_start, "end": zygote_memory_end},
+        "pod_rss_pss_mib_at_end": pod_memory,
         "cells": cells,
     }
     with open(args.json, "w", encoding="utf-8") as out:
