@@ -8,6 +8,7 @@ before the interpreter reads any submitted code. One job: apply the policy of
 only; it never takes policy from the environment (sudo's SETENV lets the
 caller set that).
 """
+import functools
 import json
 import os
 import resource
@@ -166,9 +167,18 @@ def confine_forked(config):
     cpu_seconds = reaper.cpu_bound(config)
     status["cpu_bound"] = {"kind": "watchdog", "seconds": cpu_seconds} if cpu_seconds else None
     _lower_limit(resource.RLIMIT_NOFILE, config["run_open_files"])
-    status["layers"] += seccomp.load_program(seccomp.compile_program(policy["seccomp"]))
+    status["layers"] += seccomp.load_program(runs_seccomp_program())
     status["layers"].append("reaper")  # the zygote
     return status
+
+
+@functools.cache
+def runs_seccomp_program():
+    """
+    The runs' seccomp filter, compiled once per process: a zygote compiles it as it starts
+    (``confine_zygote``), and every run it forks loads it as it is (about 1.5 ms a run less).
+    """
+    return seccomp.compile_program(seccomp_policy())
 
 
 def _lower_limit(limit, value):
@@ -204,6 +214,7 @@ def confine_zygote(config, user):
     if abi:
         landlock.restrict_self(policy["landlock"], abi, reaper=True)  # its runs' reapers read /proc
     seccomp.load(seccomp_policy(zygote=True))
+    runs_seccomp_program()
 
 
 def zygote_run_root(config, user):
