@@ -23,7 +23,9 @@ background thread, off every request's path (``replace``, as for a slot without 
 successor listens on ``<user>.sock.next`` and preloads while its predecessor keeps serving; once
 it says ``ready``, its socket is renamed over ``<user>.sock`` (new connections reach it) and the
 predecessor is told to retire (it serves what was already queued, then exits). One replacement per slot at a time,
-service-wide (an flock on ``<user>.successor.lock``).
+service-wide (an flock on ``<user>.successor.lock``), and none within
+``RETRY_AFTER_FAILURE_SECONDS`` of one that failed (the lock file holds the failure's time) but at
+the service's start.
 """
 
 import fcntl
@@ -47,6 +49,11 @@ FORK_TIMEOUT_SECONDS = 30
 # several at once when the service starts, on a busy host) before it is given up (and another
 # started by a later run: its predecessor keeps asking, or the slot still has none).
 SUCCESSOR_TIMEOUT_SECONDS = 120
+# After a new zygote failed to start or preload, how long no other is started for its slot, by
+# any worker (the time of the failure is kept in the slot's successor lock file): a slot whose
+# zygotes keep failing (a broken sandbox venv, sudoers) serves fresh interpreters meanwhile,
+# instead of starting a preload (~2.5 s of CPU) for each of its runs.
+RETRY_AFTER_FAILURE_SECONDS = 30
 MAX_MESSAGE = 4096
 # Users whose zygote's successor a thread of this process is starting.
 _replacing = set()
@@ -117,42 +124,62 @@ def start_all():
         try:
             probe.connect(socket_path(slot.user))  # one there already (another service's): keep it
         except (FileNotFoundError, ConnectionRefusedError):
-            starting.append(replace(slot.user))
+            starting.append(replace(slot.user, retry=True))
         finally:
             probe.close()
     for thread in filter(None, starting):
         thread.join(SUCCESSOR_TIMEOUT_SECONDS + FORK_TIMEOUT_SECONDS)
 
 
-def replace(user):
+def replace(user, retry=False):
     """
     Start a new zygote for ``user``'s slot in a background thread, which puts it in the place of
     the slot's zygote (if there is one) once it has preloaded; see the module's docstring. The
-    thread, or None if this process is at it already.
+    thread, or None if this process is at it already. Unless ``retry`` (the service's start), none
+    is started within ``RETRY_AFTER_FAILURE_SECONDS`` of a failed one.
     """
     with _replacing_lock:
         if user in _replacing:
             return None
         _replacing.add(user)
-    thread = threading.Thread(target=_replace, args=(user,), name=f"zygote-successor-{user}", daemon=True)
+    thread = threading.Thread(target=_replace, args=(user, retry), name=f"zygote-successor-{user}", daemon=True)
     thread.start()
     return thread
 
 
-def _replace(user):
+def _replace(user, retry=False):
     try:
         lock_path = os.path.join(pool.slot_dir(), f"{user}.successor.lock")
-        with open(lock_path, "a", encoding="ascii") as lock:
+        with open(lock_path, "a+", encoding="ascii") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # another worker is starting it
-            _hand_over(user)
+            if not retry and _failed_lately(lock):
+                return
+            try:
+                _hand_over(user)
+            except Exception:
+                lock.truncate(0)
+                lock.write(repr(time.time()))
+                raise
+            lock.truncate(0)
     except Exception:  # a thread of our own: say it; the old zygote serves on
-        log.exception("Could not replace the warm sandbox zygote of %s", user)
+        log.exception("Could not replace the warm sandbox zygote of %s (none is started for it for the next %d s)",
+                      user, RETRY_AFTER_FAILURE_SECONDS)
     finally:
         with _replacing_lock:
             _replacing.discard(user)
+
+
+def _failed_lately(lock):
+    """True when the lock file (held) says a new zygote failed less than ``RETRY_AFTER_FAILURE_SECONDS`` ago."""
+    lock.seek(0)
+    try:
+        failed = float(lock.read() or "nan")
+    except ValueError:
+        return False
+    return abs(time.time() - failed) < RETRY_AFTER_FAILURE_SECONDS  # abs: the clock may have been set back
 
 
 def _hand_over(user):

@@ -7,7 +7,9 @@ run directory made since the snapshot is left. Used by test_hostile.py and tests
 """
 import glob
 import os
+import pwd
 import re
+import stat
 import subprocess
 import time
 
@@ -78,11 +80,24 @@ def fds_between_runs(pid):
 # Where codejail's run directories are made: the temp directory, or each pool slot's own tmpfs
 # (CODEJAIL_RUN_DIR_ROOT, deploy/provision.sh).
 RUN_DIR_GLOBS = ("/tmp/codejail-*", "/var/lib/codejail-service/runs/*/codejail-*")
+NOBODY = pwd.getpwnam("nobody").pw_uid
 
 
 def run_dirs():
-    # Directories only: a file such as /tmp/codejail-host.lock (a shared host's lock) is no run's.
-    return {path for pattern in RUN_DIR_GLOBS for path in glob.glob(pattern) if os.path.isdir(path)}
+    """
+    Directories only: a file such as /tmp/codejail-host.lock (a shared host's lock) is no run's;
+    nor is a directory of ``nobody``'s, which the confinement unit tests make in /tmp as they run
+    beside the live suite on a shared host (confinement/tests/conftest.py's ``run_dir``).
+    """
+    found = set()
+    for path in (path for pattern in RUN_DIR_GLOBS for path in glob.glob(pattern)):
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid != NOBODY:
+            found.add(path)
+    return found
 
 
 class Aftermath:

@@ -331,6 +331,48 @@ def test_one_replacement_per_slot_at_a_time_service_wide(warm):
     start_zygote.assert_not_called()
 
 
+def test_after_a_failed_zygote_no_worker_starts_another_for_the_slot_for_a_while(warm, caplog, monkeypatch):
+    """
+    A slot whose new zygotes keep failing does not start a preload for each of its runs: the
+    failure's time is kept in the slot's lock file, which every worker reads. The service's start
+    tries anyway; a zygote that preloads clears the record.
+    """
+    started = []
+
+    def start(user, path=None, stdout=None):
+        started.append(FakeSuccessor(user, path, line=b"" if len(started) < 2 else b"ready\n"))
+        return started[-1]
+
+    now = [1000.0]
+    monkeypatch.setattr(zygote_client.time, "time", lambda: now[0])
+    with mock.patch.object(zygote_client, "start_zygote", side_effect=start):
+        zygote_client._replace(warm.user)  # fails
+        assert "none is started for it for the next 30 s" in caplog.text
+        now[0] += 29
+        zygote_client._replace(warm.user)  # another worker, soon after: not started
+        assert len(started) == 1
+        zygote_client._replace(warm.user, retry=True)  # the service's start: fails again
+        assert len(started) == 2
+        now[0] += 31
+        zygote_client._replace(warm.user)  # 31 s after that failure: ready
+        assert len(started) == 3
+        zygote_client._replace(warm.user)  # nothing failed lately: started at once
+        assert len(started) == 4
+    lock_path = os.path.join(pool.slot_dir(), f"{warm.user}.successor.lock")
+    with open(lock_path, encoding="ascii") as lock:
+        assert lock.read() == ""
+    for successor in started:
+        successor.zygote.stop()
+
+
+def test_an_unreadable_failure_record_is_no_failure(warm):
+    with open(os.path.join(pool.slot_dir(), f"{warm.user}.successor.lock"), "w", encoding="ascii") as lock:
+        lock.write("garbage")
+    with mock.patch.object(zygote_client, "_hand_over") as hand_over:
+        zygote_client._replace(warm.user)
+    hand_over.assert_called_once_with(warm.user)
+
+
 def test_a_process_starts_one_replacement_thread_per_user(warm):
     with mock.patch.object(zygote_client, "_replace") as replace, mock.patch("threading.Thread") as thread:
         zygote_client._replacing.add(warm.user)
@@ -339,7 +381,7 @@ def test_a_process_starts_one_replacement_thread_per_user(warm):
         finally:
             zygote_client._replacing.discard(warm.user)
         zygote_client.replace(warm.user)
-    assert thread.call_count == 1 and thread.call_args.kwargs["args"] == (warm.user,)
+    assert thread.call_count == 1 and thread.call_args.kwargs["args"] == (warm.user, False)
     replace.assert_not_called()  # (the thread is a mock)
     zygote_client._replacing.discard(warm.user)
 
