@@ -5,6 +5,8 @@ for the whole host. Each deny test sits next to its nearest allowed twin; the fi
 interpreters and with the warm sandbox, and the sabotage run proves each deny test fails without
 our layer. What stays open is measured by benchmarks/side_channels.py, not tested here.
 """
+import textwrap
+
 import pytest
 
 from .probe import probe
@@ -81,7 +83,7 @@ def test_deny_a_thread_exit_waking_a_futex_in_a_shared_files_page(run):
 
 
 def test_allow_threads_their_locks_and_joins(run):
-    assert probe(run, CALL + """
+    assert probe(run, CALL + textwrap.dedent("""
         import threading
         done, lock, ready = [], threading.Lock(), threading.Condition()
         def work():
@@ -100,7 +102,7 @@ def test_allow_threads_their_locks_and_joins(run):
         start = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(lambda _: 0)
         assert _libc.pthread_create(ctypes.byref(thread_id), None, start, None) == 0
         assert _libc.pthread_join(thread_id, None) == 0  # glibc waits unflagged for the thread's exit
-    """) == "ok"
+    """)) == "ok"
 
 
 # --- The page cache: which modules other runs import -------------------------------------------
@@ -117,13 +119,13 @@ def test_deny_page_cache_residency(run, name, call, refused):
 
 
 def test_allow_reading_mapping_and_hinting_shared_files(run):
-    assert probe(run, CALL + SHARED + LIBC + """
+    assert probe(run, CALL + SHARED + LIBC + textwrap.dedent("""
         assert os.preadv(shared.fileno(), [bytearray(16)], 0) == 16
         assert os.preadv(shared.fileno(), [bytearray(16)], 0, os.RWF_HIPRI) == 16
         os.posix_fadvise(shared.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         os.posix_fadvise(shared.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
         assert ctypes.string_at(page, 3) == shared.read(3)
-    """) == "ok"
+    """)) == "ok"
 
 
 # --- The host's load: threads, memory, CPU use ---------------------------------------------------
