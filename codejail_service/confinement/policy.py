@@ -43,6 +43,9 @@ READ_WRITE = ("read_file", "write_file")
 RUN_DIR = READ + ("write_file", "truncate", "remove_file", "remove_dir", "make_reg",
                   "make_dir", "make_sock", "make_fifo", "refer")
 
+# What a run may read of /sys/devices/system/cpu/: the CPUs' numbers, no counters.
+CPU_FILES = ("possible", "present", "online", "kernel_max")
+
 # Where codejail makes run directories (tempfile.mkdtemp(prefix="codejail-")).
 RUN_DIR_PREFIX = "codejail-"
 
@@ -77,8 +80,10 @@ def build_policy(sandbox_prefix, run_dir, stdlib_dir=None, multiarch=None):
         rule("/dev/zero", ("read_file",)),
         rule("/dev/urandom", ("read_file",)),
         rule("/dev/random", ("read_file",)),
-        # OpenBLAS reads cpu/possible to size its thread pool.
-        rule("/sys/devices/system/cpu", READ),
+        # The CPUs there are: OpenBLAS sizes its thread pool by cpu/possible, glibc's get_nprocs
+        # (os.cpu_count) reads cpu/online. Not the rest of cpu/: each CPU's idle-state counters
+        # and frequency tell how busy the other runs keep it (ADR 10).
+        *(rule("/sys/devices/system/cpu/" + name, ("read_file",)) for name in CPU_FILES),
         rule(run_dir, RUN_DIR, required=True),
         # The reaper's memory watchdog reads its run's processes' /proc/<pid>/status; the run's
         # code gets a nested domain without this rule (landlock.restrict_nested).

@@ -26,27 +26,28 @@ SOL_SOCKET = 1
 # only its low 32 bits: compare those alone (masked_eq), or a caller could set a high bit to pass
 # a check the kernel then ignores. So allowed values are listed, never excluded with "ne".
 LOW_32 = 0xFFFFFFFF
+FUTEX_PRIVATE_FLAG = 128
+FUTEX_CLOCK_REALTIME = 256
+RWF_NOWAIT = 0x8
 
 # (reason, calls): allowed whatever their arguments.
 ALLOWED = (
     ("file I/O on descriptors the run holds (Landlock decided at open)",
-     ("read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
-      "pwritev2", "lseek", "close", "close_range", "dup", "dup2", "dup3", "flock",
-      "fsync", "fdatasync", "ftruncate", "fallocate", "fadvise64", "readahead", "sendfile",
-      "copy_file_range", "fstat", "fstatfs", "getdents64", "getdents")),
+     ("read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "lseek",
+      "close", "close_range", "dup", "dup2", "dup3", "fsync", "fdatasync", "ftruncate", "fallocate",
+      "readahead", "sendfile", "copy_file_range", "fstat", "getdents64", "getdents")),
     ("opening and inspecting paths (Landlock decides which paths)",
-     ("open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx", "statfs",
-      "access", "faccessat", "faccessat2", "readlink", "readlinkat", "getcwd", "chdir", "fchdir",
+     ("open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx", "access",
+      "faccessat", "faccessat2", "readlink", "readlinkat", "getcwd", "chdir", "fchdir",
       "truncate", "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr")),
     ("changing the run's own files (Landlock: only in the run directory)",
      ("mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2", "link",
       "linkat", "mknod", "mknodat", "chmod", "fchmod", "fchmodat", "utimensat", "umask")),
     ("memory of the run's own processes (RLIMIT_AS and the reaper's watchdog bound it)",
-     ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "msync", "mincore", "mbind",
+     ("brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "msync", "mbind",
       "get_mempolicy", "set_mempolicy")),
     ("threads and their synchronisation (RLIMIT_NPROC bounds them)",
-     ("futex", "set_robust_list", "set_tid_address", "rseq", "arch_prctl", "sched_yield", "gettid",
-      "membarrier")),
+     ("set_robust_list", "rseq", "arch_prctl", "sched_yield", "gettid", "membarrier")),
     ("processes of the run: fork (clone's namespace flags are refused below), wait, exit",
      ("fork", "vfork", "wait4", "waitid", "exit", "exit_group")),
     ("signals: handlers, masks, timers; sending is confined to the run by Landlock's signal scope",
@@ -69,8 +70,8 @@ ALLOWED = (
       "sched_getaffinity", "sched_getparam", "sched_getscheduler", "sched_getattr",
       "sched_get_priority_max", "sched_get_priority_min", "sched_rr_get_interval", "ioprio_get",
       "getcpu", "capget")),
-    ("system facts every runtime reads (os.uname, os.urandom, os.cpu_count)",
-     ("uname", "sysinfo", "getrandom")),
+    ("system facts every runtime reads (os.uname, os.urandom)",
+     ("uname", "getrandom")),
     ("setrlimit: only ever on the caller itself (RLIMIT_AS etc. can only be lowered)",
      ("setrlimit",)),
     ("Landlock: a process can only restrict itself further (the code's own nested domain)",
@@ -89,13 +90,44 @@ CONDITIONAL = (
                "file (D-Bus, journald), which Landlock does not guard"},
     {"syscall": "clone", "args": [{"arg": 0, "op": "masked_eq", "mask": 0x7E020000, "value": 0}],
      "reason": "threads and fork, with no CLONE_NEW* flag: no new view of the system"},
+    # A futex word in a file's page (a shared library, the venv's modules: mapped by every run) is
+    # keyed by the file, not the process, unless the call says FUTEX_PRIVATE_FLAG: two runs could
+    # wait and wake each other on it. glibc says private for every lock of one process; its
+    # pthread_join alone waits unflagged (the kernel's wake at a thread's exit is unflagged).
+    {"syscall": "futex", "args": [{"arg": 1, "op": "masked_eq", "mask": FUTEX_PRIVATE_FLAG,
+                                   "value": FUTEX_PRIVATE_FLAG}],
+     "reason": "any operation on the process's own futexes (glibc's locks, condition variables)"},
+) + tuple(
+    {"syscall": "futex", "args": [{"arg": 1, "op": "masked_eq", "mask": LOW_32 & ~FUTEX_CLOCK_REALTIME,
+                                   "value": op}],
+     "reason": f"{name} unflagged: {why}"}
+    for name, op, why in (
+        ("FUTEX_WAIT", 0, "waits only: nothing a run does can wake it but its own thread's exit"),
+        ("FUTEX_WAIT_BITSET", 9, "pthread_join, waiting for the kernel's wake at the thread's exit"),
+    )
+) + tuple(
+    # Not RWF_NOWAIT: a read that fails rather than wait for the disk tells whether a file's page
+    # is in the page cache, which another run's imports put there.
+    {"syscall": name, "args": [{"arg": 5, "op": "masked_eq", "mask": RWF_NOWAIT, "value": 0}],
+     "reason": "os.preadv/os.pwritev with flags, but RWF_NOWAIT"}
+    for name in ("preadv2", "pwritev2")
+) + tuple(
+    # Not POSIX_FADV_DONTNEED: any reader of a file could drop it from the page cache, to see
+    # (by timing a read) whether another run reads it again, and slow every run that imports it.
+    {"syscall": "fadvise64", "args": [{"arg": 3, "op": "masked_eq", "mask": LOW_32 & ~span, "value": first}],
+     "reason": f"{name}: access pattern hints"}
+    for name, first, span in (("POSIX_FADV_NORMAL..WILLNEED", 0, 3), ("POSIX_FADV_NOREUSE", 5, 0))
 ) + tuple(
     {"syscall": "fcntl", "args": [{"arg": 1, "op": "masked_eq", "mask": LOW_32 & ~span, "value": first}],
      "reason": f"{name}: {why}"}
     for name, first, span, why in (
-        ("F_DUPFD..F_SETLKW", 0, 7, "descriptors, their flags, POSIX record locks (os, fcntl, tempfile)"),
+        ("F_DUPFD..F_GETFL", 0, 3, "descriptors and their flags (os, tempfile, subprocess)"),
+        ("F_SETFL", 4, 0, "non-blocking mode"),
+        # Not F_GETLK/F_OFD_GETLK: they name the holder of a lock on any file the run can open,
+        # another run's on a shared file too (the venv's, read-only to every slot), where taking
+        # a lock shows nothing: a read-only file takes only read locks, which never conflict.
+        ("F_SETLK, F_SETLKW", 6, 1, "POSIX record locks (sqlite on a file in tmp/, fcntl.lockf)"),
         ("F_GETOWN", 9, 0, "read only"),
-        ("F_OFD_GETLK", 36, 0, "open file description locks"),
         ("F_OFD_SETLK", 37, 0, "open file description locks"),
         ("F_OFD_SETLKW", 38, 0, "open file description locks"),
         ("F_DUPFD_CLOEXEC", 1030, 0, "os.dup and subprocess"),
@@ -177,7 +209,24 @@ REFUSED = (
     {"syscall": "setxattr", "errno": "EOPNOTSUPP", "reason": "shutil.copystat ignores EOPNOTSUPP"},
     {"syscall": "lsetxattr", "errno": "EOPNOTSUPP", "reason": "as setxattr"},
     {"syscall": "fsetxattr", "errno": "EOPNOTSUPP", "reason": "as setxattr"},
+    # Side channels between runs (docs/decisions/0010-side-channels-between-runs.rst). ENOSYS, "no
+    # such call here", where a caller does without the call then, and fails on other errnos.
+    {"syscall": "statfs", "errno": "ENOSYS",
+     "reason": "another slot's tmpfs use (free blocks, inodes); glibc's pathconf then gives POSIX's defaults"},
+    {"syscall": "fstatfs", "errno": "ENOSYS",
+     "reason": "as statfs: an O_PATH descriptor of any path (Landlock checks no O_PATH open) would do"},
+    {"syscall": "mincore", "errno": "ENOSYS",
+     "reason": "which pages of a mapped file are in the page cache: which modules other runs import"},
+    {"syscall": "flock", "errno": "ENOSYS",
+     "reason": "a read-only descriptor holds an exclusive flock that another run's flock sees; lock "
+               "libraries take ENOSYS as 'no flock here', other errnos as a lock held (and retry)"},
 )
+# Refused with DEFAULT_ERRNO, named here because each would reach between concurrent runs:
+# sysinfo (the host's thread count and free memory, which every run's processes change; glibc's
+# sysconf(_SC_PHYS_PAGES) then answers garbage, which nothing we run asks), set_tid_address (a
+# thread could have the kernel wake, at its exit, a futex in a file's page: see futex above; glibc
+# calls it only as a process starts, before the filter), cachestat (the page cache of any file).
+SIDE_CHANNELS_REFUSED = ("sysinfo", "set_tid_address", "cachestat")
 
 # The warm sandbox's zygote (zygote.py) is confined by this same filter before it imports
 # anything, plus these calls, which it and each run's start need before the run's own filter

@@ -8,6 +8,7 @@ without our layer.
 """
 import os
 import signal
+import textwrap
 
 import pytest
 
@@ -184,14 +185,15 @@ def test_deny_changing_another_process_of_the_sandbox_user(run, name, change):
 
 
 def test_allow_changing_its_own_limits_priority_and_affinity(run):
-    assert probe(run, CALL + """
+    # Dedented here: appended to CALL indented, it would be the body of call()'s last `if`.
+    assert probe(run, CALL + textwrap.dedent("""
         import resource
         resource.prlimit(0, resource.RLIMIT_NOFILE, (64, 64))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.nice(1)
         os.sched_setaffinity(0, os.sched_getaffinity(0))
         call(251, 1, 0, (2 << 13) | 4)
-    """) == "ok"
+    """)) == "ok"
 
 
 # --- Kernel surfaces no grader needs ----------------------------------------------------------

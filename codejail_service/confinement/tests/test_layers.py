@@ -602,3 +602,86 @@ def test_zygote_run_root_is_its_slots(run_dir):
     assert confinement.zygote_run_root({**ENFORCE, "run_dir_parent": "/tmp"}, "anyone") == "/tmp"
     with pytest.raises(confinement.ConfinementRefused):
         confinement.zygote_run_root(config, "codejail-sandbox-7")
+
+
+# --- seccomp: side channels between runs (docs/decisions/0010-side-channels-between-runs.rst) --
+
+SYS_MINCORE, SYS_SYSINFO, SYS_SET_TID_ADDRESS, SYS_CACHESTAT, SYS_PREADV2, SYS_FUTEX = 27, 99, 218, 451, 327, 202
+RWF_NOWAIT, FUTEX_WAIT, FUTEX_WAKE, FUTEX_PRIVATE_FLAG = 8, 0, 1, 128
+
+
+def raw_call(number, *args):
+    """syscall(2): "ok", or the errno's name."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(ctypes.c_long(number), *[ctypes.c_long(arg) for arg in args]) >= 0:
+        return "ok"
+    return errno.errorcode[ctypes.get_errno()]
+
+
+def file_page(fd):
+    """The address of a read-only private mapping of ``fd``'s first page: keyed by the file, as every
+    run's mapping of the same shared library or module is."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    return libc.mmap(None, 4096, 1, 2, fd, 0)  # PROT_READ, MAP_PRIVATE
+
+
+def test_seccomp_refuses_what_tells_of_other_runs(tmp_path):
+    """Each with the errno its callers handle best (syscalls.py says why)."""
+    def attempts():
+        buffer = ctypes.create_string_buffer(4096)
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buffer), 4096)
+        with open(__file__, "rb") as shared:
+            page = file_page(shared.fileno())
+            lock = bytes((ctypes.c_short * 16)(fcntl.F_WRLCK, 0))
+            return [errno_of(lambda: os.statvfs("/")),
+                    errno_of(lambda: os.fstatvfs(shared.fileno())),
+                    raw_call(SYS_MINCORE, page, 4096, ctypes.addressof(buffer)),
+                    errno_of(lambda: fcntl.flock(shared, fcntl.LOCK_EX | fcntl.LOCK_NB)),
+                    errno_of(lambda: fcntl.fcntl(shared, fcntl.F_GETLK, lock)),
+                    errno_of(lambda: fcntl.fcntl(shared, 36, lock)),  # F_OFD_GETLK
+                    raw_call(SYS_SYSINFO, ctypes.addressof(buffer)),
+                    raw_call(SYS_CACHESTAT, shared.fileno(), 0, 0, 0),
+                    raw_call(SYS_PREADV2, shared.fileno(), ctypes.addressof(iov), 1, 0, 0, RWF_NOWAIT),
+                    errno_of(lambda: os.posix_fadvise(shared.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)),
+                    raw_call(SYS_FUTEX, page, FUTEX_WAKE, 1, 0, 0, 0),
+                    raw_call(SYS_SET_TID_ADDRESS, page)]
+    value, _ = in_child(seccomped(attempts))
+    assert value == ["ENOSYS", "ENOSYS", "ENOSYS", "ENOSYS", "EPERM", "EPERM", "EPERM", "EPERM", "EPERM",
+                     "EPERM", "EPERM", "EPERM"]
+
+
+def test_seccomp_allows_locks_futexes_and_reads_of_the_runs_own(tmp_path):
+    """The nearest allowed twins: a run's own locks and threads, plain reads and hints."""
+    import sqlite3
+    import threading
+
+    def attempts():
+        database = sqlite3.connect(str(tmp_path / "grades.db"))  # POSIX record locks
+        database.execute("create table t (x)")
+        database.execute("insert into t values (1)")
+        database.commit()
+        database.close()
+        results = []
+        worker = threading.Thread(target=lambda: results.append(sum(range(1000))))
+        worker.start()
+        worker.join()
+        libc = ctypes.CDLL(None, use_errno=True)
+        thread = ctypes.c_ulong()
+        start = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(lambda _: results.append(1) or 0)
+        libc.pthread_create(ctypes.byref(thread), None, start, None)
+        results.append(libc.pthread_join(thread, None))  # glibc waits unflagged on the thread's exit
+        word = ctypes.c_int(0)
+        buffer = ctypes.create_string_buffer(16)
+        iov = (ctypes.c_void_p * 2)(ctypes.addressof(buffer), 16)
+        with open(__file__, "rb") as shared:
+            return results + [
+                raw_call(SYS_FUTEX, ctypes.addressof(word), FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, 0, 0, 0),
+                raw_call(SYS_PREADV2, shared.fileno(), ctypes.addressof(iov), 1, 0, 0, 0),
+                errno_of(lambda: os.posix_fadvise(shared.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)),
+                errno_of(lambda: os.posix_fadvise(shared.fileno(), 0, 0, os.POSIX_FADV_NOREUSE)),
+                errno_of(lambda: fcntl.lockf(shared, fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                errno_of(lambda: os.sysconf("SC_NPROCESSORS_ONLN"))]
+    value, status = in_child(seccomped(attempts))
+    assert value == [499500, 1, 0, "ok", "ok", "ok", "ok", "ok", "ok"], value

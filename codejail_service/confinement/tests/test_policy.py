@@ -140,6 +140,66 @@ def test_the_zygote_filter_is_the_runs_plus_its_own_few_calls():
         assert [r["args"] for r in zygote[name]] == [[]], name
 
 
+def allowed_with(name, arg, value):
+    """True if some rule of the run's filter lets ``name`` through with argument ``arg`` == ``value``."""
+    for rule in RULES_BY_CALL.get(name, []):
+        if rule["action"] != "allow":
+            continue
+        if all(cond["arg"] != arg or (value & cond.get("mask", ~0)) == cond["value"] for cond in rule["args"]):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("name", ["statfs", "fstatfs", "mincore", "flock"])
+def test_calls_that_tell_of_other_runs_are_refused_with_enosys(name):
+    """ENOSYS: the callers (glibc's pathconf, lock libraries) then do without, as syscalls.py says."""
+    assert [(rule["action"], rule.get("errno")) for rule in RULES_BY_CALL[name]] == [("errno", "ENOSYS")]
+
+
+@pytest.mark.parametrize("name", syscalls.SIDE_CHANNELS_REFUSED)
+def test_calls_that_tell_of_other_runs_are_not_allowed(name):
+    assert name not in syscalls.allowed_names()
+    assert name not in RULES_BY_CALL
+
+
+FUTEX_PRIVATE_FLAG, FUTEX_CLOCK_REALTIME = 128, 256
+
+
+@pytest.mark.parametrize("command", range(14))
+def test_futexes_only_of_the_process_itself_but_for_waits(command):
+    """A futex word in a file's page is keyed by the file (shared by every run) unless private."""
+    assert allowed_with("futex", 1, command | FUTEX_PRIVATE_FLAG)
+    assert allowed_with("futex", 1, command | FUTEX_PRIVATE_FLAG | FUTEX_CLOCK_REALTIME)
+    waits = (0, 9)  # FUTEX_WAIT, FUTEX_WAIT_BITSET (pthread_join)
+    assert allowed_with("futex", 1, command) == (command in waits)
+    assert allowed_with("futex", 1, command | FUTEX_CLOCK_REALTIME) == (command in waits)
+    # A high bit, which the kernel ignores (it reads an int), changes nothing.
+    assert allowed_with("futex", 1, command | 1 << 32) == (command in waits)
+
+
+def test_locks_may_be_taken_but_no_other_holder_read():
+    F_GETLK, F_SETLK, F_SETLKW, F_OFD_GETLK, F_OFD_SETLK, F_OFD_SETLKW = 5, 6, 7, 36, 37, 38
+    for command in (F_SETLK, F_SETLKW, F_OFD_SETLK, F_OFD_SETLKW, 0, 1, 2, 3, 4):
+        assert allowed_with("fcntl", 1, command), command
+    for command in (F_GETLK, F_OFD_GETLK, F_GETLK | 1 << 32):
+        assert not allowed_with("fcntl", 1, command), command
+
+
+def test_no_read_that_tells_the_page_cache_and_no_eviction():
+    RWF_HIPRI, RWF_NOWAIT, POSIX_FADV_DONTNEED = 1, 8, 4
+    for name in ("preadv2", "pwritev2"):
+        assert allowed_with(name, 5, 0) and allowed_with(name, 5, RWF_HIPRI)
+        assert not allowed_with(name, 5, RWF_NOWAIT) and not allowed_with(name, 5, RWF_NOWAIT | RWF_HIPRI)
+    assert [advice for advice in range(8) if allowed_with("fadvise64", 3, advice)] == [0, 1, 2, 3, 5]
+    assert not allowed_with("fadvise64", 3, POSIX_FADV_DONTNEED | 1 << 32)
+
+
+def test_of_sys_only_the_numbers_of_the_cpus_are_read():
+    sys_rules = [path for path in RULES if path.startswith("/sys")]
+    assert sys_rules == [f"/sys/devices/system/cpu/{name}" for name in ("possible", "present", "online", "kernel_max")]
+    assert all(RULES[path]["access"] == ["read_file"] for path in sys_rules)
+
+
 def test_only_the_reaper_reads_proc():
     (proc,) = [rule for rule in POLICY["landlock"]["fs_rules"] if rule["path"] == "/proc"]
     assert proc["reaper_only"] and proc["access"] == ["read_file", "read_dir"]
