@@ -66,8 +66,9 @@ for i in range(len(bits)):
 """,
         "threshold": 1000,
     },
-    # Sender: short-lived threads, each a pid. Receiver: stat() of /proc/<next pid> (Landlock
-    # checks no stat), counting the pids that appear.
+    # Sender: short-lived threads, each a pid. Receiver: the ids of two threads of its own, at the
+    # start and the end of each slot (stat() of /proc/<pid>, which Landlock does not check, shows
+    # the same, and whose the pids are).
     "pids": {
         "send": """
 import _thread
@@ -81,20 +82,16 @@ for i, bit in enumerate(bits):
 """,
         "receive": """
 import threading
-t = threading.Thread(target=lambda: None); t.start(); t.join()
-nxt = t.native_id + 1
+def next_pid():
+    t = threading.Thread(target=lambda: None); t.start(); t.join()
+    return t.native_id
 counts = []
 for i in range(len(bits)):
     begin, end = slot_bounds(i)
     wait_until(begin + slot * 0.1)
-    seen = 0
-    while time.time() < end - slot * 0.1:
-        try:
-            os.stat(f"/proc/{nxt}")
-            nxt += 1; seen += 1
-        except FileNotFoundError:
-            time.sleep(0.0002)
-    counts.append(seen)
+    first = next_pid()
+    wait_until(end - slot * 0.1)
+    counts.append(next_pid() - first - 1)
 """,
         "threshold": 3,
     },
@@ -166,6 +163,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--fresh", action="store_true", help="fresh interpreters (CODEJAIL_WARM_SANDBOX false)")
+    parser.add_argument("--channels", default=",".join(CHANNELS), help="comma-separated, of: " + ", ".join(CHANNELS))
     args = parser.parse_args()
     if args.fresh:
         os.environ["CODEJAIL_LIVE_WARM"] = "0"
@@ -182,6 +180,8 @@ def main():
         results = []
         for name, slots in (("devnull_lock", (0.005, 0.002)), ("pids", (0.02, 0.01)),
                             ("pipe_inodes", (0.02, 0.01))):
+            if name not in args.channels.split(","):
+                continue
             for slot in slots:
                 results.append(measure(run, name, slot, args.bits))
                 print(json.dumps(results[-1]), flush=True)
