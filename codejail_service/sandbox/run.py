@@ -8,7 +8,7 @@ through ``execution.run_code`` to ``codejail_extension.safe_exec``; only inside 
 ``jail_code`` is it carried by one context variable (codejail_extension.py).
 
 It also keeps where its time went (``stages``: ``mark`` at each boundary), which the API answers
-in a ``Server-Timing`` header and ``make bench`` sums (docs/decisions/0010-a-run-costs-a-fork.rst).
+in a ``Server-Timing`` header and ``make bench`` sums (docs/decisions/0011-a-run-costs-a-fork.rst).
 """
 import time
 
