@@ -184,7 +184,7 @@ test-faults: provision $(VENV_STAMP) ## (root) kill a worker mid-run, break the 
 	$(ROBUST_PYTEST) tests/robustness/test_faults.py
 
 # --- Performance (issue 6) -----------------------------------------------------------
-.PHONY: bench bench-timeout bench-globals
+.PHONY: bench bench-profile bench-timeout bench-globals
 BENCH_ARGS ?=
 bench-timeout: provision ## (root) how long a run killed at REALTIME takes to be answered, at c=1 and at capacity, fresh and warm
 	$(PYTHON) benchmarks/timeout_answer.py
@@ -192,8 +192,12 @@ bench-timeout: provision ## (root) how long a run killed at REALTIME takes to be
 bench-globals: provision ## (root) worker memory and answer time for globals of 1 to 9 MiB, which come back whole
 	$(PYTHON) benchmarks/globals_memory.py
 
-bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table + .cache/bench/latest.json (BENCH_ARGS)
+bench: provision ## (root) load benchmark of the real service vs the interpreter floor: table, where a run's time goes, .cache/bench/latest.json (BENCH_ARGS)
 	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-profile: provision ## (root) make bench at c=1 and 8 with perf profiling the c=1 cells (kernel and user symbols, by process)
+	bash tests/host-tools.sh bench-profile perf:linux-perf
+	$(PYTHON) benchmarks/bench.py --concurrency 1,8 --perf $(BENCH_ARGS)
 
 # --- Docs and deployment checks. Own venvs under .cache/: their pins are compiled
 # separately from test.txt, and pip-sync in .venv would remove them.

@@ -24,6 +24,7 @@ Only 127.0.0.1 is ever contacted. No figure here is asserted: this prints, it do
 """
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -600,6 +601,55 @@ def measure_own_cost(scenarios, runs=30):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class Profile:
+    """
+    ``perf record -a -g`` while a cell runs (root; the kernel's symbols too), then the share of
+    the samples of each process name (a run's process is ``python-zygote``, as its zygote; the
+    workers ``gunicorn``) and, within those two, the symbols that took most: copy_page_range is
+    a fork, unmap_page_range an exit, do_wp_page and copy_mc_* copy-on-write faults,
+    _PyEval_EvalFrameDefault the interpreter itself.
+    """
+
+    TOP = 12
+
+    def __init__(self, scenario, concurrency):
+        self.path = os.path.join(REPO, ".cache", "bench", f"perf-{scenario}-c{concurrency}.data")
+        self.process = None
+
+    def __enter__(self):
+        self.process = subprocess.Popen(["perf", "record", "-a", "-g", "-q", "-o", self.path],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf has opened its buffers
+        return self
+
+    def __exit__(self, *exc):
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+
+    def report(self):
+        by_process = self._report(["--sort", "comm"])
+        by_symbol = {comm: self._report(["--comms", comm, "--sort", "sym"]) for comm in ("python-zygote", "gunicorn")}
+        print(f"    perf: share of all samples by process: {by_process[:6]}")
+        for comm, symbols in by_symbol.items():
+            print(f"    perf: {comm}, top symbols (share of all samples): {symbols[:self.TOP]}")
+        return {"by_process": by_process, "by_symbol": by_symbol, "data": self.path}
+
+    def _report(self, sort):
+        try:
+            out = subprocess.run(["perf", "report", "-i", self.path, "--no-children", "-g", "none", "--stdio",
+                                  "--percent-limit", "0.3", *sort], capture_output=True, text=True, check=True,
+                                 timeout=300).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+        rows = []
+        for line in out.splitlines():
+            parts = line.split()
+            if not parts or line.startswith("#") or not parts[0].endswith("%"):
+                continue
+            rows.append((parts[-1], float(parts[0].rstrip("%"))))
+        return rows
+
+
 def _fmt(value, width=9):
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.1f}"
 
@@ -616,6 +666,9 @@ def main(argv=None):
     parser.add_argument("--json", default=os.path.join(REPO, ".cache", "bench", "latest.json"),
                         help="where to write the results")
     parser.add_argument("--label", default="", help="free text stored with the results")
+    parser.add_argument("--perf", action="store_true",
+                        help="profile each scenario's first cell with perf (system-wide, call graphs): "
+                             "where the CPU goes, by process and symbol, kernel included (make bench-profile)")
     args = parser.parse_args(argv)
 
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -654,8 +707,12 @@ def main(argv=None):
             floor_cpus.append(floor_cpu)
             # Warm up: the first runs of a scenario fill the page cache.
             run_cell(host, port, scenario, 2, 1.0, memory)
-            for concurrency in concurrencies:
-                cell = run_cell(host, port, scenario, concurrency, args.duration, memory)
+            for index, concurrency in enumerate(concurrencies):
+                profile = Profile(scenario, concurrency) if args.perf and index == 0 else None
+                with profile or contextlib.nullcontext():
+                    cell = run_cell(host, port, scenario, concurrency, args.duration, memory)
+                if profile is not None:
+                    cell["profile"] = profile.report()
                 cell["floor_index"] = len(floors) - 1
                 cells.append(cell)
                 print(f"  {scenario:<11} c={concurrency:<3} {cell['execs_per_s']:6.1f} execs/s  "
