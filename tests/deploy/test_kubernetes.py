@@ -179,19 +179,26 @@ ZYGOTE_MIB = 200
 # What the image's confinement layer lets a run's processes hold together, x VMEM
 # (run_memory_factor in confinement.json: the configuration table's default).
 RUN_MEMORY_FACTOR = configuration_table().default("CODEJAIL_RUN_MEMORY_FACTOR")
+# What one descriptor of a run can hold in kernel buffers (docs/decisions/0009-run-bounds-across-processes.rst:
+# a socket's wmem_default, 212,992 bytes, plus one buffer's overshoot), and each process's descriptors.
+RUN_OPEN_FILES = configuration_table().default("CODEJAIL_RUN_OPEN_FILES")
+SOCKET_BUFFER_BYTES = 212_992 + 65_536
 
 
 def pod_memory_floor_mib(config, workers):
     """
     The worst case of a pod's memory (MiB), docs/deployment.rst "Workers and memory per pod": every
-    pool slot runs one run holding all its processes may (run_memory_factor x VMEM) beside its
-    zygote, with its run directory full (memory-backed emptyDirs count against the pod), plus
-    each worker (~100 MiB) and /tmp (64 MiB).
+    pool slot runs one run holding all its processes may (run_memory_factor x VMEM) and its
+    sockets' buffers full (NPROC x run_open_files descriptors), beside its zygote, with its run
+    directory full (memory-backed emptyDirs count against the pod), plus each worker (~100 MiB)
+    and /tmp (64 MiB).
     """
     vmem_mib = config["CODE_JAIL"]["limits"]["VMEM"] // 2**20
     zygote = ZYGOTE_MIB if config.get("CODEJAIL_WARM_SANDBOX", True) else 0
     run_dir = config["CODEJAIL_RUN_DIR_MAX_BYTES"] // 2**20
-    return config["CODEJAIL_SANDBOX_POOL_SIZE"] * (RUN_MEMORY_FACTOR * vmem_mib + zygote + run_dir) + workers * 100 + 64
+    buffers = config["CODE_JAIL"]["limits"]["NPROC"] * RUN_OPEN_FILES * SOCKET_BUFFER_BYTES // 2**20
+    return (config["CODEJAIL_SANDBOX_POOL_SIZE"] * (RUN_MEMORY_FACTOR * vmem_mib + buffers + zygote + run_dir)
+            + workers * 100 + 64)
 
 
 def test_liveness_accepts_503_but_readiness_does_not(container):

@@ -168,7 +168,7 @@ def test_deny_memory_bomb_across_processes(run, aftermath):
     """
     Each child under RLIMIT_AS, together far over the run's bound: the reaper ends the run, and says
     so. (Against the container, with the Deployment's memory limit, that limit once ended it first,
-    when it was sized for one process per slot; it now covers every slot's run bound: 5632Mi.)
+    when it was sized for one process per slot; it now covers every slot's run bound: 6656Mi.)
     """
     result, elapsed = timed(run, FORKED_ALLOCATIONS.format(children=10, mib=300))
     assert result.emsg and result.emsg.endswith("with status code: -9"), result
