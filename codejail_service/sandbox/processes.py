@@ -82,16 +82,25 @@ def stat_fields(pid, thread=None):
 # /proc/<pid>/stat states of a task that has exited: a zombie (its parent has not waited for it
 # yet) and a dead one (being removed).
 EXITED = (b"Z", b"X")
+_unreadable_threads_said = []  # said once per process (``_has_a_live_thread``)
 
 
 def _has_a_live_thread(pid):
     """
     True while any thread of ``pid`` runs. A process whose main thread has exited shows as a zombie
-    in /proc/<pid>/stat while its other threads run on: only /proc/<pid>/task/*/stat tells.
+    in /proc/<pid>/stat while its other threads run on: only /proc/<pid>/task/*/stat tells. Where
+    the app may not read them (an AppArmor profile without its rules for them), it says so once and
+    takes the zombie for what it reads as: counting it would keep a mere zombie a leftover, and end
+    the slot's zygote with the last resort.
     """
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
+        return False
+    except PermissionError as exc:
+        if not _unreadable_threads_said:
+            _unreadable_threads_said.append(pid)
+            log.error("Cannot tell whether a zombie of a sandbox user has a live thread: %s", exc)
         return False
     for thread in threads:
         try:

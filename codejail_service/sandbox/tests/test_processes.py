@@ -72,6 +72,15 @@ def test_a_thread_gone_while_its_process_is_read_is_not_live(monkeypatch):
     assert processes._has_a_live_thread(os.getpid()) is False
 
 
+def test_threads_the_app_may_not_read_leave_a_zombie_a_zombie_said_once(monkeypatch, caplog):
+    """Under an AppArmor profile without the rules for /proc/<pid>/task: no internal error, one log line."""
+    monkeypatch.setattr(processes, "_unreadable_threads_said", [])
+    monkeypatch.setattr(processes.os, "listdir", mock.Mock(side_effect=PermissionError(13, "Permission denied")))
+    assert processes._has_a_live_thread(os.getpid()) is False
+    assert processes._has_a_live_thread(os.getpid()) is False
+    assert caplog.text.count("Cannot tell whether a zombie of a sandbox user has a live thread") == 1
+
+
 def test_the_run_groups_of_a_user_are_its_processes_outside_the_services_session():
     """A process in a session of its own (a run's) counts, by its group; this one (a zygote's session) does not."""
     child = subprocess.Popen(["sleep", "30"], start_new_session=True)
