@@ -48,6 +48,8 @@ LEFTOVER_GRACE_SECONDS = 0.5
 # How long the kills of a run's process groups may go on finding new groups before every process
 # of the slot's user is killed at once (``end_run_processes``).
 KILL_GROUPS_SECONDS = 1.0
+# How long killed processes of a run may take to exit before ``end_run_processes`` gives up on them.
+EXIT_WAIT_SECONDS = 5.0
 
 
 @functools.cache
@@ -229,18 +231,31 @@ def end_run_processes(user, timeout=None):
     SIGKILL every process of ``user``'s runs (``run_groups_of``), never its zygote, until none is
     left. Each group dies in one pass; a run can make no new group (seccomp), so this ends within
     a pass or two. Where something can (our layer off, e.g. AppArmor-only hosts: a chain of
-    ``setsid`` and ``fork``) and new groups still appear after ``timeout`` seconds
-    (``KILL_GROUPS_SECONDS``), or sudo refuses the group kill, every process of the user is
-    killed at once, zygote included: the slot's next run is then served by a fresh interpreter
-    while a new zygote preloads (zygote_client.py). True when nothing of the runs is left.
+    ``setsid`` and ``fork``) and processes not yet killed still appear in the runs' groups after
+    ``timeout`` seconds (``KILL_GROUPS_SECONDS``), or sudo refuses the group kill, every process of
+    the user is killed at once, zygote included: the slot's next run is then served by a fresh
+    interpreter while a new zygote preloads (zygote_client.py). A process already killed that is
+    still exiting (releasing a large address space takes a while: over 1.5 s under emulation) is
+    waited for, up to ``EXIT_WAIT_SECONDS``: killing every process would not end it sooner. True
+    when nothing of the runs is left.
     """
     uid = uid_of(user)
-    deadline = time.monotonic() + (KILL_GROUPS_SECONDS if timeout is None else timeout)
+    started = time.monotonic()
+    deadline = started + (KILL_GROUPS_SECONDS if timeout is None else timeout)
+    killed = set()  # (group, pid): a process that moves to another group is new there
     while groups := run_groups_of(uid):
-        if time.monotonic() > deadline or not kill_groups(user, groups):
-            log.error("Processes of sandbox user %s outlive the kills of their process groups (%s): killing "
-                      "every process of the user, its zygote too", user, groups)
-            return kill_all_processes_of(user)
+        now = time.monotonic()
+        seen = {(group, pid) for group, pids in groups.items() for pid in pids}
+        if seen - killed:
+            if now > deadline or not kill_groups(user, groups):
+                log.error("Processes of sandbox user %s outlive the kills of their process groups (%s): killing "
+                          "every process of the user, its zygote too", user, groups)
+                return kill_all_processes_of(user)
+            killed |= seen
+        elif now > started + EXIT_WAIT_SECONDS:
+            log.error("Processes of sandbox user %s are still exiting %.1f s after they were killed: %s",
+                      user, now - started, groups)
+            return False
         time.sleep(0.01)  # SIGKILL is delivered when the process next runs
     return True
 

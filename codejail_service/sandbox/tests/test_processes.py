@@ -176,6 +176,27 @@ def test_end_run_processes_kills_every_process_when_new_groups_keep_coming(slot_
     kill_all_loop.assert_called_once_with("sbx-1")
 
 
+def test_end_run_processes_waits_for_killed_processes_that_exit_slowly_and_keeps_the_zygote(slot_of_sbx):
+    """Past KILL_GROUPS_SECONDS, a process already killed that is still exiting is no new group."""
+    user, kill_groups, kill_all = slot_of_sbx
+    with groups_seen(*[{5: [5, 7]}] * 30, {5: [7]}, {}), \
+            mock.patch.object(processes, "kill_all_processes_of") as kill_all_loop:
+        assert processes.end_run_processes(user) is True
+    kill_groups.assert_called_once_with("sbx-1", {5: [5, 7]})
+    kill_all_loop.assert_not_called()
+    kill_all.assert_not_called()
+
+
+def test_end_run_processes_gives_up_on_killed_processes_that_never_exit(slot_of_sbx, monkeypatch, caplog):
+    user, kill_groups, _ = slot_of_sbx
+    monkeypatch.setattr(processes, "EXIT_WAIT_SECONDS", 0.1)
+    with groups_seen({5: [5]}), mock.patch.object(processes, "kill_all_processes_of") as kill_all_loop:
+        assert processes.end_run_processes(user) is False
+    kill_groups.assert_called_once_with("sbx-1", {5: [5]})
+    kill_all_loop.assert_not_called()
+    assert "are still exiting" in caplog.text
+
+
 def test_end_run_processes_kills_every_process_when_sudo_refuses_the_group_kill(slot_of_sbx):
     user, kill_groups, _ = slot_of_sbx
     kill_groups.return_value = False  # e.g. a host whose sudoers file predates the rule
