@@ -48,6 +48,8 @@ LEFTOVER_GRACE_SECONDS = 0.5
 # How long the kills of a run's process groups may go on finding new groups before every process
 # of the slot's user is killed at once (``end_run_processes``).
 KILL_GROUPS_SECONDS = 1.0
+# How long killed processes of a run may take to exit before ``end_run_processes`` gives up on them.
+EXIT_WAIT_SECONDS = 5.0
 
 
 @functools.cache
@@ -82,16 +84,25 @@ def stat_fields(pid, thread=None):
 # /proc/<pid>/stat states of a task that has exited: a zombie (its parent has not waited for it
 # yet) and a dead one (being removed).
 EXITED = (b"Z", b"X")
+_unreadable_threads_said = []  # said once per process (``_has_a_live_thread``)
 
 
 def _has_a_live_thread(pid):
     """
     True while any thread of ``pid`` runs. A process whose main thread has exited shows as a zombie
-    in /proc/<pid>/stat while its other threads run on: only /proc/<pid>/task/*/stat tells.
+    in /proc/<pid>/stat while its other threads run on: only /proc/<pid>/task/*/stat tells. Where
+    the app may not read them (an AppArmor profile without its rules for them), it says so once and
+    takes the zombie for what it reads as: counting it would keep a mere zombie a leftover, and end
+    the slot's zygote with the last resort.
     """
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except (FileNotFoundError, ProcessLookupError):
+        return False
+    except PermissionError as exc:
+        if not _unreadable_threads_said:
+            _unreadable_threads_said.append(pid)
+            log.error("Cannot tell whether a zombie of a sandbox user has a live thread: %s", exc)
         return False
     for thread in threads:
         try:
@@ -220,18 +231,31 @@ def end_run_processes(user, timeout=None):
     SIGKILL every process of ``user``'s runs (``run_groups_of``), never its zygote, until none is
     left. Each group dies in one pass; a run can make no new group (seccomp), so this ends within
     a pass or two. Where something can (our layer off, e.g. AppArmor-only hosts: a chain of
-    ``setsid`` and ``fork``) and new groups still appear after ``timeout`` seconds
-    (``KILL_GROUPS_SECONDS``), or sudo refuses the group kill, every process of the user is
-    killed at once, zygote included: the slot's next run is then served by a fresh interpreter
-    while a new zygote preloads (zygote_client.py). True when nothing of the runs is left.
+    ``setsid`` and ``fork``) and processes not yet killed still appear in the runs' groups after
+    ``timeout`` seconds (``KILL_GROUPS_SECONDS``), or sudo refuses the group kill, every process of
+    the user is killed at once, zygote included: the slot's next run is then served by a fresh
+    interpreter while a new zygote preloads (zygote_client.py). A process already killed that is
+    still exiting (releasing a large address space takes a while: over 1.5 s under emulation) is
+    waited for, up to ``EXIT_WAIT_SECONDS``: killing every process would not end it sooner. True
+    when nothing of the runs is left.
     """
     uid = uid_of(user)
-    deadline = time.monotonic() + (KILL_GROUPS_SECONDS if timeout is None else timeout)
+    started = time.monotonic()
+    deadline = started + (KILL_GROUPS_SECONDS if timeout is None else timeout)
+    killed = set()  # (group, pid): a process that moves to another group is new there
     while groups := run_groups_of(uid):
-        if time.monotonic() > deadline or not kill_groups(user, groups):
-            log.error("Processes of sandbox user %s outlive the kills of their process groups (%s): killing "
-                      "every process of the user, its zygote too", user, groups)
-            return kill_all_processes_of(user)
+        now = time.monotonic()
+        seen = {(group, pid) for group, pids in groups.items() for pid in pids}
+        if seen - killed:
+            if now > deadline or not kill_groups(user, groups):
+                log.error("Processes of sandbox user %s outlive the kills of their process groups (%s): killing "
+                          "every process of the user, its zygote too", user, groups)
+                return kill_all_processes_of(user)
+            killed |= seen
+        elif now > started + EXIT_WAIT_SECONDS:
+            log.error("Processes of sandbox user %s are still exiting %.1f s after they were killed: %s",
+                      user, now - started, groups)
+            return False
         time.sleep(0.01)  # SIGKILL is delivered when the process next runs
     return True
 

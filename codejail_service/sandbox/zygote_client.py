@@ -189,9 +189,13 @@ def _hand_over(user):
     process = start_zygote(user, next_path, stdout=subprocess.PIPE)
     with process.stdout:
         ready = select.select([process.stdout], [], [], SUCCESSOR_TIMEOUT_SECONDS)[0]
-        if not ready or process.stdout.readline() != b"ready\n":
-            os.unlink(next_path)  # it exits idle, unreachable; the old zygote serves on
-            raise ZygoteError(f"the successor of {user}'s zygote was not ready in {SUCCESSOR_TIMEOUT_SECONDS} s")
+        line = process.stdout.readline() if ready else None
+        if line != b"ready\n":
+            # Unreachable now; the old zygote (if any) serves on. One still preloading exits once it
+            # has: its ``ready`` meets this closed pipe (BrokenPipeError).
+            os.unlink(next_path)
+            raise ZygoteError(f"the new zygote of {user} was not ready in {SUCCESSOR_TIMEOUT_SECONDS} s" if line is None
+                              else f"the new zygote of {user} exited before it was ready (it said {line!r})")
     predecessor = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         predecessor.settimeout(FORK_TIMEOUT_SECONDS)

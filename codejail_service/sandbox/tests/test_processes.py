@@ -72,6 +72,15 @@ def test_a_thread_gone_while_its_process_is_read_is_not_live(monkeypatch):
     assert processes._has_a_live_thread(os.getpid()) is False
 
 
+def test_threads_the_app_may_not_read_leave_a_zombie_a_zombie_said_once(monkeypatch, caplog):
+    """Under an AppArmor profile without the rules for /proc/<pid>/task: no internal error, one log line."""
+    monkeypatch.setattr(processes, "_unreadable_threads_said", [])
+    monkeypatch.setattr(processes.os, "listdir", mock.Mock(side_effect=PermissionError(13, "Permission denied")))
+    assert processes._has_a_live_thread(os.getpid()) is False
+    assert processes._has_a_live_thread(os.getpid()) is False
+    assert caplog.text.count("Cannot tell whether a zombie of a sandbox user has a live thread") == 1
+
+
 def test_the_run_groups_of_a_user_are_its_processes_outside_the_services_session():
     """A process in a session of its own (a run's) counts, by its group; this one (a zygote's session) does not."""
     child = subprocess.Popen(["sleep", "30"], start_new_session=True)
@@ -165,6 +174,27 @@ def test_end_run_processes_kills_every_process_when_new_groups_keep_coming(slot_
         assert processes.end_run_processes(user) is True
     assert kill_groups.call_count >= 1
     kill_all_loop.assert_called_once_with("sbx-1")
+
+
+def test_end_run_processes_waits_for_killed_processes_that_exit_slowly_and_keeps_the_zygote(slot_of_sbx):
+    """Past KILL_GROUPS_SECONDS, a process already killed that is still exiting is no new group."""
+    user, kill_groups, kill_all = slot_of_sbx
+    with groups_seen(*[{5: [5, 7]}] * 30, {5: [7]}, {}), \
+            mock.patch.object(processes, "kill_all_processes_of") as kill_all_loop:
+        assert processes.end_run_processes(user) is True
+    kill_groups.assert_called_once_with("sbx-1", {5: [5, 7]})
+    kill_all_loop.assert_not_called()
+    kill_all.assert_not_called()
+
+
+def test_end_run_processes_gives_up_on_killed_processes_that_never_exit(slot_of_sbx, monkeypatch, caplog):
+    user, kill_groups, _ = slot_of_sbx
+    monkeypatch.setattr(processes, "EXIT_WAIT_SECONDS", 0.1)
+    with groups_seen({5: [5]}), mock.patch.object(processes, "kill_all_processes_of") as kill_all_loop:
+        assert processes.end_run_processes(user) is False
+    kill_groups.assert_called_once_with("sbx-1", {5: [5]})
+    kill_all_loop.assert_not_called()
+    assert "are still exiting" in caplog.text
 
 
 def test_end_run_processes_kills_every_process_when_sudo_refuses_the_group_kill(slot_of_sbx):

@@ -62,6 +62,8 @@ class FakeZygote(threading.Thread):
                 self.requests.append(None)
                 return
             self.requests.append(json.loads(message))
+            if self.requests[-1] == {"retire": True}:  # its successor is in place
+                return
             if self.replies is not None:
                 for reply in self.replies:
                     conn.send(reply)
@@ -312,12 +314,26 @@ def test_a_successor_that_is_not_ready_leaves_its_predecessor_in_place(warm, cap
     with mock.patch.object(zygote_client, "start_zygote", side_effect=start):
         zygote_client._replace(warm.user)
     assert "Could not replace the warm sandbox zygote" in caplog.text
+    assert f"the new zygote of {warm.user} exited before it was ready (it said b'')" in caplog.text
     assert not os.path.exists(zygote_client.socket_path(warm.user) + ".next")
     process = zygote_client.run(warm.user, "/tmp/codejail-t", [])
     process.stdin.close()
     assert process.wait() == 0 and old.requests[0]["cwd"] == "/tmp/codejail-t"
     old.stop()
     successors[0].zygote.stop()
+
+
+def test_a_new_zygote_that_is_not_ready_in_time_is_given_up(warm, caplog, monkeypatch):
+    monkeypatch.setattr(zygote_client, "SUCCESSOR_TIMEOUT_SECONDS", 0.05)
+    read_end, write_end = os.pipe()  # it says nothing: still preloading
+    successor = FakeZygote(warm.user, path=zygote_client.socket_path(warm.user) + ".next")
+    with mock.patch.object(zygote_client, "start_zygote") as start_zygote:
+        start_zygote.return_value.stdout = os.fdopen(read_end, "rb")
+        zygote_client._replace(warm.user)
+    os.close(write_end)
+    successor.listener.close()
+    assert f"the new zygote of {warm.user} was not ready in 0.05 s" in caplog.text
+    assert not os.path.exists(zygote_client.socket_path(warm.user) + ".next")
 
 
 def test_one_replacement_per_slot_at_a_time_service_wide(warm):
