@@ -321,20 +321,32 @@ def serve(conn, listener, layer, config, run_env, lifetime):
     stderr = fds.pop(2)  # for the note of a run ended past its bounds (supervise_run)
     for fd in fds:
         os.close(fd)
+    reply = {"pid": pid, "zygote": os.getpid()}
+    if lifetime.served(request):
+        reply["retire"] = True
+    # The run is waited for (and, supervised, ended and cleaned up) even when the app has gone:
+    # its slot's next run must find nothing of it.
+    told = _tell(conn, reply)
     try:
-        reply = {"pid": pid, "zygote": os.getpid()}
-        if lifetime.served(request):
-            reply["retire"] = True
-        conn.send(json.dumps(reply).encode())
         if supervises(config):
             wait_status, ending = supervise_run(pid, request, layer, config, mapped, stderr)
         else:
             (_, wait_status), ending = os.waitpid(pid, 0), 0.0
     finally:
         os.close(stderr)
-    conn.send(json.dumps({"status": os.waitstatus_to_exitcode(wait_status),
-                          "counts": run_counts(before, ending)}).encode())
+    if told:
+        _tell(conn, {"status": os.waitstatus_to_exitcode(wait_status), "counts": run_counts(before, ending)})
     return "over" if lifetime.over(request) else None
+
+
+def _tell(conn, message):
+    """Send ``message`` to the app; False if it has gone (said on stderr)."""
+    try:
+        conn.send(json.dumps(message).encode())
+        return True
+    except OSError as exc:
+        print(f"codejail zygote: the app has gone: {exc!r}", file=sys.stderr)
+        return False
 
 
 def supervise_run(pid, request, layer, config, mapped, stderr):

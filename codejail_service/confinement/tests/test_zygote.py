@@ -445,3 +445,27 @@ def test_a_runs_status_says_what_its_processes_used(run_dir):
     counts = messages[1]["counts"]
     assert messages[1]["status"] == 0, err
     assert counts["cpu-ms"] > 0 and counts["faults"] > 1000 and counts["reap-ms"] >= 0  # 8 MB of new pages
+
+
+def test_a_run_whose_app_has_gone_is_still_ended_and_cleaned_up(run_dir):
+    # The app sends the run, then goes (its worker died): the zygote ends and reaps the run and
+    # empties its tmp/ all the same, and serves on.
+    write_code(run_dir, "import os, time\nopen('tmp/left', 'w').close()\n"
+                        "if os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)\n")
+    app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    socket.send_fds(app, [json.dumps({"cwd": run_dir, "rlimits": []}).encode()], [stdin_r, stdout_w, stderr_w])
+    for fd in (stdin_r, stdin_w, stdout_w, stderr_w):
+        os.close(fd)
+    app.close()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        assert zygote.serve(ours, None, confinement, ENFORCE, {"PATH": "/usr/bin"}, zygote.Lifetime()) is None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        ours.close()
+    with os.fdopen(stdout_r, "rb") as out, os.fdopen(stderr_r, "rb") as err:
+        assert out.read() == b"" and err.read() == b""  # every holder of the run's pipes has gone
+    assert os.listdir(os.path.join(run_dir, "tmp")) == []
