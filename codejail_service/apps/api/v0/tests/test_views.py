@@ -83,6 +83,15 @@ def test_successful_run_answers_200_with_globals(client, enabled, safe_exec, att
     assert attributes["codejail_service.status"] == "executed.success"
 
 
+def test_an_answer_says_where_its_runs_time_went(client, enabled, safe_exec):
+    response = post(client, {"payload": payload()})
+    assert response.status_code == 200
+    metrics = dict(part.strip().split(";", 1) for part in response["Server-Timing"].split(","))
+    # The stages this run went through (safe_exec is mocked: no program ran, so no "run").
+    assert list(metrics)[:1] == ["admit"] and {"cleanup", "release"} <= set(metrics)
+    assert all(value.startswith("dur=") and float(value[4:]) >= 0 for value in metrics.values())
+
+
 def test_successful_run_passes_payload_fields_to_safe_exec(client, enabled, safe_exec):
     post(client, {"payload": payload(limit_overrides_context="course-v1:edX+Big+2026", slug="p1")})
     safe_exec.assert_called_once()
