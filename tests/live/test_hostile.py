@@ -24,7 +24,9 @@ from .aftermath import run_dirs
 from .probe import probe
 
 REALTIME = 3  # settings.CODE_JAIL["limits"]["REALTIME"]
-ADMISSION_WAIT = 1  # settings.CODEJAIL_ADMISSION: the longest a request waits behind its worker's run
+# settings.CODEJAIL_ADMISSION: a request waits for a slot at most 3.5 s less the 90th percentile of
+# its worker's recent runs; behind these hostile runs (REALTIME each) that is about 0.5 s.
+ADMISSION_WAIT = 1
 # Seconds: the limit, a wait behind the worker's previous run, codejail's 0.25 s polling, start-up, cleanup.
 ANSWER_WITHIN = REALTIME + ADMISSION_WAIT + 1.5
 LMS_PROLOG = "import os\nos.environ['OPENBLAS_NUM_THREADS'] = '1'\n"
