@@ -173,10 +173,13 @@ def test_deny_memory_bomb_across_processes(run, aftermath):
     when it was sized for one process per slot; it now covers every slot's run bound: 6656Mi.)
     """
     result, elapsed = timed(run, FORKED_ALLOCATIONS.format(children=10, mib=300))
-    assert result.emsg and result.emsg.endswith("with status code: -9"), result
-    # 2 x VMEM: 1024 MiB, said by the reaper's watchdog.
-    noted = re.search(r"held more than \d+ MiB of memory together", result.emsg)
-    assert noted, result
+    # 2 x VMEM: 1024 MiB, said by the reaper's watchdog. Zeroing 3 GiB also takes CPU time: on a
+    # loaded host the run's 3 s CPU bound (ADR 9) was once reached first, with its own note;
+    # either way the watchdog ended the run (tests/live/test_run_bounds.py holds each bound alone).
+    assert result.emsg, result
+    memory = re.search(r"held more than \d+ MiB of memory together\]\\n' with status code: -9$", result.emsg)
+    cpu = re.search(r"used more than \d+ s of CPU time together\]\\n' with status code: -24$", result.emsg)
+    assert memory or cpu, result
     assert elapsed < ANSWER_WITHIN
 
 
