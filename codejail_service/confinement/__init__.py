@@ -96,11 +96,16 @@ def find_run_dir(config):
     return cwd
 
 
-def confine(config):
-    """Apply the policy to this process and start the reaper. Returns the status."""
+def _confine_this_process(config, reaper_reads_proc):
+    """
+    What every run's confinement starts with, in the process that will run the code or fork its
+    reaper: no new privileges, not dumpable, Landlock to its run directory (with ``/proc`` for a
+    reaper that reads it there), its descriptors limited; and its bounds stated.
+    ``(status, policy, abi)``, or ``(status, None, None)`` with the layer off.
+    """
     status = {"mode": config["mode"], "layers": [], "missing": [], "landlock_abi": None}
     if config["mode"] == "off":
-        return status
+        return status, None, None
     if len(os.listdir("/proc/self/task")) != 1:
         # Landlock binds only the calling thread: refuse rather than leave one free.
         raise ConfinementRefused("the interpreter is already multi-threaded")
@@ -110,12 +115,22 @@ def confine(config):
     process.set_no_new_privs()
     process.set_not_dumpable()
     if abi:
-        status["layers"] += landlock.restrict_self(policy["landlock"], abi, reaper=True)
+        status["layers"] += landlock.restrict_self(policy["landlock"], abi, reaper=reaper_reads_proc)
     bound = reaper.memory_bound(config, ADDRESS_SPACE_OFFSET)
     status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
     cpu_seconds = reaper.cpu_bound(config)
     status["cpu_bound"] = {"kind": "watchdog", "seconds": cpu_seconds} if cpu_seconds else None
     _lower_limit(resource.RLIMIT_NOFILE, config["run_open_files"])
+    return status, policy, abi
+
+
+def confine(config):
+    """Apply the policy to this process and start the reaper. Returns the status."""
+    status, policy, abi = _confine_this_process(config, reaper_reads_proc=True)
+    if policy is None:
+        return status
+    bound = status["memory_bound"] and status["memory_bound"]["bytes"]
+    cpu_seconds = status["cpu_bound"] and status["cpu_bound"]["seconds"]
     # Three processes (reaper.py): this one, the leader, is what codejail's time limit kills;
     # the reaper outlives that kill and ends the run's every process; the code runs below it.
     leader, group = os.getpid(), os.getpgrp()
@@ -125,7 +140,7 @@ def confine(config):
     reaper.leave_the_leader(leader)
     if abi:
         landlock.restrict_nested(policy["landlock"], abi)  # its kill(-1) cannot reach the leader
-    program = seccomp.compile_program(policy["seccomp"])
+    program = runs_seccomp_program()
     # Its baseline is what the code's process is born with: the reaper's memory, now.
     watchdog = reaper.RunWatchdog(bound, cpu_seconds) if bound or cpu_seconds else None
     child = os.fork()
@@ -144,29 +159,14 @@ def confine(config):
 
 def confine_forked(config):
     """
-    Confine a run forked by a warm sandbox's zygote, which reaps it (zygote.supervise_run): the
-    code runs in this process, in a Landlock domain nested in the zygote's (its run directory
-    only, no ``/proc``, no signal out of it), under the runs' seccomp filter. Returns the status.
+    Confine a run forked by a warm sandbox's zygote, which reaps it (zygote.supervise_run, from the
+    same rlimits, so the bounds stated here are the ones it enforces): the code runs in this
+    process, in a Landlock domain nested in the zygote's (its run directory only, no ``/proc``, no
+    signal out of it), under the runs' seccomp filter. Returns the status.
     """
-    status = {"mode": config["mode"], "layers": [], "missing": [], "landlock_abi": None}
-    if config["mode"] == "off":
+    status, policy, _ = _confine_this_process(config, reaper_reads_proc=False)
+    if policy is None:
         return status
-    if len(os.listdir("/proc/self/task")) != 1:
-        raise ConfinementRefused("the interpreter is already multi-threaded")
-    policy = build_policy(sys.prefix, find_run_dir(config))
-    abi = status["landlock_abi"] = landlock.abi_version()
-    status["missing"] = missing_features(config, abi)
-    process.set_no_new_privs()
-    process.set_not_dumpable()
-    if abi:
-        status["layers"] += landlock.restrict_self(policy["landlock"], abi)
-    # The zygote enforces them from the same rlimits (zygote.supervise_run); said here as a fresh
-    # run says them.
-    bound = reaper.memory_bound(config, ADDRESS_SPACE_OFFSET)
-    status["memory_bound"] = {"kind": "watchdog", "bytes": bound} if bound else None
-    cpu_seconds = reaper.cpu_bound(config)
-    status["cpu_bound"] = {"kind": "watchdog", "seconds": cpu_seconds} if cpu_seconds else None
-    _lower_limit(resource.RLIMIT_NOFILE, config["run_open_files"])
     status["layers"] += seccomp.load_program(runs_seccomp_program())
     status["layers"].append("reaper")  # the zygote
     return status
