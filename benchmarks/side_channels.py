@@ -36,6 +36,13 @@ def wait_until(t):
         if left <= 0:
             return
         time.sleep(min(left, 0.0005))
+def send_busy(burst):
+    # For each 1 bit, burst() over and over for most of its slot; idle for a 0.
+    for i, bit in enumerate(bits):
+        begin, end = slot_bounds(i)
+        wait_until(begin)
+        while bit and time.time() < end - slot * 0.1:
+            burst()
 """
 
 CHANNELS = {
@@ -44,12 +51,10 @@ CHANNELS = {
     # what it did not take itself, others did.
     "pipe_inodes": {
         "send": """
-for i, bit in enumerate(bits):
-    begin, end = slot_bounds(i)
-    wait_until(begin)
-    while bit and time.time() < end - slot * 0.1:
-        for _ in range(200):
-            r, w = os.pipe(); os.close(r); os.close(w)
+def burst():
+    for _ in range(200):
+        r, w = os.pipe(); os.close(r); os.close(w)
+send_busy(burst)
 """,
         "receive": """
 counts = []
@@ -72,13 +77,11 @@ for i in range(len(bits)):
     "pids": {
         "send": """
 import _thread
-for i, bit in enumerate(bits):
-    begin, end = slot_bounds(i)
-    wait_until(begin)
-    while bit and time.time() < end - slot * 0.1:
-        lock = _thread.allocate_lock(); lock.acquire()
-        _thread.start_new_thread(lock.release, ())
-        lock.acquire()
+def burst():
+    lock = _thread.allocate_lock(); lock.acquire()
+    _thread.start_new_thread(lock.release, ())
+    lock.acquire()
+send_busy(burst)
 """,
         "receive": """
 import threading
