@@ -1,7 +1,7 @@
 """
 A course problem's own cost, with no service: run by ``benchmarks/bench.py`` with the sandbox
-venv's Python (as root: the confinement hook leaves root alone), it imports what a warm
-sandbox's zygote preloads, then runs each case's code as codejail's wrapper would (exec with its
+venv's Python (as root: the confinement hook leaves root alone), it preloads what a warm
+sandbox's zygote does (its own ``preload``), then runs each case's code as codejail's wrapper would (exec with its
 globals, then the globals as JSON) ``RUNS`` times, and prints ``{case: p50 ms}`` as its last line.
 
 stdin: ``{case: {"code": ..., "globals": {...}}}``; argv[1]: RUNS.
@@ -17,14 +17,7 @@ from codejail_confinement import zygote
 def main():
     runs = int(sys.argv[1])
     cases = json.load(sys.stdin)
-    for name in zygote.PRELOAD:  # as the zygote does (zygote.preload), without its "ready" line
-        try:
-            if name == "matplotlib":
-                zygote.preload_matplotlib()
-            else:
-                __import__(name)
-        except Exception:  # noqa: BLE001 -- as the zygote: a package that fails is skipped
-            pass
+    zygote.preload()  # what a zygote holds (its "ready" line goes before ours: bench.py reads the last)
     modules = dict(sys.modules)
     result = {}
     for case, spec in cases.items():
