@@ -57,7 +57,8 @@ def kill_the_rest(group=None):
     is one pass under the kernel's task list lock, so a process cannot fork
     past it. A zygote names its run's group: no process of a run can leave it
     (seccomp refuses setsid and setpgid), and a zygote that is not in a scoped
-    Landlock domain of its own (a unit test's) must not kill(-1).
+    Landlock domain of its own (a unit test's) must not kill(-1). It reaps that
+    group's processes only: the light zygote's full one is its child too.
     """
     for _ in range(_MAX_SWEEPS):
         try:
@@ -65,7 +66,7 @@ def kill_the_rest(group=None):
         except ProcessLookupError:
             pass  # the group is gone: its last processes may still wait to be reaped
         try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
+            while os.waitpid(-1 if group is None else -group, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             return
@@ -335,7 +336,7 @@ def watch(child, watchdog, leader=None, stderr=2, group=None):
     status = None
     next_look = 0.0
     while True:
-        status = _reap(child, status)
+        status = _reap(child, status, group)
         if status is not None or (leader is not None and os.getppid() != leader):
             return status
         now = time.monotonic()
@@ -359,17 +360,29 @@ def _say(fd, note):
         pass  # the app has gone: nobody reads the note
 
 
-def _reap(child, status):
-    """Reap every child that has exited; the code process's wait status once it has."""
+def _reap(child, status, group=None):
+    """
+    Reap every child that has exited (of process group ``group`` only, if given: a zygote's other
+    children are not the run's), and ``child`` itself, which may have died before it took its
+    group; the code process's wait status once it has.
+    """
     try:
         while True:
-            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            pid, wait_status = os.waitpid(-group if group else -1, os.WNOHANG)
             if not pid:
-                return status
+                break
             if pid == child:
                 status = wait_status
     except ChildProcessError:
-        return status
+        pass
+    if status is None and group:
+        try:
+            pid, wait_status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                status = wait_status
+        except ChildProcessError:
+            pass
+    return status
 
 
 def _exit_like(status):

@@ -68,6 +68,14 @@ PRELOAD = (
     "calc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
     "lxml.etree",
 )
+# Two zygotes per slot, one process forked from the other (docs/decisions/0011-a-run-costs-a-fork.rst):
+# a fork costs in proportion to what the forking process holds, and so does its child's exit and
+# its copy-on-write faults. The light zygote, the one the app talks to, holds only what codejail's
+# wrapper and the LMS prolog import; it forks the runs whose code imports nothing else outside the
+# standard library (the app tells it so: zygote_client.light_enough) and hands every other run to
+# the full zygote, its child, which preloads the rest of ``PRELOAD``. A light run that imports more
+# after all (by a name the app's rule cannot see) imports it from disk, as a fresh interpreter would.
+LIGHT_PRELOAD = ("json", "six", "random", "random2")
 # Run once after the preload, so that what a package builds on first use (matplotlib's fonts and
 # Agg canvas) is there in every run. Each is the zygote's own code (no input), skipped (said on
 # stderr) if it fails.
@@ -116,8 +124,13 @@ def main():
         layer.process.become_subreaper()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     run_env = dict(os.environ)
-    preload()
-    serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env)
+    preload(LIGHT_PRELOAD)
+    gc.freeze()  # before the fork: the full zygote's collections need not walk these either
+    full = start_full(layer, config, run_env)
+    # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
+    # can serve: both of its zygotes have preloaded.
+    os.write(1, b"ready\n")
+    serve_forever(socket.socket(fileno=os.dup(0)), layer, config, run_env, full)
 
 
 def supervises(config):
@@ -134,7 +147,7 @@ def own_user_name():
 
 
 def preload(names=PRELOAD):
-    """Import ``names`` (``PRELOAD``), then say so on stdout: the app waits for that line."""
+    """Import ``names`` (``PRELOAD``), warm them up and put them as after the LMS prolog."""
     os.environ.update(PRELOAD_ENV)
     for name in names:
         try:
@@ -150,9 +163,6 @@ def preload(names=PRELOAD):
     # collections do not walk (and so copy, page by page) the inherited objects.
     gc.collect()
     gc.freeze()
-    # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
-    # can serve.
-    os.write(1, b"ready\n")
 
 
 def as_after_prolog():
@@ -259,13 +269,42 @@ class Lifetime:
                     or (max_seconds and time.monotonic() - self.born >= seconds_factor * max_seconds))
 
 
-def serve_forever(listener, layer, config, run_env):
+def start_full(layer, config, run_env, names=PRELOAD):
+    """
+    Fork the full zygote (``LIGHT_PRELOAD``'s comment) and wait until it has preloaded ``names``:
+    this zygote's end of the socket pair it is served through (``forward``, ``serve_forwarded``).
+    It exits once this zygote has gone (the pair's end of file), and so does this one if it dies.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if os.fork() == 0:  # pragma: no cover -- the full zygote (tests/test_zygote.py, and live)
+        status = 1
+        try:
+            ours.close()
+            # Not the listener's: a connection must never queue where nobody accepts. Still taken
+            # (by stderr): a run's descriptors move onto 0-2 in order (run), none may arrive there.
+            os.dup2(2, 0)
+            if supervises(config):
+                layer.process.become_subreaper()  # not inherited across fork
+            preload(names)
+            theirs.send(b"ready")
+            serve_forwarded(theirs, layer, config, run_env)
+            status = 0
+        finally:
+            os._exit(status)
+    theirs.close()
+    if ours.recv(16) != b"ready":
+        sys.exit("codejail zygote: the full zygote exited before it had preloaded")
+    return ours
+
+
+def serve_forever(listener, layer, config, run_env, full=None):
     """
     One run per connection, until retired or past its lifetime, or idle once orphaned: every
     ``IDLE_SECONDS`` without a connection, it exits if its parent is no longer the one that
     adopted it (gunicorn's master, ``main``), i.e. the service that started it is gone. While the
     service runs it stays, however quiet its slot: a slot without a zygote serves its runs in
-    fresh interpreters until a new one has preloaded (the app's zygote_client.py).
+    fresh interpreters until a new one has preloaded (the app's zygote_client.py). ``full``: the
+    full zygote's socket pair, through which it serves what this one does not (``serve``).
     """
     listener.settimeout(IDLE_SECONDS)
     service = os.getppid()
@@ -283,7 +322,7 @@ def serve_forever(listener, layer, config, run_env):
         with conn:
             conn.settimeout(None)
             try:
-                outcome = serve(conn, listener, layer, config, run_env, lifetime)
+                outcome = serve(conn, listener, layer, config, run_env, lifetime, full)
             except OSError as exc:  # the app went away mid-run: the next connection is another run
                 print(f"codejail zygote: {exc!r}", file=sys.stderr)
                 continue
@@ -294,10 +333,11 @@ def serve_forever(listener, layer, config, run_env):
             return
 
 
-def serve(conn, listener, layer, config, run_env, lifetime):
+def serve(conn, listener, layer, config, run_env, lifetime, full=None):
     """
-    One run: fork it, tell the app its pid, wait for it, tell the app its status. "retire" if
-    the app said this zygote's successor is in place, "over" if it may take no more runs.
+    One run: fork it (or have the full zygote fork it), tell the app its pid, wait for it, tell the
+    app its status. "retire" if the app said this zygote's successor is in place, "over" if it may
+    take no more runs (or its full zygote has gone).
     """
     message, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
     if not message and not fds:  # the app only looked whether a zygote is there (start_all)
@@ -313,16 +353,66 @@ def serve(conn, listener, layer, config, run_env, lifetime):
             os.close(fd)
         conn.send(json.dumps({"error": str(exc)}).encode())
         return None
+    retire = lifetime.served(request)
+    if full is None or request.get("light") is True:
+        sockets, kind = ((conn, listener), "full") if full is None else ((conn, listener, full), "light")
+        serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind)
+    elif not forward(full, request, fds, conn, retire):
+        return "over"  # the app sees this connection close: its run starts elsewhere
+    return "over" if lifetime.over(request) else None
+
+
+def forward(full, request, fds, conn, retire):
+    """
+    Hand the run to the full zygote (the request, its three descriptors and the app's connection,
+    which it answers on) and wait until it has served it; False if the full zygote has gone.
+    """
+    try:
+        socket.send_fds(full, [json.dumps({"request": request, "retire": retire}).encode()], [conn.fileno(), *fds])
+        return full.recv(16) == b"done"
+    except OSError as exc:
+        print(f"codejail zygote: the full zygote has gone: {exc!r}", file=sys.stderr)
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def serve_forwarded(pair, layer, config, run_env):
+    """The full zygote's loop: serve each run the light zygote hands over, until it has gone."""
+    while True:
+        message, fds, _, _ = socket.recv_fds(pair, MAX_MESSAGE, 4)
+        if not message:  # the light zygote has gone (or sent nothing we can serve)
+            for fd in fds:
+                os.close(fd)
+            return
+        with socket.socket(fileno=fds.pop(0)) as conn:
+            forwarded = json.loads(message)
+            try:
+                serve_run(conn, forwarded["request"], fds, (conn, pair), layer, config, run_env, forwarded["retire"],
+                          "full")
+            except OSError as exc:  # the app went away mid-run
+                print(f"codejail zygote: {exc!r}", file=sys.stderr)
+        pair.send(b"done")
+
+
+def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind):
+    """
+    Fork the run of ``request`` with its descriptors ``fds``, tell the app its pid on ``conn``,
+    wait for it (supervised: end it and clean up after it), tell the app its status and what the
+    run used, with which zygote ran it (``kind``, "light" or "full"). ``sockets``: this zygote's,
+    which the run must not keep.
+    """
     mapped = address_space()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     pid = os.fork()
     if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
-        run(request, fds, (conn, listener), layer, config, run_env, mapped)
+        run(request, fds, sockets, layer, config, run_env, mapped)
     stderr = fds.pop(2)  # for the note of a run ended past its bounds (supervise_run)
     for fd in fds:
         os.close(fd)
     reply = {"pid": pid, "zygote": os.getpid()}
-    if lifetime.served(request):
+    if retire:
         reply["retire"] = True
     # The run is waited for (and, supervised, ended and cleaned up) even when the app has gone:
     # its slot's next run must find nothing of it.
@@ -335,8 +425,8 @@ def serve(conn, listener, layer, config, run_env, lifetime):
     finally:
         os.close(stderr)
     if told:
-        _tell(conn, {"status": os.waitstatus_to_exitcode(wait_status), "counts": run_counts(before, ending)})
-    return "over" if lifetime.over(request) else None
+        _tell(conn, {"status": os.waitstatus_to_exitcode(wait_status),
+                     "counts": dict(run_counts(before, ending), zygote=kind)})
 
 
 def _tell(conn, message):

@@ -29,7 +29,7 @@ from codejail import jail_code
 from codejail import safe_exec as codejail_safe_exec
 from codejail.safe_exec import SafeExecException
 
-from codejail_service.sandbox import commands, config, runner
+from codejail_service.sandbox import commands, config, runner, zygote_client
 
 # The run that codejail's jail_code is building now, in this thread (set by safe_exec only).
 _current_run = contextvars.ContextVar("codejail_service_run")
@@ -53,6 +53,7 @@ def safe_exec(code, globals_dict, *, run, python_path=None, limit_overrides_cont
     past the parser's recursion limit) is the run's failure, answered as codejail answers one
     (``SafeExecException``), never the service's internal error.
     """
+    run.light = zygote_client.light_enough(code, python_path)
     token = _current_run.set(run)
     try:
         codejail_safe_exec.safe_exec(code, globals_dict, python_path=python_path,

@@ -35,6 +35,8 @@ class Run:
         # codejail's limits for this run, as jail_code hands them to its subprocess.
         self.rlimits = ()
         self.realtime = None
+        # Warm: its code needs no more than the slot's light zygote holds (zygote_client.light_enough).
+        self.light = False
 
     @classmethod
     def in_slot(cls, slot, waited=0.0):

@@ -16,8 +16,11 @@ from codejail_service.confinement import zygote
 ENFORCE = dict(confinement.DEFAULTS)
 
 
-def serve_one(cwd, stdin=b"", rlimits=(), fds=None, lifetime=None, **extra):
-    """Serve one request through a socketpair; (messages, stdout, stderr)."""
+def serve_one(cwd, stdin=b"", rlimits=(), fds=None, lifetime=None, full=None, outcome=None, **extra):
+    """
+    Serve one request through a socketpair (by the light zygote, with its ``full`` one's pair if
+    given); (messages, stdout, stderr). ``outcome``: a list, given what ``serve`` returned.
+    """
     app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stdin_r, stdin_w = os.pipe()
@@ -32,9 +35,12 @@ def serve_one(cwd, stdin=b"", rlimits=(), fds=None, lifetime=None, **extra):
     # As the zygote's main does: it waits for its runs' SIGCHLD.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
-        zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, lifetime or zygote.Lifetime())
+        returned = zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"},
+                                lifetime or zygote.Lifetime(), full)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if outcome is not None:
+        outcome.append(returned)
     messages = []
     app.setblocking(False)
     try:
@@ -217,13 +223,72 @@ def test_a_retire_message_with_descriptors_is_a_malformed_run(run_dir):
     assert messages == [{"error": "expected 3 descriptors, got 1"}]
 
 
-def test_preload_skips_what_cannot_be_imported_and_then_says_ready(capfd, monkeypatch):
+def test_preload_skips_what_cannot_be_imported(capfd, monkeypatch):
     monkeypatch.setattr(zygote.os, "environ", dict(os.environ))
     zygote.preload(("json", "codejail_no_such_module"))
     out, err = capfd.readouterr()
-    assert out == "ready\n"
+    assert out == ""  # "ready" is main's to say, once both zygotes have preloaded
     assert "not preloading codejail_no_such_module: ModuleNotFoundError" in err
     assert zygote.os.environ["OPENBLAS_NUM_THREADS"] == "1"
+
+
+@pytest.fixture
+def full_zygote():
+    """The full zygote, forked as the light one's main does (preloading json only): its pair's end."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        full = zygote.start_full(confinement, ENFORCE, {"PATH": "/usr/bin"}, names=("json",))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    yield full
+    full.close()
+
+
+PARENT_CODE = "import os, sys\nprint(os.getppid(), 'scipy' in sys.modules)\n"
+
+
+def test_a_light_run_is_forked_by_the_light_zygote_itself(run_dir, full_zygote):
+    write_code(run_dir, PARENT_CODE)
+    messages, out, err = serve_one(run_dir, full=full_zygote, light=True)
+    assert messages[1]["status"] == 0 and messages[1]["counts"]["zygote"] == "light", (messages, err)
+    assert out.split() == [str(os.getpid()).encode(), b"False"]
+
+
+def test_any_other_run_is_forked_by_the_full_zygote_which_exits_with_the_light_one(run_dir, full_zygote):
+    write_code(run_dir, PARENT_CODE)
+    for extra in ({}, {"light": False}, {"light": "yes"}):  # only an explicit true is light
+        messages, out, err = serve_one(run_dir, full=full_zygote, **extra)
+        assert messages[0]["pid"] > 0 and messages[1]["status"] == 0, (messages, err)
+        assert messages[1]["counts"]["zygote"] == "full"
+        full_pid = int(out.split()[0])
+        assert full_pid not in (os.getpid(), 0) and messages[0]["zygote"] == full_pid
+    full_zygote.close()  # the light zygote has gone
+    assert os.waitpid(full_pid, 0) == (full_pid, 0)
+
+
+def test_a_run_for_a_full_zygote_that_has_gone_ends_the_light_one(run_dir, full_zygote):
+    write_code(run_dir, PARENT_CODE)
+    messages, out, _ = serve_one(run_dir, full=full_zygote)
+    full_pid = int(out.split()[0])
+    os.kill(full_pid, signal.SIGKILL)
+    os.waitpid(full_pid, 0)
+    outcome = []
+    messages, out, _ = serve_one(run_dir, full=full_zygote, outcome=outcome)
+    assert outcome == ["over"] and messages == [] and out == b""  # the app starts the run elsewhere
+    # Its light runs it still serves until it has gone (allow twin).
+    messages, out, _ = serve_one(run_dir, full=full_zygote, light=True)
+    assert messages[1]["status"] == 0 and out.split()[0] == str(os.getpid()).encode()
+
+
+def test_a_supervised_run_reaps_its_own_processes_not_the_zygotes_other_children(run_dir):
+    # The light zygote's full one is its child too: a run's end must not reap it.
+    sibling = subprocess.Popen(["/bin/true"])
+    time.sleep(0.2)  # exited: waiting to be reaped by whoever waits for any child
+    write_code(run_dir, "import os\nif os.fork() == 0:\n    os._exit(0)\n")  # left to its reaper
+    messages, _, err = serve_one(run_dir)
+    assert messages[1]["status"] == 0, (messages, err)
+    assert os.waitpid(sibling.pid, 0) == (sibling.pid, 0)
+    sibling.returncode = 0
 
 
 def test_a_connection_that_sends_nothing_is_no_run(run_dir):
@@ -461,11 +526,34 @@ def test_a_run_whose_app_has_gone_is_still_ended_and_cleaned_up(run_dir):
         os.close(fd)
     app.close()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        assert zygote.serve(ours, None, confinement, ENFORCE, {"PATH": "/usr/bin"}, zygote.Lifetime()) is None
+        assert zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, zygote.Lifetime()) is None
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         ours.close()
+        listener.close()
     with os.fdopen(stdout_r, "rb") as out, os.fdopen(stderr_r, "rb") as err:
         assert out.read() == b"" and err.read() == b""  # every holder of the run's pipes has gone
     assert os.listdir(os.path.join(run_dir, "tmp")) == []
+
+
+def test_a_run_that_fails_before_it_has_its_own_group_is_still_reaped(run_dir, capfd):
+    # Supervised, the zygote reaps the run's process group; a child that failed as it started
+    # (here: a listener it cannot close) never took it, and must not be waited for forever.
+    write_code(run_dir, "x = 1\n")
+    app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fds = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+    socket.send_fds(app, [json.dumps({"cwd": run_dir, "rlimits": []}).encode()], fds)
+    for fd in fds:
+        os.close(fd)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        zygote.serve(ours, None, confinement, ENFORCE, {"PATH": "/usr/bin"}, zygote.Lifetime())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    messages = [json.loads(app.recv(4096)) for _ in range(2)]
+    app.close()
+    ours.close()
+    assert messages[1]["status"] == 1
+    assert "the run could not start" in capfd.readouterr().err

@@ -3,6 +3,7 @@ The warm sandbox's app side, against a stand-in zygote that speaks the protocol 
 codejail_service/confinement/zygote.py (the real zygote runs in the live suite: make test-live).
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -98,7 +99,7 @@ def test_a_run_is_forked_by_the_slots_zygote_with_its_pipes_rlimits_and_status(w
     assert process.wait() == 3
     zygote.stop()
     assert zygote.requests == [{"cwd": "/tmp/codejail-x", "rlimits": [[6, 15, 15]], "max_runs": 1000,
-                                "max_seconds": 600}]
+                                "max_seconds": 600, "light": False}]
     assert zygote.stdin_seen == [b"globals"]
 
 
@@ -514,3 +515,63 @@ def test_a_run_the_zygote_cannot_fork_runs_in_a_fresh_interpreter(warm):
         result = run_program(warm, cmd, stdin=b"", cwd="/tmp/codejail-f")
     assert popen.call_args.args[0][-4:] == [PYTHON_BIN, "-E", "-B", "jailed_code"]
     assert result == (0, b"fresh", b"")
+
+
+def test_a_run_whose_code_needs_little_is_asked_of_the_light_zygote(warm):
+    zygote = FakeZygote(warm.user, status=0)
+    zygote.start()
+    run = Run(warm, WARM)
+    run.light = True
+    runner.run_program(run, ["unused"], stdin=b"[1]", cwd="/tmp/codejail-l")
+    zygote.stop()
+    assert zygote.requests[0]["light"] is True
+
+
+def _lms_wrap():
+    """benchmarks/lms_prolog.py's ``wrap``: code as the LMS sends it (its prolog, verbatim)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks", "lms_prolog.py")
+    spec = importlib.util.spec_from_file_location("lms_prolog", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.wrap
+
+
+lms_wrap = _lms_wrap()
+
+
+@pytest.mark.parametrize("code", [
+    "x = x + 1",
+    "import math, os.path as p\nfrom collections import OrderedDict\nfrom xml.etree import ElementTree\n",
+    "from six.moves import xrange\nimport random2, json\n",
+    "# import numpy: a comment says nothing\nx = 1\n",
+    "x = 'numpy'  # a name in a string, but no import\n",
+    lms_wrap("answers = [random.randint(1, 6) for _ in range(3)]\nok = math.sqrt(4) == 2\n"),
+])
+def test_code_that_needs_only_the_standard_library_is_light_enough(code):
+    assert zygote_client.light_enough(code)
+
+
+@pytest.mark.parametrize("code", [
+    "import numpy",
+    "import os, numpy as np",
+    "x = 1; import scipy.stats",
+    "from sympy import symbols",
+    "from . import sibling",  # a course's own module
+    "import course_lib",
+    "if True:\n    import matplotlib.pyplot as plt\n",
+    "s = '''\nimport numpy'''",  # in a string: maybe exec'd, so counted
+    "s = '#'; import numpy",  # a hash in a string starts no comment
+    lms_wrap("x = numpy.pi"),  # the LMS's lazy names load their modules when used
+    lms_wrap("ok = chemcalc.chemical_equations_equal(ans, expect)"),
+    lms_wrap("y = calc.evaluator({}, {}, '1+1')"),
+])
+def test_code_that_imports_more_goes_to_the_full_zygote(code):
+    assert not zygote_client.light_enough(code)
+
+
+def test_course_modules_or_long_code_go_to_the_full_zygote():
+    assert zygote_client.light_enough("x = 1")
+    assert not zygote_client.light_enough("x = 1", python_path=["python_lib.zip"])
+    long_code = "x = 1\n" * (zygote_client.LIGHT_MAX_CODE_CHARS // 6 + 1)
+    assert not zygote_client.light_enough(long_code)
+    assert zygote_client.light_enough(long_code[:zygote_client.LIGHT_MAX_CODE_CHARS])
