@@ -32,6 +32,7 @@ its last resort.
 """
 import errno
 import gc
+import importlib
 import json
 import os
 import pwd
@@ -68,10 +69,15 @@ PRELOAD = (
     "calc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
     "lxml.etree",
 )
+HELD = ("sympy", "networkx", "chem.chemcalc")
 # Run once after the preload, so that what a package builds on first use (matplotlib's fonts and
 # Agg canvas) is there in every run. Each is the zygote's own code (no input), skipped (said on
 # stderr) if it fails.
 WARMUP = {
+    "sympy": "x, y = sympy.symbols('x y')\n"
+             "sympy.simplify(sympy.sympify('(x + y)**2 - 2*x*y') - sympy.sympify('x**2 + y**2'))\n"
+             "sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n",
+    "chem.chemcalc": "chem.chemcalc.chemical_equations_equal('2H2 + O2 -> 2H2O', '4H2 + 2O2 -> 4H2O')\n",
     "matplotlib": "import io\nfig, ax = matplotlib.pyplot.subplots(figsize=(3, 2))\nax.plot([1, 2, 3], [2, 1, 3])\n"
                   "fig.savefig(io.BytesIO(), format='png')\nmatplotlib.pyplot.close(fig)\n",
 }
@@ -133,8 +139,11 @@ def own_user_name():
     return os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
-def preload(names=PRELOAD):
-    """Import ``names`` (``PRELOAD``), then say so on stdout: the app waits for that line."""
+def preload(names=PRELOAD, held=HELD):
+    """
+    Import ``names`` (``PRELOAD``), then ``held`` (``HELD``) out of sight, then say so on stdout:
+    the app waits for that line.
+    """
     os.environ.update(PRELOAD_ENV)
     for name in names:
         try:
@@ -146,6 +155,7 @@ def preload(names=PRELOAD):
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
     as_after_prolog()
+    hold(held)
     # What the preload made lives as long as the zygote: out of the collector's sight, a run's
     # collections do not walk (and so copy, page by page) the inherited objects.
     gc.collect()
@@ -153,6 +163,20 @@ def preload(names=PRELOAD):
     # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
     # can serve.
     os.write(1, b"ready\n")
+
+
+def hold(names):
+    """
+    Import ``names`` (and warm them up) as after the LMS prolog, handed to a run only once it
+    imports one (confinement/held.py); the held module's ``Finder``, or None.
+    """
+    held = importlib.import_module(f"{__package__ or 'codejail_confinement'}.held")
+
+    def prepare(name):
+        importlib.import_module(name)
+        warm_up((name,))
+
+    return held.hold(names, prepare)
 
 
 def as_after_prolog():
