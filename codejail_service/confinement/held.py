@@ -67,7 +67,9 @@ def hold(names, prepare, log=None):
         return None
     stdlib_random = sys.modules.get("random")
     finder = Finder(placeholder(random2), random2)
-    born = _object_ids()
+    # The objects there were before (kept alive, so that no new object can take the id of one).
+    existing = gc.get_objects()
+    born = {id(value) for value in existing}
     start = _Snapshot()
     loaded, parents = {}, []
     sys.modules["random"] = finder.placeholder
@@ -91,7 +93,7 @@ def hold(names, prepare, log=None):
             sys.modules["random"] = stdlib_random
     finder.stash(loaded, parents, start)
     try:
-        finder.record(born)
+        finder.record(born, existing)
     except NotHeld as exc:
         finder.undo()
         log(f"not holding {', '.join(names)}: {exc}")
@@ -205,14 +207,14 @@ class Finder:
         self.references.clear()
         self.generators.clear()
 
-    def record(self, born):
+    def record(self, born, existing):
         """
         Every place that holds the placeholder or a method of it, and every generator the held
-        imports made (``born``: the ids of the objects there were before): raises NotHeld for a
-        place or generator this module cannot replay.
+        imports made (``born``: the ids of the objects there were before, ``existing``): raises
+        NotHeld for a place or generator this module cannot replay.
         """
         gc.collect()
-        ours = {id(self), id(vars(self)), id(self.references)}
+        ours = {id(self), id(vars(self)), id(self.references), id(existing)}
         ours.update(id(frame) for frame in _frames())
         for where in _referrers(self.placeholder, ours):
             self.references.extend(_places(where, self.placeholder, None, ours))
@@ -316,10 +318,6 @@ def _location(spec):
     return spec.origin, list(spec.submodule_search_locations or ())
 
 
-def _object_ids():
-    return {id(value) for value in gc.get_objects()}
-
-
 def _frames():
     frame = sys._getframe()  # noqa: SLF001 -- ours, not a run's
     while frame is not None:
@@ -331,8 +329,11 @@ def _referrers(value, ours):
     """What refers to ``value``, but ``ours`` (ids; the list this returns is added to them)."""
     found = gc.get_referrers(value)
     ours.add(id(found))
-    kept = [where for where in found if id(where) not in ours]
+    kept = []
     ours.add(id(kept))
+    for where in found:
+        if id(where) not in ours:
+            kept.append(where)
     return kept
 
 
@@ -341,30 +342,59 @@ def _places(where, value, method, ours):
     ``[(kind, where, key, method)]``: how to put something else in the place(s) ``where`` holds
     ``value`` (the placeholder, or its method ``method``). A bound method of the placeholder is
     followed to where it is held. Raises NotHeld for a holder of a kind it does not know.
+
+    Plain loops only: a comprehension would keep ``where`` or ``value`` in a cell of its own, which
+    the referrer scan would then find.
     """
     places = []
-    if type(where) is dict:
-        keys = [key for key, item in where.items() if item is value]
-        if any(key is value for key in where):
-            raise NotHeld("a dict has the prolog's random as a key")
-        owners = [owner for owner in gc.get_referrers(where)
-                  if isinstance(owner, type) and any(inner is where for inner in gc.get_referents(owner))]
-        for key in keys:
-            places.append(("attribute", owners[0], key, method) if owners else ("item", where, key, method))
-    elif type(where) is list:
-        places.extend(("item", where, index, method) for index, item in enumerate(where) if item is value)
-    elif type(where) is types.CellType:
+    kind = type(where)
+    if kind is dict:
+        owner = None
+        for candidate in gc.get_referrers(where):
+            if isinstance(candidate, type) and _refers_to(candidate, where):
+                owner = candidate
+        for key, item in where.items():
+            if key is value:
+                raise NotHeld("a dict has the prolog's random as a key")
+            if item is value:
+                places.append(("attribute", owner, key, method) if owner else ("item", where, key, method))
+    elif kind is list:
+        for index, item in enumerate(where):
+            if item is value:
+                places.append(("item", where, index, method))
+    elif kind is types.CellType:
         places.append(("cell", where, None, method))
-    elif type(where) is tuple:
-        owners = _referrers(where, ours)
-        functions = [owner for owner in owners if type(owner) is types.FunctionType and owner.__defaults__ is where]
-        if not functions or len(functions) != len(owners):
-            raise NotHeld("a tuple other than a function's defaults holds the prolog's random")
-        for function in functions:
-            places.extend(("defaults", function, index, method) for index, item in enumerate(where) if item is value)
-    elif method is None and type(where) in (types.MethodType, types.BuiltinMethodType) and where.__self__ is value:
+    elif kind is tuple:
+        for owner in _referrers(where, ours):
+            if type(owner) is not types.FunctionType or owner.__defaults__ is not where:
+                raise NotHeld("a tuple other than a function's defaults holds the prolog's random")
+            for index, item in enumerate(where):
+                if item is value:
+                    places.append(("defaults", owner, index, method))
+    elif method is None and kind in (types.MethodType, types.BuiltinMethodType) and where.__self__ is value:
         for holder in _referrers(where, ours):
             places.extend(_places(holder, where, where.__name__, ours))
+    elif kind.__dictoffset__ and _own_items(where, value):  # an instance's attributes, kept in the object
+        for namespace, key in _own_items(where, value):
+            places.append(("item", namespace, key, method))
     else:
-        raise NotHeld(f"a {type(where).__name__} holds the prolog's random")
+        raise NotHeld(f"a {kind.__name__} holds the prolog's random")
     return places
+
+
+def _refers_to(holder, value):
+    for inner in gc.get_referents(holder):
+        if inner is value:
+            return True
+    return False
+
+
+def _own_items(instance, value):
+    """``[(its __dict__, key)]`` for each attribute of ``instance`` that is ``value`` (a plain ``__dict__`` only)."""
+    namespace = object.__getattribute__(instance, "__dict__")
+    found = []
+    if type(namespace) is dict:
+        for key, item in namespace.items():
+            if item is value:
+                found.append((namespace, key))
+    return found
