@@ -54,12 +54,12 @@ import types
 # fails to import is skipped (said on stderr); nothing else in the sandbox venv is imported until a
 # run asks for it.
 #
-# Left out: what holds, once imported, the ``random`` that the LMS prolog puts in sys.modules for
-# the one run (a random2.Random seeded with the problem's seed), for a module imported before the
-# prolog holds another: sympy (sympy.core.random and a dozen modules), networkx (whose seeding
-# tests ``seed is random``), chem.chemcalc (nltk: eight modules) and email.utils.
-# tests/lms_client/test_preload.py imports each of PRELOAD in a fresh interpreter after the prolog
-# and in the zygote's way, and fails on any difference (ADR 7).
+# Not among them: what holds, once imported, the ``random`` that the LMS prolog puts in sys.modules
+# for the one run (a random2.Random seeded with the problem's seed), for a module imported before
+# the prolog holds another: sympy (sympy.core.random and a dozen modules), networkx (whose seeding
+# tests ``seed is random``), chem.chemcalc (nltk: eight modules) and email.utils. Those are HELD.
+# tests/lms_client/test_preload.py imports each of PRELOAD and HELD in a fresh interpreter after
+# the prolog and in the zygote's way, and fails on any difference (ADR 7).
 PRELOAD = (
     "json", "six", "random", "random2",
     "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
@@ -69,10 +69,16 @@ PRELOAD = (
     "calc", "chem.chemtools", "chem.miller", "eia", "verifiers.draganddrop",
     "lxml.etree",
 )
+# Imported after PRELOAD (sympy 341 ms, networkx 180, chem.chemcalc 1238 with nltk; and each one's
+# WARMUP), after a placeholder of the prolog's ``random``, then out of sight: a run that imports one
+# of them under the LMS prolog gets them with its own ``random`` wherever the placeholder was, its
+# own generators; one without the prolog imports them from disk (confinement/held.py). A package
+# whose import cannot be replayed so (e.g. it drew from the placeholder) is left out, said on stderr.
 HELD = ("sympy", "networkx", "chem.chemcalc")
-# Run once after the preload, so that what a package builds on first use (matplotlib's fonts and
-# Agg canvas) is there in every run. Each is the zygote's own code (no input), skipped (said on
-# stderr) if it fails.
+# Run once after the preload, so that what a package builds on first use (sympy's caches and the
+# modules simplify imports lazily: 250 ms on a first simplify, 30 ms after; matplotlib's fonts and
+# Agg canvas; chemcalc's parser) is there in every run. Each is the zygote's own code (no input),
+# skipped (said on stderr) if it fails; a held package's runs with the placeholder in place.
 WARMUP = {
     "sympy": "x, y = sympy.symbols('x y')\n"
              "sympy.simplify(sympy.sympify('(x + y)**2 - 2*x*y') - sympy.sympify('x**2 + y**2'))\n"
