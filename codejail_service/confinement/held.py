@@ -98,6 +98,8 @@ def hold(names, prepare, log=None):
         finder.undo()
         log(f"not holding {', '.join(names)}: {exc}")
         return None
+    finally:
+        existing.clear()  # whatever keeps this frame (a traceback, a frame object) must not keep them
     if not finder.modules:
         return None
     sys.meta_path.insert(0, finder)
