@@ -32,6 +32,7 @@ its last resort.
 """
 import errno
 import gc
+import importlib
 import json
 import os
 import pwd
@@ -53,12 +54,12 @@ import types
 # fails to import is skipped (said on stderr); nothing else in the sandbox venv is imported until a
 # run asks for it.
 #
-# Left out: what holds, once imported, the ``random`` that the LMS prolog puts in sys.modules for
-# the one run (a random2.Random seeded with the problem's seed), for a module imported before the
-# prolog holds another: sympy (sympy.core.random and a dozen modules), networkx (whose seeding
-# tests ``seed is random``), chem.chemcalc (nltk: eight modules) and email.utils.
-# tests/lms_client/test_preload.py imports each of PRELOAD in a fresh interpreter after the prolog
-# and in the zygote's way, and fails on any difference (ADR 7).
+# Not among them: what holds, once imported, the ``random`` that the LMS prolog puts in sys.modules
+# for the one run (a random2.Random seeded with the problem's seed), for a module imported before
+# the prolog holds another: sympy (sympy.core.random and a dozen modules), networkx (whose seeding
+# tests ``seed is random``), chem.chemcalc (nltk: eight modules) and email.utils. Those are HELD.
+# tests/lms_client/test_preload.py imports each of PRELOAD and HELD in a fresh interpreter after
+# the prolog and in the zygote's way, and fails on any difference (ADR 7).
 PRELOAD = (
     "json", "six", "random", "random2",
     "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
@@ -76,10 +77,21 @@ PRELOAD = (
 # the full zygote, its child, which preloads the rest of ``PRELOAD``. A light run that imports more
 # after all (by a name the app's rule cannot see) imports it from disk, as a fresh interpreter would.
 LIGHT_PRELOAD = ("json", "six", "random", "random2")
-# Run once after the preload, so that what a package builds on first use (matplotlib's fonts and
-# Agg canvas) is there in every run. Each is the zygote's own code (no input), skipped (said on
-# stderr) if it fails.
+# Imported after PRELOAD (sympy 341 ms, networkx 180, chem.chemcalc 1238 with nltk; and each one's
+# WARMUP), after a placeholder of the prolog's ``random``, then out of sight: a run that imports one
+# of them under the LMS prolog gets them with its own ``random`` wherever the placeholder was, its
+# own generators; one without the prolog imports them from disk (confinement/held.py). A package
+# whose import cannot be replayed so (e.g. it drew from the placeholder) is left out, said on stderr.
+HELD = ("sympy", "networkx", "chem.chemcalc")
+# Run once after the preload, so that what a package builds on first use (sympy's caches and the
+# modules simplify imports lazily: 250 ms on a first simplify, 30 ms after; matplotlib's fonts and
+# Agg canvas; chemcalc's parser) is there in every run. Each is the zygote's own code (no input),
+# skipped (said on stderr) if it fails; a held package's runs with the placeholder in place.
 WARMUP = {
+    "sympy": "x, y = sympy.symbols('x y')\n"
+             "sympy.simplify(sympy.sympify('(x + y)**2 - 2*x*y') - sympy.sympify('x**2 + y**2'))\n"
+             "sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)\n",
+    "chem.chemcalc": "chem.chemcalc.chemical_equations_equal('2H2 + O2 -> 2H2O', '4H2 + 2O2 -> 4H2O')\n",
     "matplotlib": "import io\nfig, ax = matplotlib.pyplot.subplots(figsize=(3, 2))\nax.plot([1, 2, 3], [2, 1, 3])\n"
                   "fig.savefig(io.BytesIO(), format='png')\nmatplotlib.pyplot.close(fig)\n",
 }
@@ -124,7 +136,7 @@ def main():
         layer.process.become_subreaper()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     run_env = dict(os.environ)
-    preload(LIGHT_PRELOAD)
+    preload(LIGHT_PRELOAD, held=())
     gc.freeze()  # before the fork: the full zygote's collections need not walk these either
     full = start_full(layer, config, run_env)
     # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
@@ -146,8 +158,11 @@ def own_user_name():
     return os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
 
 
-def preload(names=PRELOAD):
-    """Import ``names`` (``PRELOAD``), warm them up and put them as after the LMS prolog."""
+def preload(names=PRELOAD, held=HELD):
+    """
+    Import ``names`` (``PRELOAD``), warm them up and put them as after the LMS prolog, then
+    ``held`` (``HELD``) out of sight.
+    """
     os.environ.update(PRELOAD_ENV)
     for name in names:
         try:
@@ -159,10 +174,25 @@ def preload(names=PRELOAD):
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
     as_after_prolog()
+    hold(held)
     # What the preload made lives as long as the zygote: out of the collector's sight, a run's
     # collections do not walk (and so copy, page by page) the inherited objects.
     gc.collect()
     gc.freeze()
+
+
+def hold(names):
+    """
+    Import ``names`` (and warm them up) as after the LMS prolog, handed to a run only once it
+    imports one (confinement/held.py); the held module's ``Finder``, or None.
+    """
+    held = importlib.import_module(f"{__package__ or 'codejail_confinement'}.held")
+
+    def prepare(name):
+        importlib.import_module(name)
+        warm_up((name,))
+
+    return held.hold(names, prepare)
 
 
 def as_after_prolog():
@@ -269,9 +299,10 @@ class Lifetime:
                     or (max_seconds and time.monotonic() - self.born >= seconds_factor * max_seconds))
 
 
-def start_full(layer, config, run_env, names=PRELOAD):
+def start_full(layer, config, run_env, names=PRELOAD, held=HELD):
     """
-    Fork the full zygote (``LIGHT_PRELOAD``'s comment) and wait until it has preloaded ``names``:
+    Fork the full zygote (``LIGHT_PRELOAD``'s comment) and wait until it has preloaded ``names``
+    and ``held`` (``preload``):
     this zygote's end of the socket pair it is served through (``forward``, ``serve_forwarded``).
     It exits once this zygote has gone (the pair's end of file), and so does this one if it dies.
     """
@@ -285,7 +316,7 @@ def start_full(layer, config, run_env, names=PRELOAD):
             os.dup2(2, 0)
             if supervises(config):
                 layer.process.become_subreaper()  # not inherited across fork
-            preload(names)
+            preload(names, held)
             theirs.send(b"ready")
             serve_forwarded(theirs, layer, config, run_env)
             status = 0

@@ -24,15 +24,24 @@ def probe(python, *args):
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def differences(python, module, seed=5, preload=None):
+def differences(python, module, seed=5, prolog=True, **options):
     """
     ``[(what, fresh, warm), ...]``: what ``module``'s import captured that depends on the order;
-    warm as the zygote preloads ``preload`` (default: its PRELOAD).
+    warm as the zygote preloads (``options``: preload_probe.py's OPTIONS, e.g. ``preload`` and
+    ``held`` instead of its PRELOAD and HELD). ``prolog`` False: both without the LMS prolog,
+    comparing only the modules the warm import itself loaded (the preloaded ones take random2's
+    classes whatever the code sends: ADR 7).
     """
-    fresh = probe(python, "fresh", module, str(seed))
-    extra = [json.dumps(list(preload))] if preload is not None else []
-    warm = probe(python, "warm", module, str(seed), json.dumps(fresh["loaded"]), *extra)
-    found = []
+    fresh = probe(python, "fresh" if prolog else "fresh-noprolog", module, str(seed))
+    if not prolog:
+        options.update(prolog=False, only_new=True)
+    warm = probe(python, "warm", module, str(seed), json.dumps(fresh["loaded"]), json.dumps(options))
+    if not prolog:  # only what the warm import loaded itself (from disk, not the stash), and the finder gone
+        for seen in (fresh, warm):
+            seen["namespace"] = {key: value for key, value in seen["namespace"].items()
+                                 if key.partition(":")[0] in warm["loaded"]}
+            seen["settings"] = {"held_finder": seen["settings"].get("held_finder")}
+    found = [] if prolog or module in warm["loaded"] else [("imported from disk", True, False)]
     for part in ("namespace", "settings"):
         for key in sorted(set(fresh[part]) | set(warm[part])):
             if fresh[part].get(key) != warm[part].get(key):
@@ -52,10 +61,10 @@ def shared_generators(python):
 
 
 if __name__ == "__main__":  # a look by hand: preload.py PYTHON [MODULE...]
-    sys.path.insert(0, os.path.join(os.path.dirname(PROBE), "..", "..", "codejail_service", "confinement"))
-    import zygote
+    sys.path.insert(0, os.path.join(os.path.dirname(PROBE), "..", ".."))
+    from codejail_service.confinement import zygote
 
-    for name in sys.argv[2:] or zygote.PRELOAD:
+    for name in sys.argv[2:] or (*zygote.PRELOAD, *zygote.HELD):
         for what, fresh_value, warm_value in differences(sys.argv[1], name):
             print(f"{name}: {what}\n    fresh: {fresh_value}\n    warm:  {warm_value}")
     print("shared generators:", shared_generators(sys.argv[1]))

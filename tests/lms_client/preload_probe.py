@@ -4,21 +4,28 @@ it or the way the warm sandbox's zygote does (test_preload.py runs this with the
 packages' python, in a run directory of its own):
 
     preload_probe.py fresh MODULE SEED   the LMS's prolog, then ``import MODULE`` (a fresh run)
-    preload_probe.py warm MODULE SEED [LOADED [PRELOAD]]
-                                         the zygote's preload (PRELOAD, or that JSON list) and what
-                                         its forked run does before the code, then the prolog, then
-                                         the import; only the modules LOADED (a JSON list) compared
+    preload_probe.py fresh-noprolog MODULE SEED   the same without the prolog (code sent without it)
+    preload_probe.py warm MODULE SEED [LOADED [OPTIONS]]
+                                         the zygote's preload (PRELOAD and HELD) and what its forked
+                                         run does before the code, then the prolog, then the import;
+                                         only the modules LOADED (a JSON list) compared. OPTIONS, a
+                                         JSON object: "preload" and "held" (lists: instead of PRELOAD
+                                         and HELD), "rebind": false (the held modules keep the
+                                         placeholder: the allow twin), "prolog": false, "only_new":
+                                         true (compare only what the import itself loaded)
     preload_probe.py rngs                the state of every random generator a module holds at
                                          module level after the zygote's preload and a forked run's
-                                         start, in two forked runs (and, with ``fresh``, in this
-                                         interpreter after importing PRELOAD plainly)
+                                         start, the prolog and the import of HELD, in two forked
+                                         runs (and, with ``fresh``, in this interpreter after the
+                                         prolog and importing PRELOAD and HELD plainly)
 
 It prints one JSON line last: for every module of MODULE's package that the fresh import loaded,
 each module-level value that can differ with the order of import and prolog, described without
 addresses: a reference to the run's own ``random`` (the prolog's per-run instance), to a module, to
 an object of random or random2, and any string (also in a list, tuple or dict) naming the run
 directory, a temporary directory or matplotlib's caches; and what the environment, ``tempfile`` and
-matplotlib's configuration directories say then.
+matplotlib's configuration directories say then; for a held package, also whether the zygote's
+placeholder of the prolog's ``random`` is still alive and its finder still in ``sys.meta_path``.
 """
 import hashlib
 import importlib
@@ -26,13 +33,16 @@ import json
 import os
 import sys
 import types
+import weakref
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-sys.path.insert(0, os.path.join(REPO, "codejail_service", "confinement"))
+sys.path.insert(0, REPO)
 
 import lms_prolog  # noqa: E402 -- the LMS's prolog, verbatim
-import zygote  # noqa: E402 -- PRELOAD, preload() and fresh_state(), as the sandbox runs them
+
+from codejail_service.confinement import held as held_module  # noqa: E402 -- the zygote's own
+from codejail_service.confinement import zygote  # noqa: E402 -- preload() and fresh_state(), as the sandbox runs them
 
 RUN_DIR = os.getcwd()
 PROLOG_ENV = ("OPENBLAS_NUM_THREADS", "TMPDIR", "MPLCONFIGDIR", "MPLBACKEND", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -44,22 +54,36 @@ def run_prolog(seed):
     exec(compile(lms_prolog.CODE_PROLOG % seed, "<prolog>", "exec"), {"__name__": "__main__"})  # noqa: S102
 
 
-def quiet_preload(names=zygote.PRELOAD):
-    """The zygote's preload (PRELOAD), which says "ready" on fd 1: not into our JSON."""
+# A weak reference to the held packages' placeholder of the prolog's random (warm_start).
+PLACEHOLDER = None
+
+
+def quiet_preload(names=zygote.PRELOAD, held=zygote.HELD, rebind=True):
+    """
+    The zygote's preload (PRELOAD, then HELD out of sight), which says "ready" on fd 1: not into
+    our JSON. ``rebind`` False: the held modules are handed back holding the placeholder.
+    """
+    global PLACEHOLDER
     sys.stdout.flush()
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        zygote.preload(names)
+        zygote.preload(names, held)
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+    finder = sys.meta_path[0]
+    if isinstance(finder, held_module.Finder):
+        PLACEHOLDER = weakref.ref(finder.placeholder)
+        if not rebind:
+            finder.references = []
 
 
-def warm_start(names):
-    """The zygote: preload ``names``; then, as its forked run: the run's environment and state."""
+def warm_start(options):
+    """The zygote: its preload; then, as its forked run: the run's environment and state."""
     run_env = dict(os.environ)
-    quiet_preload(names)
+    quiet_preload(options.get("preload", zygote.PRELOAD), options.get("held", zygote.HELD),
+                  options.get("rebind", True))
     os.environ.clear()
     os.environ.update(run_env, TMPDIR="tmp")
     zygote.fresh_state()
@@ -109,9 +133,12 @@ def namespace(loaded):
     return found
 
 
-def settings_seen(loaded):
+def settings_seen(loaded, name):
     """What the prolog's settings look like to the modules the fresh run loaded (``loaded``)."""
     seen = {"env": {name: os.environ.get(name) for name in PROLOG_ENV}}
+    if name in zygote.HELD:  # handed over, nothing of the zygote's import is left in sight
+        seen["placeholder"] = "alive" if PLACEHOLDER is not None and PLACEHOLDER() is not None else "none"
+        seen["held_finder"] = any(isinstance(finder, held_module.Finder) for finder in sys.meta_path)
     tempfile = sys.modules.get("tempfile") if "tempfile" in loaded else None
     if tempfile is not None:
         try:
@@ -147,8 +174,16 @@ def rng_states():
     return states
 
 
-def forked_rng_states():
-    """The module-level generators' states in two runs forked from one warm zygote."""
+def import_all(names):
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112 -- as the zygote: a package that is not there
+            continue
+
+
+def forked_rng_states(seed):
+    """The module-level generators' states in two runs forked from one warm zygote, held packages imported."""
     quiet_preload()
     found = []
     for _ in range(2):
@@ -157,6 +192,8 @@ def forked_rng_states():
         if pid == 0:
             os.close(read)
             zygote.fresh_state()
+            run_prolog(seed)
+            import_all(zygote.HELD)
             os.write(write, json.dumps(rng_states()).encode())
             os._exit(0)
         os.close(write)
@@ -169,30 +206,33 @@ def forked_rng_states():
 def main():
     mode = sys.argv[1]
     if mode == "rngs":
-        print(json.dumps(forked_rng_states()))
+        print(json.dumps(forked_rng_states(5)))
         return
     if mode == "rngs-fresh":
-        for name in zygote.PRELOAD:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001, S112 -- as the zygote: a package that is not there
-                continue
+        run_prolog(5)
+        import_all((*zygote.PRELOAD, *zygote.HELD))
         print(json.dumps(rng_states()))
         return
     name, seed = sys.argv[2], int(sys.argv[3])
     before = set(sys.modules)
-    if mode == "fresh":
-        run_prolog(seed)
+    if mode in ("fresh", "fresh-noprolog"):
+        if mode == "fresh":
+            run_prolog(seed)
         importlib.import_module(name)
         loaded = set(sys.modules) - before
     else:
         fresh_loaded = set(json.loads(sys.argv[4])) if len(sys.argv) > 4 else None
-        warm_start(tuple(json.loads(sys.argv[5])) if len(sys.argv) > 5 else zygote.PRELOAD)
-        run_prolog(seed)
+        options = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+        warm_start(options)
+        if options.get("prolog", True):
+            run_prolog(seed)
+        before = set(sys.modules)
         importlib.import_module(name)
         loaded = fresh_loaded if fresh_loaded is not None else set(sys.modules)
+        if options.get("only_new"):
+            loaded &= set(sys.modules) - before
     print(json.dumps({"loaded": sorted(loaded), "namespace": namespace(loaded),
-                      "settings": settings_seen(loaded)}))
+                      "settings": settings_seen(loaded, name)}))
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def full_zygote():
     """The full zygote, forked as the light one's main does (preloading json only): its pair's end."""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
-        full = zygote.start_full(confinement, ENFORCE, {"PATH": "/usr/bin"}, names=("json",))
+        full = zygote.start_full(confinement, ENFORCE, {"PATH": "/usr/bin"}, names=("json",), held=())
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     yield full
