@@ -186,11 +186,14 @@ class RunWatchdog:
     zygote's counts its earlier runs too). The reaper's own time is not the run's.
 
     Both are read without ptrace access (the run is not dumpable): /proc/<pid>/status and stat.
+    ``group``: only the descendants in that process group are the run's (a zygote's: the light
+    zygote's full one is its child too, and no process of a run can leave the run's group).
     """
 
-    def __init__(self, memory_bytes=None, cpu_seconds=None):
+    def __init__(self, memory_bytes=None, cpu_seconds=None, group=None):
         self.memory_bytes = memory_bytes
         self.cpu_seconds = cpu_seconds
+        self.group = group
         self.baseline = _private_and_shared_bytes(os.getpid()) if memory_bytes else 0
         self.reaped_before = _reaped_cpu_seconds()
 
@@ -210,6 +213,8 @@ class RunWatchdog:
             fields = _stat_fields(pid)
             if fields is None:
                 continue  # gone meanwhile: its time is in RUSAGE_CHILDREN once reaped
+            if self.group is not None and fields["pgrp"] != self.group:
+                continue
             if self.memory_bytes:
                 memory += self.held(pid, fields["minflt"])
             ticks += fields["cpu_ticks"]
@@ -264,16 +269,17 @@ def _private_and_shared_bytes(pid):
 def _stat_fields(pid):
     """
     From /proc/<pid>/stat (this package is installed alone into the sandbox venv, so it has its
-    own reader): ``minflt``, the minor page faults of all its threads since its fork, and
-    ``cpu_ticks``, the user + system time of all its threads and of the children it has reaped
-    (utime, stime, cutime, cstime); or None once it is gone.
+    own reader): ``pgrp``, its process group, ``minflt``, the minor page faults of all its threads
+    since its fork, and ``cpu_ticks``, the user + system time of all its threads and of the
+    children it has reaped (utime, stime, cutime, cstime); or None once it is gone.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            # After the command's closing parenthesis: the state is field 3, minflt field 10,
-            # utime..cstime fields 14-17.
+            # After the command's closing parenthesis: the state is field 3, pgrp field 5,
+            # minflt field 10, utime..cstime fields 14-17.
             fields = stat.read().rsplit(b")", 1)[1].split()
-        return {"minflt": int(fields[7]), "cpu_ticks": sum(int(field) for field in fields[11:15])}
+        return {"pgrp": int(fields[2]), "minflt": int(fields[7]),
+                "cpu_ticks": sum(int(field) for field in fields[11:15])}
     except (OSError, ValueError, IndexError):
         return None
 

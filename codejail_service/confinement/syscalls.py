@@ -238,6 +238,8 @@ ZYGOTE_EXTRA = (
     ("setpgid", "the run's reaper leaves the run's process group, to outlive its time-limit kill"),
     ("prctl", "the run's start: no_new_privs, not dumpable, subreaper, parent-death signal"),
     ("seccomp", "the run's own filter, stacked on the zygote's"),
+    ("sendmsg", "the light zygote hands a run (the app's connection, the run's pipes) to its full zygote, "
+                "over their socket pair (SCM_RIGHTS)"),
 )
 
 

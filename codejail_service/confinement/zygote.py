@@ -481,7 +481,7 @@ def supervise_run(pid, request, layer, config, mapped, stderr):
     limits = {name: soft for name, soft, _ in request["rlimits"]}
     memory = layer.reaper.memory_bound(config, soft=limits.get(resource.RLIMIT_AS, resource.RLIM_INFINITY))
     cpu = layer.reaper.cpu_bound(config, soft=limits.get(resource.RLIMIT_CPU, resource.RLIM_INFINITY))
-    watchdog = layer.reaper.RunWatchdog(memory, cpu) if memory or cpu else None
+    watchdog = layer.reaper.RunWatchdog(memory, cpu, group=pid) if memory or cpu else None
     status = layer.reaper.watch(pid, watchdog, stderr=stderr, group=pid)
     ended = time.perf_counter()
     layer.reaper.kill_the_rest(group=pid)

@@ -9,7 +9,9 @@ the ``Popen`` it would otherwise have made, so the output cap and codejail's
 ``ProcessKillerThread`` (``sudo pkill -9 -g <pgid>``) work on it unchanged.
 
 One zygote per slot, shared by every worker: it listens on ``<slot dir>/<user>.sock`` (the app's
-private directory), which only ever names a zygote that has preloaded. Nothing the app does to
+private directory), which only ever names a zygote that has preloaded. It is two processes, a
+light one that listens and a full one behind it (confinement/zygote.py, ``LIGHT_PRELOAD``); each
+request says which should fork its run (``light_enough``, from the run's code). Nothing the app does to
 end a run's processes reaches it (processes.py). A run that finds no zygote ready there (none
 yet, or it died: crashed, idle past ``IDLE_SECONDS``, or killed by the last resort of
 processes.end_run_processes) never waits for one: it runs at once as a fresh interpreter,

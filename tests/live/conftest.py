@@ -253,7 +253,7 @@ def sandbox_processes():
 
 
 def zygotes():
-    """PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host."""
+    """PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host: two a slot, light and full."""
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
     return {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
@@ -268,16 +268,17 @@ def _stat_fields(pid):
 
 def _is_zygote(pid):
     """
-    A slot's zygote: the app started it (sudo execs it in place), so its parent is a gunicorn
-    process and it stays in the service's session. A run's processes (same command line: forked)
-    descend from a zygote and take a session of their own (setsid), so a run's process left
-    behind, even re-parented to gunicorn's master, is never taken for a zygote.
+    A slot's zygote, light or full (confinement/zygote.py): the app started the light one (sudo
+    execs it in place), which forked the full one; both stay in the service's session, as their
+    parent (a gunicorn process, or the light zygote). A run's processes (same command line:
+    forked) descend from a zygote and take a session of their own (setsid), so a run's process
+    left behind, even re-parented to gunicorn's master, is never taken for a zygote.
     """
     try:
         if not _cmdline(pid).endswith(ZYGOTE_CMDLINE_END):
             return False
         parent, session = _stat_fields(pid)
-        return not _cmdline(parent).endswith(ZYGOTE_CMDLINE_END) and session == _stat_fields(parent)[1]
+        return session == _stat_fields(parent)[1]
     except (FileNotFoundError, ProcessLookupError):
         return False
 

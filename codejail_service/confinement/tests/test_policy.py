@@ -134,7 +134,7 @@ def test_clone_is_allowed_only_without_namespace_flags():
 def test_the_zygote_filter_is_the_runs_plus_its_own_few_calls():
     zygote = seccomp_rules({"seccomp": seccomp_policy(zygote=True)})
     extra = {name for name, _ in syscalls.ZYGOTE_EXTRA}
-    assert extra == {"accept4", "accept", "setsid", "setpgid", "prctl", "seccomp"}
+    assert extra == {"accept4", "accept", "setsid", "setpgid", "prctl", "seccomp", "sendmsg"}
     assert {name for name in zygote if name not in extra} == set(RULES_BY_CALL) - extra
     for name in extra:
         assert [r["args"] for r in zygote[name]] == [[]], name

@@ -557,3 +557,19 @@ def test_a_run_that_fails_before_it_has_its_own_group_is_still_reaped(run_dir, c
     ours.close()
     assert messages[1]["status"] == 1
     assert "the run could not start" in capfd.readouterr().err
+
+
+def test_allow_a_run_beside_a_busy_child_of_its_zygote_that_is_not_the_runs(run_dir, monkeypatch):
+    # The light zygote's full one is its child, with seconds of CPU and a big heap: not the run's
+    # (the deny twin: test_deny_a_run_past_its_cpu_bound_across_processes).
+    monkeypatch.setitem(ENFORCE, "run_cpu_factor", 0.5)  # x RLIMIT_CPU 1 s: 0.5 s for the whole run
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.8\n"
+                             "while time.process_time() < end:\n    pass\ntime.sleep(30)\n"])
+    try:
+        time.sleep(1.2)  # its 0.8 s of CPU spent, still alive
+        write_code(run_dir, "x = 1\n")
+        messages, _, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_CPU, (1, 1))])
+        assert messages[1]["status"] == 0, (messages, err)
+    finally:
+        busy.kill()
+        busy.wait()
