@@ -330,9 +330,10 @@ ZYGOTE_CMDLINE_END = b"codejail_confinement/zygote.py\0"
 
 class Zygotes:
     """
-    The warm sandbox's zygotes on this host (CODEJAIL_WARM_SANDBOX): a process with the zygote's
-    command line whose parent has another (a run's processes are forked by a zygote). Their CPU,
-    with that of the runs they reaped, is the runs' CPU, which the workers' children's CPU misses.
+    The warm sandbox's zygotes on this host (CODEJAIL_WARM_SANDBOX), two a slot (light and full):
+    a process with the zygote's command line in its parent's session (a run's processes take a
+    session of their own). Their CPU, with that of the runs they reaped, is the runs' CPU, which
+    the workers' children's CPU misses.
     """
 
     @staticmethod
@@ -345,7 +346,7 @@ class Zygotes:
                         found[int(entry)] = cmdline.read().endswith(ZYGOTE_CMDLINE_END)
                 except OSError:
                     pass
-        return [pid for pid, is_zygote in found.items() if is_zygote and not found.get(_ppid(pid), False)]
+        return [pid for pid, is_zygote in found.items() if is_zygote and _in_parents_session(pid)]
 
     @classmethod
     def cpu_seconds(cls):
@@ -407,11 +408,17 @@ def _is_zygote(pid):
         return False
 
 
-def _ppid(pid):
+def _in_parents_session(pid):
+    session = _stat_field(pid, 3)
+    return session is not None and session == _stat_field(_stat_field(pid, 1), 3)
+
+
+def _stat_field(pid, index):
+    """Field ``index`` after the command in /proc/<pid>/stat (1: ppid, 3: session), or None."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as stat_file:
-            return int(stat_file.read().rsplit(")", 1)[1].split()[1])
-    except OSError:
+            return int(stat_file.read().rsplit(")", 1)[1].split()[index])
+    except (OSError, TypeError):
         return None
 
 
