@@ -137,7 +137,6 @@ def main():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     run_env = dict(os.environ)
     preload(LIGHT_PRELOAD, held=())
-    gc.freeze()  # before the fork: the full zygote's collections need not walk these either
     full = start_full(layer, config, run_env)
     # A successor (the app's zygote_client.replace) is put in its predecessor's place only once it
     # can serve: both of its zygotes have preloaded.
