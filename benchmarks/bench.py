@@ -332,8 +332,9 @@ class Zygotes:
     """
     The warm sandbox's zygotes on this host (CODEJAIL_WARM_SANDBOX), two a slot (light and full):
     a process with the zygote's command line in its parent's session (a run's processes take a
-    session of their own). Their CPU, with that of the runs they reaped, is the runs' CPU, which
-    the workers' children's CPU misses.
+    session of their own), but for the full one's spare (a zygote's child's child: it becomes
+    the next run). Their CPU, with that of the runs they reaped, is the runs' CPU, which the
+    workers' children's CPU misses. The spares' memory is in the pod's.
     """
 
     @staticmethod
@@ -346,7 +347,8 @@ class Zygotes:
                         found[int(entry)] = cmdline.read().endswith(ZYGOTE_CMDLINE_END)
                 except OSError:
                     pass
-        return [pid for pid, is_zygote in found.items() if is_zygote and _in_parents_session(pid)]
+        zygotes = {pid for pid, is_zygote in found.items() if is_zygote and _in_parents_session(pid)}
+        return [pid for pid in zygotes if _stat_field(_stat_field(pid, 1), 1) not in zygotes]
 
     @classmethod
     def cpu_seconds(cls):

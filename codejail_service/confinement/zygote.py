@@ -48,8 +48,9 @@ import types
 # Imported once here, instead of by every run that needs them, in this order; chosen by what
 # importing each costs a fresh run (``make bench-imports``, benchmarks/import_cost.py; CPU ms on the
 # reference host, docs/decisions/0007-warm-sandbox.rst): what codejail's wrapper and the LMS
-# prolog import (json, six, random2), the modules the LMS's lazy imports name (numpy 83, scipy,
-# calc 153, chem.chemtools, chem.miller 93, eia, verifiers.draganddrop) and what course graders import most
+# prolog import (json, six, random2) and what runpy imports to run any code (pkgutil), the modules
+# the LMS's lazy imports name (numpy 83, scipy, calc 153, chem.chemtools, chem.miller 93, eia,
+# verifiers.draganddrop) and what course graders import most
 # (scipy.optimize 430 and .stats 842, matplotlib.pyplot 791, mpmath, lxml.etree 27). A module that
 # fails to import is skipped (said on stderr); nothing else in the sandbox venv is imported until a
 # run asks for it.
@@ -61,7 +62,7 @@ import types
 # tests/lms_client/test_preload.py imports each of PRELOAD and HELD in a fresh interpreter after
 # the prolog and in the zygote's way, and fails on any difference (ADR 7).
 PRELOAD = (
-    "json", "six", "random", "random2",
+    "json", "six", "random", "random2", "pkgutil",
     "numpy", "scipy", "scipy.optimize", "scipy.stats", "scipy.integrate", "scipy.interpolate",
     "scipy.linalg", "scipy.special", "scipy.sparse",
     "mpmath",
@@ -76,7 +77,9 @@ PRELOAD = (
 # standard library (the app tells it so: zygote_client.light_enough) and hands every other run to
 # the full zygote, its child, which preloads the rest of ``PRELOAD``. A light run that imports more
 # after all (by a name the app's rule cannot see) imports it from disk, as a fresh interpreter would.
-LIGHT_PRELOAD = ("json", "six", "random", "random2")
+#
+# pkgutil (with typing and weakref, 3.8 ms) is what runpy.run_path imports for every run.
+LIGHT_PRELOAD = ("json", "six", "random", "random2", "pkgutil")
 # Imported after PRELOAD (sympy 341 ms, networkx 180, chem.chemcalc 1238 with nltk; and each one's
 # WARMUP), after a placeholder of the prolog's ``random``, then out of sight: a run that imports one
 # of them under the LMS prolog gets them with its own ``random`` wherever the placeholder was, its
@@ -409,10 +412,15 @@ def forward(full, request, fds, conn, retire):
 
 
 def serve_forwarded(pair, layer, config, run_env):
-    """The full zygote's loop: serve each run the light zygote hands over, until it has gone."""
+    """
+    The full zygote's loop: serve each run the light zygote hands over, until it has gone, each
+    in a spare child forked before its run came (``Spare``).
+    """
+    spare = Spare(pair, layer, config, run_env)
+    spare.fork()
     while True:
         message, fds, _, _ = socket.recv_fds(pair, MAX_MESSAGE, 4)
-        if not message:  # the light zygote has gone (or sent nothing we can serve)
+        if not message:  # the light zygote has gone (or sent nothing we can serve); so goes the spare
             for fd in fds:
                 os.close(fd)
             return
@@ -420,24 +428,101 @@ def serve_forwarded(pair, layer, config, run_env):
             forwarded = json.loads(message)
             try:
                 serve_run(conn, forwarded["request"], fds, (conn, pair), layer, config, run_env, forwarded["retire"],
-                          "full")
+                          "full", spare)
             except OSError as exc:  # the app went away mid-run
                 print(f"codejail zygote: {exc!r}", file=sys.stderr)
         pair.send(b"done")
+        spare.fork()  # the next run's, while the app answers this one's
 
 
-def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind):
+class Spare:
     """
-    Fork the run of ``request`` with its descriptors ``fds``, tell the app its pid on ``conn``,
-    wait for it (supervised: end it and clean up after it), tell the app its status and what the
-    run used, with which zygote ran it (``kind``, "light" or "full"). ``sockets``: this zygote's,
-    which the run must not keep.
+    The full zygote's next run, forked ahead: a fork of the full preload costs ~5 ms (its page
+    tables), now off the run's path, between runs. The spare waits, still the zygote's (its
+    session, group, profile and filter), for the run's request and descriptors on its own socket
+    pair, then becomes the run exactly as a child forked for it would (``run``). It holds
+    nothing of the zygote's but its memory: every other descriptor is closed as it is born. It
+    exits once the zygote has gone (its pair's end of file) or closes its end.
+
+    It is one more process of the slot's user while a light run runs: ``BESIDE``.
+    """
+
+    def __init__(self, pair, layer, config, run_env):
+        self.pair, self.layer, self.config, self.run_env = pair, layer, config, run_env
+        self.pid = self.sock = None
+
+    def fork(self):
+        """Fork the spare, if there is none; without one (said on stderr), runs are forked as they come."""
+        if self.pid is not None:
+            return
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            pid = os.fork()
+        except OSError as exc:
+            print(f"codejail zygote: no spare: {exc!r}", file=sys.stderr)
+            return
+        if pid == 0:  # pragma: no cover -- the spare (tests/test_zygote.py, and live)
+            self._wait(ours, theirs)
+        theirs.close()
+        self.pid, self.sock = pid, ours
+
+    def take(self, request, fds, mapped, beside):
+        """
+        Hand the run (``request``, ``fds``, and ``run``'s ``mapped`` and ``beside``) to the spare;
+        its pid, or None if there is none or it has gone.
+        """
+        pid, sock, self.pid, self.sock = self.pid, self.sock, None, None
+        if pid is None:
+            return None
+        with sock:
+            try:
+                message = {"request": request, "mapped": mapped, "beside": beside}
+                socket.send_fds(sock, [json.dumps(message).encode()], fds)
+                return pid
+            except OSError as exc:
+                print(f"codejail zygote: the spare has gone: {exc!r}", file=sys.stderr)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        return None
+
+    def _wait(self, ours, theirs):  # pragma: no cover -- in the forked spare
+        status = 0
+        try:
+            self.pair.close()
+            ours.close()
+            own = theirs.fileno()
+            os.closerange(3, own)
+            os.closerange(own + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            message, fds, _, _ = socket.recv_fds(theirs, MAX_MESSAGE, 3)
+            if message:
+                handed = json.loads(message)
+                run(handed["request"], fds, (theirs,), self.layer, self.config, self.run_env, handed["mapped"],
+                    handed["beside"])
+        except BaseException:  # the zygote's own failure: said where the app looks, once it is a run
+            status = 1
+            os.write(2, f"codejail zygote: the spare could not start:\n{traceback.format_exc()}".encode())
+        finally:
+            os._exit(status)
+
+
+def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind, spare=None):
+    """
+    Start the run of ``request`` with its descriptors ``fds`` (in the ``spare``, if one waits;
+    else forked now), tell the app its pid on ``conn``, wait for it (supervised: end it and clean
+    up after it), tell the app its status and what the run used, with which zygote ran it
+    (``kind``, "light" or "full"). ``sockets``: this zygote's, which the run must not keep.
     """
     mapped = address_space()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
-        run(request, fds, sockets, layer, config, run_env, mapped)
+    beside = BESIDE if kind == "light" else 0
+    pid = spare.take(request, fds, mapped, beside) if spare is not None else None
+    if pid is None:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
+            run(request, fds, sockets, layer, config, run_env, mapped, beside)
     stderr = fds.pop(2)  # for the note of a run ended past its bounds (supervise_run)
     for fd in fds:
         os.close(fd)
@@ -526,15 +611,23 @@ def address_space():
 _statm = None
 
 
-def run_rlimits(rlimits, mapped):
+# RLIMIT_NPROC counts every process of the slot's user. Beside a fresh run's code there are two
+# (its leader and reaper), as beside a warm run there are its two zygotes; beside a light run
+# there is also the full zygote's spare (``Spare``), so a light run's limit counts it too.
+BESIDE = 1
+
+
+def run_rlimits(rlimits, mapped, beside=0):
     """
     The run's rlimits: as codejail asks, but RLIMIT_AS (codejail's VMEM) counts from what the
     zygote has mapped (``mapped`` bytes, the preloaded modules), so that a run may allocate as
-    much as a fresh interpreter's could, not that much less what it did not import.
+    much as a fresh interpreter's could, not that much less what it did not import; and
+    RLIMIT_NPROC counts ``beside`` more processes of the slot's user than a fresh run's own.
     """
     for name, soft, hard in rlimits:
-        if name == resource.RLIMIT_AS:
-            soft, hard = (limit if limit == resource.RLIM_INFINITY else limit + mapped for limit in (soft, hard))
+        extra = mapped if name == resource.RLIMIT_AS else beside if name == resource.RLIMIT_NPROC else 0
+        if extra:
+            soft, hard = (limit if limit == resource.RLIM_INFINITY else limit + extra for limit in (soft, hard))
         yield name, soft, hard
 
 
@@ -566,7 +659,7 @@ def apparmor_enter_sandbox(attrs=APPARMOR_ATTRS):
         current.write(f"changeprofile {label[: -len(APPARMOR_ZYGOTE)]}{APPARMOR_SANDBOX}")
 
 
-def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no cover -- in the forked child
+def run(request, fds, sockets, layer, config, run_env, mapped=0, beside=0):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
     try:
@@ -578,7 +671,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a fresh process's (the zygote waits for SIGCHLD)
         os.chdir(request["cwd"])
-        for name, soft, hard in run_rlimits(request["rlimits"], mapped):
+        for name, soft, hard in run_rlimits(request["rlimits"], mapped, beside):
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)

@@ -253,10 +253,23 @@ def sandbox_processes():
 
 
 def zygotes():
-    """PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host: two a slot, light and full."""
+    """
+    PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host: two a slot, light and full;
+    not the full one's spare (its child, a zygote's too, forked anew for each of its runs).
+    """
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
-    return {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
+    found = {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
+    return {pid for pid in found if not _is_spare(pid, found)}
+
+
+def _is_spare(pid, zygote_pids):
+    """A zygote whose parent's parent is a zygote too: the light zygote's full one's spare."""
+    try:
+        parent = _stat_fields(pid)[0]
+        return parent in zygote_pids and _stat_fields(parent)[0] in zygote_pids
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _stat_fields(pid):
@@ -268,11 +281,12 @@ def _stat_fields(pid):
 
 def _is_zygote(pid):
     """
-    A slot's zygote, light or full (confinement/zygote.py): the app started the light one (sudo
-    execs it in place), which forked the full one; both stay in the service's session, as their
-    parent (a gunicorn process, or the light zygote). A run's processes (same command line:
-    forked) descend from a zygote and take a session of their own (setsid), so a run's process
-    left behind, even re-parented to gunicorn's master, is never taken for a zygote.
+    A slot's zygote, light or full, or the full one's spare (confinement/zygote.py): the app
+    started the light one (sudo execs it in place), which forked the full one, which forks its
+    spare; all stay in the service's session, as their parent (a gunicorn process, or a zygote).
+    A run's processes (same command line: forked) descend from a zygote and take a session of
+    their own (setsid), so a run's process left behind, even re-parented to gunicorn's master, is
+    never taken for a zygote.
     """
     try:
         if not _cmdline(pid).endswith(ZYGOTE_CMDLINE_END):

@@ -207,7 +207,7 @@ def test_soak(service, capsys):
         # Recycled under load, hostile runs and all: every slot's zygote was replaced, none is left over.
         assert zygotes_before and not zygotes_before & zygotes_after, (zygotes_before, zygotes_after)
         slots = [user for user in sandbox_users() if user.rpartition("-")[2].isdigit()]
-        assert len(zygotes_after) == 2 * len(slots), (zygotes_before, zygotes_after)  # light and full, a slot
+        assert len(zygotes_after) == 2 * len(slots), (zygotes_before, zygotes_after)  # light and full (no spare)
     assert drift, "no worker was observed long enough to measure drift"
     # Sockets are not counted (fds_between_runs): pipes and files of runs must not pile up at all.
     assert all(value <= 0 for value in fd_drift.values()), fd_drift

@@ -280,6 +280,95 @@ def test_a_run_for_a_full_zygote_that_has_gone_ends_the_light_one(run_dir, full_
     assert messages[1]["status"] == 0 and out.split()[0] == str(os.getpid()).encode()
 
 
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as found:
+        return [int(child) for child in found.read().split()]
+
+
+def spare_of(full_pid, timeout=10.0):
+    """The full zygote's one child between runs (its spare), once it has forked it."""
+    deadline = time.monotonic() + timeout
+    while not (found := children(full_pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def spare_fds(pid):
+    """What ``pid``'s descriptors but 0-2 are ("socket", or the path), as far as they can be read."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed meanwhile
+            continue
+        if int(fd) > 2:
+            found.append("socket" if target.startswith("socket:") else target)
+    return found
+
+
+def state(pid):
+    """A process's state letter ("Z": a zombie), or None once it has gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
+    except FileNotFoundError:
+        return None
+
+
+def test_a_full_zygote_runs_each_run_in_a_spare_forked_before_the_run_came(run_dir, full_zygote):
+    write_code(run_dir, PARENT_CODE)
+    # Before any run: the full zygote is this process's child that has a child, its spare.
+    deadline = time.monotonic() + 10
+    while not (full_pid := [pid for pid in children(os.getpid()) if children(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(full_pid) == 1
+    full_pid = full_pid[0]
+    for _ in range(2):  # the spare forked as the full zygote started, then the one forked after a run
+        spare = spare_of(full_pid)
+        messages, out, err = serve_one(run_dir, full=full_zygote)
+        assert messages[0]["pid"] == spare and messages[0]["zygote"] == full_pid, (messages, err)
+        assert messages[1]["status"] == 0 and out.split() == [str(full_pid).encode(), b"False"]
+        assert state(spare) is None  # reaped by the full zygote
+    # It holds none of the zygote's descriptors (a run's pipes, the pair): only its own socket.
+    spare = spare_of(full_pid)
+    deadline = time.monotonic() + 10
+    while (own := spare_fds(spare)) != ["socket"] and time.monotonic() < deadline:  # closing them as it starts
+        time.sleep(0.01)
+    assert own == ["socket"]
+    full_zygote.close()  # the light zygote has gone: the full one exits, so does its spare
+    assert os.waitpid(full_pid, 0) == (full_pid, 0)
+    deadline = time.monotonic() + 10
+    while state(spare) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert state(spare) in (None, "Z")
+
+
+def test_a_full_zygote_whose_spare_has_gone_forks_the_run(run_dir, full_zygote):
+    write_code(run_dir, PARENT_CODE)
+    messages, out, _ = serve_one(run_dir, full=full_zygote)
+    full_pid = messages[0]["zygote"]
+    spare = spare_of(full_pid)
+    os.kill(spare, signal.SIGKILL)
+    while state(spare) != "Z":  # dead, not reaped (one killed as its run came is that run's end: -9)
+        time.sleep(0.01)
+    messages, out, err = serve_one(run_dir, full=full_zygote)
+    assert messages[0]["pid"] != spare and messages[1]["status"] == 0, (messages, err)
+    assert out.split()[0] == str(full_pid).encode()
+    assert state(spare) is None  # reaped
+    assert spare_of(full_pid) != spare  # and it has a new one
+
+
+def test_a_light_runs_process_limit_counts_the_full_zygotes_spare_beside_it(run_dir, full_zygote):
+    # Processes of the slot's user beside a run: a fresh run's leader and reaper; a warm run's two
+    # zygotes, and a light run's the full zygote's spare as well (a full run is its spare).
+    write_code(run_dir, "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n")
+    messages, out, _ = serve_one(run_dir, full=full_zygote, light=True, rlimits=[(resource.RLIMIT_NPROC, (15, 15))])
+    assert messages[1]["status"] == 0 and out == b"(16, 16)\n"
+    messages, out, _ = serve_one(run_dir, full=full_zygote, rlimits=[(resource.RLIMIT_NPROC, (15, 15))])
+    assert messages[1]["status"] == 0 and out == b"(15, 15)\n"
+
+
 def test_a_supervised_run_reaps_its_own_processes_not_the_zygotes_other_children(run_dir):
     # The light zygote's full one is its child too: a run's end must not reap it.
     sibling = subprocess.Popen(["/bin/true"])
@@ -306,6 +395,8 @@ def test_a_runs_address_space_limit_counts_from_what_the_zygote_has_mapped(run_d
                                       (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)], mapped))
     assert limits == [(resource.RLIMIT_AS, 2**26 + mapped, 2**26 + mapped), (resource.RLIMIT_NPROC, 15, 15),
                       (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)]
+    assert list(zygote.run_rlimits([(resource.RLIMIT_NPROC, 15, 15), (resource.RLIMIT_CPU, 1, 2)], mapped, 1)) == [
+        (resource.RLIMIT_NPROC, 16, 16), (resource.RLIMIT_CPU, 1, 2)]
     write_code(run_dir, "b = bytearray(48 * 1024 * 1024)\nprint(len(b) // 2**20)\n")
     messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
     assert messages[1]["status"] == 0, err
