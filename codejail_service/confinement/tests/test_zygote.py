@@ -1,5 +1,7 @@
 """The zygote's serving of one run (warm sandbox), with a real fork and the real layer, as root."""
+import ctypes
 import json
+import mmap
 import os
 import resource
 import signal
@@ -432,6 +434,42 @@ def test_apparmor_that_cannot_be_read_stops_the_run(tmp_path):
 
 def test_this_host_runs_are_left_in_their_profile():
     zygote.apparmor_enter_sandbox()  # the unit tests run unconfined (or in a profile of another name)
+
+
+def anon_huge_kib(address):
+    """AnonHugePages (KiB) of this process's mapping that holds ``address``."""
+    found = None
+    with open("/proc/self/smaps", encoding="ascii") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                found = low <= address < high
+            elif found and fields[0] == "AnonHugePages:":
+                return int(fields[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_the_preloads_anonymous_memory_is_collapsed_into_huge_pages():
+    size = 8 * zygote.HUGE_PAGE
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    shared = mmap.mmap(-1, size)  # MAP_SHARED: not a private mapping, left as it is
+    try:
+        for memory in (region, shared):
+            memory.write(b"x" * size)
+        address, shared_address = (ctypes.addressof(ctypes.c_char.from_buffer(m)) for m in (region, shared))
+        assert zygote.collapse_to_huge_pages() >= 7
+        assert anon_huge_kib(address) >= 7 * zygote.HUGE_PAGE // 1024  # at least its 7 aligned ranges
+        assert anon_huge_kib(shared_address) == 0
+    finally:
+        region.close()
+        shared.close()
+
+
+def test_without_huge_pages_the_zygote_says_so_and_goes_on(monkeypatch, capsys):
+    monkeypatch.setattr(zygote, "MADV_COLLAPSE", 0x7FFF)  # no such advice: what a kernel without it answers
+    assert zygote.collapse_to_huge_pages() == 0
+    assert "no huge pages" in capsys.readouterr().err
 
 
 def test_warm_up_runs_each_preloaded_packages_code_and_skips_what_fails(capsys):
