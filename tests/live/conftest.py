@@ -23,6 +23,7 @@ import pwd
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -125,6 +126,10 @@ def running_service(extra_config=()):
     if extra:
         config_dir, env["CODEJAIL_SERVICE_CFG"] = service_config_with(extra)
     log = open(os.path.join(tempfile.gettempdir(), "cjlive-service.log"), "wb")
+    # Stopped with the suite, even one stopped by SIGTERM (as by Ctrl-C: pytest then tears down):
+    # else it would serve on, sharing the pool's slots with the next suite's service, and its
+    # stop would end the new one's zygotes and runs.
+    sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     process = subprocess.Popen(["bash", os.path.join(REPO, "deploy", "serve.sh")], env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -132,6 +137,7 @@ def running_service(extra_config=()):
         _wait_for_health(url, process, want_ok=not SABOTAGE)
         yield {"url": url, "local": True}
     finally:
+        signal.signal(signal.SIGTERM, sigterm)
         process.terminate()
         try:
             process.wait(timeout=20)
