@@ -243,7 +243,7 @@ class Finder:
             return None
         run_random = sys.modules.get("random")
         if (not prolog_shaped(run_random, self.random2) or not self._found_on_disk_as_held(name, path)
-                or any(held in sys.modules for held in self.modules)):
+                or not sys.modules.keys().isdisjoint(self.modules)):
             self._release()
             return None
         self._activate(run_random, name)
@@ -288,11 +288,12 @@ class Finder:
         for generator in self.generators:
             generator.seed()
         self.references, self.generators, self.placeholder = [], [], None
-        self.specs = {name: module.__spec__ for name, module in self.modules.items()}
-        self.pending = {first: self.modules[first]}
-        for name, module in self.modules.items():
-            if name != first:
-                sys.modules[name] = module
+        # Only the first goes through importlib (which sets our spec on it): the others go into
+        # sys.modules as they are. Each object the run touches is a page it copies (its
+        # reference count): not a thousand modules' specs for one.
+        self.specs = {first: self.modules[first].__spec__}
+        self.pending = {first: self.modules.pop(first)}
+        sys.modules.update(self.modules)
         for parent, key, child in self.parents:
             if child is not self.pending.get(f"{parent.__name__}.{key}"):
                 setattr(parent, key, child)
