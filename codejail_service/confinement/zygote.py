@@ -506,17 +506,17 @@ class Spare:
         theirs.close()
         self.pid, self.sock = pid, ours
 
-    def take(self, request, fds, mapped, beside):
+    def take(self, request, fds, mapped):
         """
-        Hand the run (``request``, ``fds``, and ``run``'s ``mapped`` and ``beside``) to the spare;
-        its pid, or None if there is none or it has gone.
+        Hand the run (``request``, ``fds``, and ``run``'s ``mapped``) to the spare; its pid, or
+        None if there is none or it has gone. A full run: no spare runs beside it (``BESIDE``).
         """
         pid, sock, self.pid, self.sock = self.pid, self.sock, None, None
         if pid is None:
             return None
         with sock:
             try:
-                message = {"request": request, "mapped": mapped, "beside": beside}
+                message = {"request": request, "mapped": mapped}
                 socket.send_fds(sock, [json.dumps(message).encode()], fds)
                 return pid
             except OSError as exc:
@@ -535,8 +535,7 @@ class Spare:
             message, fds, _, _ = socket.recv_fds(theirs, 2 * MAX_MESSAGE, 3)  # a request, and what take adds
             if message:
                 handed = json.loads(message)
-                run(handed["request"], fds, (theirs,), self.layer, self.config, self.run_env, handed["mapped"],
-                    handed["beside"])
+                run(handed["request"], fds, (theirs,), self.layer, self.config, self.run_env, handed["mapped"])
         except BaseException:  # the zygote's own failure: said where the app looks, once it is a run
             status = 1
             os.write(2, f"codejail zygote: the spare could not start:\n{traceback.format_exc()}".encode())
@@ -554,7 +553,7 @@ def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind,
     mapped = address_space()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     beside = BESIDE if kind == "light" else 0
-    pid = spare.take(request, fds, mapped, beside) if spare is not None else None
+    pid = spare.take(request, fds, mapped) if spare is not None else None
     if pid is None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)

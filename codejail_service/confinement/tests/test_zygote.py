@@ -287,11 +287,17 @@ def children(pid):
         return [int(child) for child in found.read().split()]
 
 
-def spare_of(full_pid, timeout=10.0):
-    """The full zygote's one child between runs (its spare), once it has forked it."""
+def eventually(value, accept, timeout=10.0):
+    """``value()`` once ``accept`` takes it, or its last value after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not (found := children(full_pid)) and time.monotonic() < deadline:
+    while not accept(found := value()) and time.monotonic() < deadline:
         time.sleep(0.01)
+    return found
+
+
+def spare_of(full_pid):
+    """The full zygote's one child between runs (its spare), once it has forked it."""
+    found = eventually(lambda: children(full_pid), bool)
     assert len(found) == 1, found
     return found[0]
 
@@ -309,21 +315,10 @@ def spare_fds(pid):
     return found
 
 
-def state(pid):
-    """A process's state letter ("Z": a zombie), or None once it has gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0].decode()
-    except FileNotFoundError:
-        return None
-
-
 def test_a_full_zygote_runs_each_run_in_a_spare_forked_before_the_run_came(run_dir, full_zygote):
     write_code(run_dir, PARENT_CODE)
     # Before any run: the full zygote is this process's child that has a child, its spare.
-    deadline = time.monotonic() + 10
-    while not (full_pid := [pid for pid in children(os.getpid()) if children(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    full_pid = eventually(lambda: [pid for pid in children(os.getpid()) if children(pid)], bool)
     assert len(full_pid) == 1
     full_pid = full_pid[0]
     for _ in range(2):  # the spare forked as the full zygote started, then the one forked after a run
@@ -331,19 +326,14 @@ def test_a_full_zygote_runs_each_run_in_a_spare_forked_before_the_run_came(run_d
         messages, out, err = serve_one(run_dir, full=full_zygote)
         assert messages[0]["pid"] == spare and messages[0]["zygote"] == full_pid, (messages, err)
         assert messages[1]["status"] == 0 and out.split() == [str(full_pid).encode(), b"False"]
-        assert state(spare) is None  # reaped by the full zygote
-    # It holds none of the zygote's descriptors (a run's pipes, the pair): only its own socket.
+        assert _state(spare) is None  # reaped by the full zygote
+    # It holds none of the zygote's descriptors (a run's pipes, the pair): only its own socket,
+    # once it has closed them as it starts.
     spare = spare_of(full_pid)
-    deadline = time.monotonic() + 10
-    while (own := spare_fds(spare)) != ["socket"] and time.monotonic() < deadline:  # closing them as it starts
-        time.sleep(0.01)
-    assert own == ["socket"]
+    assert eventually(lambda: spare_fds(spare), lambda own: own == ["socket"]) == ["socket"]
     full_zygote.close()  # the light zygote has gone: the full one exits, so does its spare
     assert os.waitpid(full_pid, 0) == (full_pid, 0)
-    deadline = time.monotonic() + 10
-    while state(spare) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert state(spare) in (None, "Z")
+    assert eventually(lambda: _state(spare), lambda state: state in (None, "Z")) in (None, "Z")
 
 
 def test_a_full_zygote_whose_spare_has_gone_forks_the_run(run_dir, full_zygote):
@@ -352,12 +342,12 @@ def test_a_full_zygote_whose_spare_has_gone_forks_the_run(run_dir, full_zygote):
     full_pid = messages[0]["zygote"]
     spare = spare_of(full_pid)
     os.kill(spare, signal.SIGKILL)
-    while state(spare) != "Z":  # dead, not reaped (one killed as its run came is that run's end: -9)
-        time.sleep(0.01)
+    # Dead, not reaped (one killed as its run came is that run's end: -9).
+    assert eventually(lambda: _state(spare), lambda state: state == "Z") == "Z"
     messages, out, err = serve_one(run_dir, full=full_zygote)
     assert messages[0]["pid"] != spare and messages[1]["status"] == 0, (messages, err)
     assert out.split()[0] == str(full_pid).encode()
-    assert state(spare) is None  # reaped
+    assert _state(spare) is None  # reaped
     assert spare_of(full_pid) != spare  # and it has a new one
 
 
