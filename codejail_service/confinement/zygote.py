@@ -38,6 +38,7 @@ import os
 import pwd
 import resource
 import runpy
+import select
 import signal
 import socket
 import sys
@@ -176,17 +177,41 @@ def preload(names=PRELOAD, held=HELD):
             print(f"codejail zygote: not preloading {name}: {exc!r}", file=sys.stderr)
     warm_up(names)
     as_after_prolog()
-    hold(held)
+    finder = hold(held)
     # What the preload made lives as long as the zygote: out of the collector's sight, a run's
     # collections do not walk (and so copy, page by page) the inherited objects.
     gc.collect()
     gc.freeze()
     collapse_to_huge_pages()
+    return finder
 
 
-# madvise(2): make a range's pages transparent huge pages now (Linux 6.1), and their size.
+# madvise(2): copy a range's pages that are still shared copy-on-write, as writes to them would
+# (Linux 5.14); make a range's pages transparent huge pages now (Linux 6.1), and their size.
+MADV_POPULATE_WRITE = 23
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 * 1024 * 1024
+PAGE = 4096
+
+
+def madvise():
+    """libc's madvise(2), through ctypes (errno kept)."""
+    import ctypes
+
+    function = ctypes.CDLL(None, use_errno=True).madvise
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return function
+
+
+def private_ranges():
+    """The (low, high) bounds of this process's private anonymous writable mappings (and its heap)."""
+    ranges = []
+    with open("/proc/self/maps", encoding="ascii") as maps:
+        for line in maps.read().splitlines():
+            fields = line.split()
+            if fields[1] == "rw-p" and fields[5:] in ([], ["[heap]"]):
+                ranges.append(tuple(int(bound, 16) for bound in fields[0].split("-")))
+    return ranges
 
 
 def collapse_to_huge_pages():
@@ -201,23 +226,17 @@ def collapse_to_huge_pages():
     """
     import ctypes
 
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    collapse = madvise()
     tried = collapsed = 0
     try:
-        with open("/proc/self/maps", encoding="ascii") as maps:
-            lines = maps.read().splitlines()
+        ranges = private_ranges()
     except OSError as exc:
         print(f"codejail zygote: no huge pages: {exc!r}", file=sys.stderr)
         return 0
-    for line in lines:
-        fields = line.split()
-        if fields[1] != "rw-p" or fields[5:] not in ([], ["[heap]"]):
-            continue
-        low, high = (int(bound, 16) for bound in fields[0].split("-"))
+    for low, high in ranges:
         for start in range(-(-low // HUGE_PAGE) * HUGE_PAGE, high // HUGE_PAGE * HUGE_PAGE, HUGE_PAGE):
             tried += 1
-            collapsed += madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0
+            collapsed += collapse(start, HUGE_PAGE, MADV_COLLAPSE) == 0
     if tried and not collapsed:
         print(f"codejail zygote: no huge pages: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
     return collapsed
@@ -228,13 +247,17 @@ def hold(names):
     Import ``names`` (and warm them up) as after the LMS prolog, handed to a run only once it
     imports one (confinement/held.py); the held module's ``Finder``, or None.
     """
-    held = importlib.import_module(f"{__package__ or 'codejail_confinement'}.held")
+    held = _held()
 
     def prepare(name):
         importlib.import_module(name)
         warm_up((name,))
 
     return held.hold(names, prepare)
+
+
+def _held():
+    return importlib.import_module(f"{__package__ or 'codejail_confinement'}.held")
 
 
 def as_after_prolog():
@@ -279,6 +302,73 @@ def warm_up(names, warmup=None):
             exec(code, {top: sys.modules[top]})  # our own constant code
         except Exception as exc:  # a package that changed: the run pays, nothing breaks
             print(f"codejail zygote: not warming up {name}: {exc!r}", file=sys.stderr)
+
+
+# /proc/<pid>/pagemap's flags of a page (Documentation/admin-guide/mm/pagemap.rst): present, and
+# mapped by this process alone (not shared copy-on-write with its parent).
+PRESENT, EXCLUSIVE = 1 << 63, 1 << 56
+
+
+def learn_copies(finder, warmup=None):
+    """
+    A run copies each page of the zygote's it writes to (reference counts, caches), one page
+    fault at a time: 1,600-3,600 pages for a chemcalc, sympy or matplotlib problem. So that a
+    spare can copy them ahead (``Spare``), learn which they are, once: for each package of
+    ``WARMUP`` this zygote holds (``finder``: the held ones), in a child that runs its warm-up
+    code as a run would (a held package handed over first), the pages of the private mappings
+    that its page map shows shared with this zygote before and its own after.
+    ``{top-level package: [(address, bytes), ...]}``, adjacent pages joined; a package whose
+    learning fails is left out, said on stderr.
+    """
+    learned = {}
+    for name, code in (WARMUP if warmup is None else warmup).items():
+        held = finder is not None and name in finder.modules
+        if not held and name not in sys.modules:
+            continue
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover -- the learner (tests/test_zygote.py)
+            status = 1
+            try:
+                os.close(reader)
+                os.write(writer, json.dumps(_written_by(name, code, held)).encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(writer)
+        with open(reader, "rb") as answer:
+            data = answer.read()
+        os.waitpid(pid, 0)
+        try:
+            learned[name.partition(".")[0]] = [(address, size) for address, size in json.loads(data)]
+        except ValueError:
+            print(f"codejail zygote: not learning what a run of {name} copies", file=sys.stderr)
+    return learned
+
+
+def _written_by(name, code, held):  # pragma: no cover -- in the learner
+    """The learner's pages a run of ``name`` writes (``learn_copies``), as [[address, bytes], ...]."""
+    ranges = private_ranges()
+    pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    before, after = ([bytearray((high - low) // PAGE * 8) for low, high in ranges] for _ in range(2))
+    for (low, _), entries in zip(ranges, before, strict=True):
+        os.preadv(pagemap, [entries], low // PAGE * 8)
+    if held:
+        sys.modules["random"] = _held().placeholder(sys.modules["random2"])
+        importlib.import_module(name)
+    warm_up((name,), {name: code})
+    for (low, _), entries in zip(ranges, after, strict=True):
+        os.preadv(pagemap, [entries], low // PAGE * 8)
+    written = []
+    for (low, _), was, now in zip(ranges, before, after, strict=True):
+        for index, (old, new) in enumerate(zip(memoryview(was).cast("Q"), memoryview(now).cast("Q"), strict=True)):
+            if old & PRESENT and not old & EXCLUSIVE and new & PRESENT and new & EXCLUSIVE:
+                address = low + index * PAGE
+                if written and written[-1][0] + written[-1][1] == address:
+                    written[-1][1] += PAGE
+                else:
+                    written.append([address, PAGE])
+    return written
 
 
 def preload_matplotlib():
@@ -358,9 +448,9 @@ def start_full(layer, config, run_env, names=PRELOAD, held=HELD):
             os.dup2(2, 0)
             if supervises(config):
                 layer.process.become_subreaper()  # not inherited across fork
-            preload(names, held)
+            learned = learn_copies(preload(names, held))
             theirs.send(b"ready")
-            serve_forwarded(theirs, layer, config, run_env)
+            serve_forwarded(theirs, layer, config, run_env, learned)
             status = 0
         finally:
             os._exit(status)
@@ -451,12 +541,13 @@ def forward(full, request, fds, conn, retire):
             os.close(fd)
 
 
-def serve_forwarded(pair, layer, config, run_env):
+def serve_forwarded(pair, layer, config, run_env, learned=None):
     """
     The full zygote's loop: serve each run the light zygote hands over, until it has gone, each
-    in a spare child forked before its run came (``Spare``).
+    in a spare child forked before its run came (``Spare``), which copied ahead what a run of the
+    packages the run before it used writes (``learned``: ``learn_copies``).
     """
-    spare = Spare(pair, layer, config, run_env)
+    spare = Spare(pair, layer, config, run_env, learned)
     spare.fork()
     while True:
         message, fds, _, _ = socket.recv_fds(pair, MAX_MESSAGE, 4)
@@ -472,29 +563,38 @@ def serve_forwarded(pair, layer, config, run_env):
             except OSError as exc:  # the app went away mid-run
                 print(f"codejail zygote: {exc!r}", file=sys.stderr)
         pair.send(b"done")
-        spare.fork()  # the next run's, while the app answers this one's
+        spare.fork(forwarded["request"].get("uses", ()))  # if serve_run could not
 
 
 class Spare:
     """
     The full zygote's next run, forked ahead: a fork of the full preload costs ~5 ms (its page
-    tables), now off the run's path, between runs. The spare waits, still the zygote's (its
-    session, group, profile and filter), for the run's request and descriptors on its own socket
-    pair, then becomes the run exactly as a child forked for it would (``run``). It holds
-    nothing of the zygote's but its memory: every other descriptor is closed as it is born. It
-    exits once the zygote has gone (its pair's end of file) or closes its end.
+    tables), now off the run's path, as the run before it starts. The spare first copies ahead
+    the pages a run of the packages that run uses would write (``learn_copies``: a course's
+    problem is mostly answered many times in a row), until its own run comes. It then waits,
+    still the zygote's (its session, group, profile and filter), for the run's request and
+    descriptors on its own socket pair, and becomes the run exactly as a child forked for it
+    would (``run``). It holds nothing of the zygote's but its memory: every other descriptor is
+    closed as it is born. It exits once the zygote has gone (its pair's end of file) or closes
+    its end.
 
-    It is one more process of the slot's user while a light run runs: ``BESIDE``.
+    It is one more process of the slot's user while a run runs: ``BESIDE``.
     """
 
-    def __init__(self, pair, layer, config, run_env):
+    def __init__(self, pair, layer, config, run_env, learned=None):
         self.pair, self.layer, self.config, self.run_env = pair, layer, config, run_env
+        self.learned = learned or {}
+        self.madvise = madvise() if self.learned else None
         self.pid = self.sock = None
 
-    def fork(self):
-        """Fork the spare, if there is none; without one (said on stderr), runs are forked as they come."""
+    def fork(self, uses=()):
+        """
+        Fork the spare, if there is none, to copy ahead what a run of ``uses`` (top-level package
+        names) writes; without one (said on stderr), runs are forked as they come.
+        """
         if self.pid is not None:
             return
+        ranges = [span for name in sorted(set(uses)) for span in self.learned.get(name, ())]
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             pid = os.fork()
@@ -502,14 +602,14 @@ class Spare:
             print(f"codejail zygote: no spare: {exc!r}", file=sys.stderr)
             return
         if pid == 0:  # pragma: no cover -- the spare (tests/test_zygote.py, and live)
-            self._wait(ours, theirs)
+            self._wait(ours, theirs, ranges)
         theirs.close()
         self.pid, self.sock = pid, ours
 
     def take(self, request, fds, mapped):
         """
         Hand the run (``request``, ``fds``, and ``run``'s ``mapped``) to the spare; its pid, or
-        None if there is none or it has gone. A full run: no spare runs beside it (``BESIDE``).
+        None if there is none or it has gone.
         """
         pid, sock, self.pid, self.sock = self.pid, self.sock, None, None
         if pid is None:
@@ -524,7 +624,7 @@ class Spare:
         os.waitpid(pid, 0)  # it has exited, or does now: its end of file
         return None
 
-    def _wait(self, ours, theirs):  # pragma: no cover -- in the forked spare
+    def _wait(self, ours, theirs, ranges):  # pragma: no cover -- in the forked spare
         status = 0
         try:
             self.pair.close()
@@ -532,6 +632,7 @@ class Spare:
             own = theirs.fileno()
             os.closerange(3, own)
             os.closerange(own + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            self._copy(ranges, theirs)
             message, fds, _, _ = socket.recv_fds(theirs, 2 * MAX_MESSAGE, 3)  # a request, and what take adds
             if message:
                 handed = json.loads(message)
@@ -543,21 +644,39 @@ class Spare:
             os._exit(status)
 
 
+    def _copy(self, ranges, sock):
+        """
+        Copy ``ranges`` of its memory (MADV_POPULATE_WRITE), a batch at a time, until its run
+        comes on ``sock``: the run is not kept waiting, and copies the rest as it writes to it.
+        """
+        arrived = select.poll()
+        arrived.register(sock, select.POLLIN)
+        for start in range(0, len(ranges), COPY_BATCH):
+            if arrived.poll(0):
+                return
+            for address, size in ranges[start:start + COPY_BATCH]:
+                self.madvise(address, size, MADV_POPULATE_WRITE)  # a range unmapped since: nothing to copy
+
+
+# Ranges a spare copies between two looks whether its run has come (~0.1 ms).
+COPY_BATCH = 16
+
+
 def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind, spare=None):
     """
     Start the run of ``request`` with its descriptors ``fds`` (in the ``spare``, if one waits;
     else forked now), tell the app its pid on ``conn``, wait for it (supervised: end it and clean
     up after it), tell the app its status and what the run used, with which zygote ran it
     (``kind``, "light" or "full"). ``sockets``: this zygote's, which the run must not keep.
+    The next run's spare is forked as this one starts (``Spare.fork``).
     """
     mapped = address_space()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    beside = BESIDE if kind == "light" else 0
     pid = spare.take(request, fds, mapped) if spare is not None else None
     if pid is None:
         pid = os.fork()
         if pid == 0:  # pragma: no cover -- the run (tests/test_zygote.py, and live)
-            run(request, fds, sockets, layer, config, run_env, mapped, beside)
+            run(request, fds, sockets, layer, config, run_env, mapped)
     stderr = fds.pop(2)  # for the note of a run ended past its bounds (supervise_run)
     for fd in fds:
         os.close(fd)
@@ -567,6 +686,8 @@ def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind,
     # The run is waited for (and, supervised, ended and cleaned up) even when the app has gone:
     # its slot's next run must find nothing of it.
     told = _tell(conn, reply)
+    if spare is not None:
+        spare.fork(request.get("uses", ()))
     try:
         if supervises(config):
             wait_status, ending = supervise_run(pid, request, layer, config, mapped, stderr)
@@ -647,20 +768,20 @@ _statm = None
 
 
 # RLIMIT_NPROC counts every process of the slot's user. Beside a fresh run's code there are two
-# (its leader and reaper), as beside a warm run there are its two zygotes; beside a light run
-# there is also the full zygote's spare (``Spare``), so a light run's limit counts it too.
+# (its leader and reaper), as beside a warm run there are its two zygotes; and the full zygote's
+# spare (``Spare``), so a warm run's limit counts it too.
 BESIDE = 1
 
 
-def run_rlimits(rlimits, mapped, beside=0):
+def run_rlimits(rlimits, mapped):
     """
     The run's rlimits: as codejail asks, but RLIMIT_AS (codejail's VMEM) counts from what the
     zygote has mapped (``mapped`` bytes, the preloaded modules), so that a run may allocate as
     much as a fresh interpreter's could, not that much less what it did not import; and
-    RLIMIT_NPROC counts ``beside`` more processes of the slot's user than a fresh run's own.
+    RLIMIT_NPROC counts ``BESIDE`` more processes of the slot's user than a fresh run's own.
     """
     for name, soft, hard in rlimits:
-        extra = mapped if name == resource.RLIMIT_AS else beside if name == resource.RLIMIT_NPROC else 0
+        extra = mapped if name == resource.RLIMIT_AS else BESIDE if name == resource.RLIMIT_NPROC else 0
         if extra:
             soft, hard = (limit if limit == resource.RLIM_INFINITY else limit + extra for limit in (soft, hard))
         yield name, soft, hard
@@ -694,7 +815,7 @@ def apparmor_enter_sandbox(attrs=APPARMOR_ATTRS):
         current.write(f"changeprofile {label[: -len(APPARMOR_ZYGOTE)]}{APPARMOR_SANDBOX}")
 
 
-def run(request, fds, sockets, layer, config, run_env, mapped=0, beside=0):  # pragma: no cover -- in the forked child
+def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no cover -- in the forked child
     """In the forked child: become a fresh run, confine, run jailed_code; never returns."""
     status = 1
     try:
@@ -706,7 +827,7 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0, beside=0):  # p
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a fresh process's (the zygote waits for SIGCHLD)
         os.chdir(request["cwd"])
-        for name, soft, hard in run_rlimits(request["rlimits"], mapped, beside):
+        for name, soft, hard in run_rlimits(request["rlimits"], mapped):
             resource.setrlimit(name, (soft, hard))
         os.environ.clear()
         os.environ.update(run_env, TMPDIR="tmp")  # as sudo gives a fresh run (env_keep TMPDIR)

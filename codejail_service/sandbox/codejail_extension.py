@@ -53,7 +53,7 @@ def safe_exec(code, globals_dict, *, run, python_path=None, limit_overrides_cont
     past the parser's recursion limit) is the run's failure, answered as codejail answers one
     (``SafeExecException``), never the service's internal error.
     """
-    run.light = zygote_client.light_enough(code, python_path)
+    run.light, run.uses = zygote_client.needs(code, python_path)
     token = _current_run.set(run)
     try:
         codejail_safe_exec.safe_exec(code, globals_dict, python_path=python_path,

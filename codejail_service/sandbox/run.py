@@ -35,8 +35,10 @@ class Run:
         # codejail's limits for this run, as jail_code hands them to its subprocess.
         self.rlimits = ()
         self.realtime = None
-        # Warm: its code needs no more than the slot's light zygote holds (zygote_client.light_enough).
+        # Warm: its code needs no more than the slot's light zygote holds, and the modules beyond
+        # that it names (zygote_client.needs).
         self.light = False
+        self.uses = ()
 
     @classmethod
     def in_slot(cls, slot, waited=0.0):

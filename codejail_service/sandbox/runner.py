@@ -73,7 +73,7 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
     if run.mode == WARM:
         # Forked by the slot's zygote, which applies the same rlimits, session and confinement.
         try:
-            process = zygote_client.run(run.user, cwd, rlimits, light=run.light)
+            process = zygote_client.run(run.user, cwd, rlimits, light=run.light, uses=run.uses)
         except zygote_client.ZygoteNotReady as exc:
             # No zygote ready in the slot (gone, or its successor preloading off this path): the
             # run does not wait for one. It runs at once as a fresh interpreter, confined the same way.

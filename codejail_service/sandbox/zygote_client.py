@@ -80,7 +80,7 @@ _IMPORT = re.compile(r"\bimport\s+([\w.]+(?:\s+as\s+\w+)?(?:\s*,\s*[\w.]+(?:\s+a
 _LAZY = re.compile(r"^(\w+) = LazyModule\('([\w.]+)'\)$", re.MULTILINE)
 _WORD = re.compile(r"\w+")
 # Longer code is not read (the rules above take about 0.15 ms per KiB of the app's CPU): it goes to
-# the full zygote. The LMS's prolog and lazy imports alone are 3 KiB.
+# the full zygote, named modules unknown. The LMS's prolog and lazy imports alone are 3 KiB.
 LIGHT_MAX_CODE_CHARS = 64 * 1024
 # A string literal (kept: what it says counts) or a comment (dropped: the LMS prolog's own comments
 # name numpy and matplotlib).
@@ -100,17 +100,28 @@ def light_enough(code, python_path=None):
     of a computed name) loads from disk in the light zygote, as in a fresh interpreter, and costs
     what it would there. Anything else that looks like an import sends the run to the full zygote.
     """
-    if python_path or len(code) > LIGHT_MAX_CODE_CHARS:
-        return False
+    return needs(code, python_path)[0]
+
+
+def needs(code, python_path=None):
+    """
+    ``(light_enough, uses)``: ``uses`` is the top-level modules beyond ``LIGHT_MODULES`` that
+    ``code``'s text imports or uses through the LMS's lazy names (sorted; none when it is not
+    read), for which the full zygote's next spare copies ahead (confinement/zygote.py, ``Spare``).
+    """
+    if len(code) > LIGHT_MAX_CODE_CHARS:
+        return False, []
     code = _STRING_OR_COMMENT.sub(lambda match: match.group(1) or "", code)
-    lazy = {name for name, module in _LAZY.findall(code) if _top(module) not in LIGHT_MODULES}
+    lazy = _LAZY.findall(code)
     code = _LAZY.sub("", code)
-    if lazy and not lazy.isdisjoint(_WORD.findall(code)):
-        return False
-    modules = _FROM_IMPORT.findall(code)
+    words = set(_WORD.findall(code)) if lazy else set()
+    modules = {_top(module) for name, module in lazy if name in words}
+    named = _FROM_IMPORT.findall(code)
     for names in _IMPORT.findall(_FROM_IMPORT.sub(" ", code)):
-        modules += [name.split()[0] for name in names.split(",")]
-    return all(_top(module) in LIGHT_MODULES for module in modules)
+        named += [name.split()[0] for name in names.split(",")]
+    modules.update(_top(module) for module in named)
+    uses = sorted(modules - LIGHT_MODULES)
+    return not python_path and not uses, uses
 
 
 def _top(module):
@@ -288,26 +299,27 @@ def _connect(user):
     return conn
 
 
-def run(user, cwd, rlimits, light=False):
+def run(user, cwd, rlimits, light=False, uses=()):
     """
     Have ``user``'s zygote (its slot's) fork the run in ``cwd``, its light one if ``light``
-    (``light_enough``); a ``WarmRun`` with its pipes. ``ZygoteNotReady`` (a ``ZygoteError``) when
-    the slot has no zygote ready: nothing of the run started, and one is preloading.
+    (``light_enough``), of code that ``uses`` those modules (``needs``); a ``WarmRun`` with its
+    pipes. ``ZygoteNotReady`` (a ``ZygoteError``) when the slot has no zygote ready: nothing of
+    the run started, and one is preloading.
     """
     try:
-        return _run(user, cwd, rlimits, light)
+        return _run(user, cwd, rlimits, light, uses)
     except ZygoteGone:
         # It exited (idle, retired, past its lifetime) as we connected, or died: once more, with
         # its successor if it has one in place. Nothing of the run had started.
         pass
     try:
-        return _run(user, cwd, rlimits, light)
+        return _run(user, cwd, rlimits, light, uses)
     except ZygoteGone:
         replace(user)  # it takes connections and drops them: a new one takes its place
         raise
 
 
-def _run(user, cwd, rlimits, light=False):
+def _run(user, cwd, rlimits, light=False, uses=()):
     conn = _connect(user)
     stdin_read, stdin_write = os.pipe()
     stdout_read, stdout_write = os.pipe()
@@ -316,7 +328,8 @@ def _run(user, cwd, rlimits, light=False):
     try:
         conf = config.current()
         request = {"cwd": cwd, "rlimits": [[name, *limits] for name, limits in rlimits],
-                   "max_runs": conf.zygote_max_runs, "max_seconds": conf.zygote_max_seconds, "light": light}
+                   "max_runs": conf.zygote_max_runs, "max_seconds": conf.zygote_max_seconds, "light": light,
+                   "uses": list(uses)}
         try:
             socket.send_fds(conn, [json.dumps(request).encode()], child_ends)
         except (ConnectionResetError, BrokenPipeError) as exc:

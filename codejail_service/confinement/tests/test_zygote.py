@@ -88,10 +88,10 @@ def test_output_written_to_sys_dunder_stdout_is_flushed(run_dir):
 
 
 def test_the_run_gets_its_rlimits(run_dir):
-    write_code(run_dir, "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n")
-    messages, out, _ = serve_one(run_dir, rlimits=[(resource.RLIMIT_NPROC, (15, 15))])
+    write_code(run_dir, "import resource\nprint(resource.getrlimit(resource.RLIMIT_CPU))\n")
+    messages, out, _ = serve_one(run_dir, rlimits=[(resource.RLIMIT_CPU, (2, 3))])
     assert messages[1]["status"] == 0
-    assert out == b"(15, 15)\n"
+    assert out == b"(2, 3)\n"
 
 
 @pytest.mark.parametrize(("code", "status", "in_stderr"), [
@@ -351,14 +351,93 @@ def test_a_full_zygote_whose_spare_has_gone_forks_the_run(run_dir, full_zygote):
     assert spare_of(full_pid) != spare  # and it has a new one
 
 
-def test_a_light_runs_process_limit_counts_the_full_zygotes_spare_beside_it(run_dir, full_zygote):
+@pytest.fixture
+def package(monkeypatch):
+    """A preloaded package (its name) holding 4 MiB of written pages, each shared with a fork until it writes it."""
+    module = type(sys)("learned_package")
+    module.buffer = bytearray(4 * 2**20)
+    module.buffer[::zygote.PAGE] = b"\1" * (len(module.buffer) // zygote.PAGE)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return module.__name__
+
+
+def buffer_pages(name):
+    """The addresses of the pages that lie wholly in ``name``'s buffer."""
+    buffer = sys.modules[name].buffer
+    start = ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer))
+    first = -(-start // zygote.PAGE) * zygote.PAGE
+    return range(first, start + len(buffer) - zygote.PAGE + 1, zygote.PAGE)
+
+
+def covered(pages, ranges):
+    """How many of ``pages`` lie in ``ranges`` ((address, bytes) pairs)."""
+    return sum(any(address <= page < address + size for address, size in ranges) for page in pages)
+
+
+def test_what_a_packages_run_writes_of_the_zygotes_memory_is_learned(package):
+    pages = buffer_pages(package)
+    learned = zygote.learn_copies(None, {package: f"{package}.buffer[::4096] = b'\\2' * 1024\n"})
+    assert covered(pages, learned[package]) == len(pages)
+    # Allow twin: what it only reads, it does not copy.
+    learned = zygote.learn_copies(None, {package: f"sum({package}.buffer[::4096])\n"})
+    assert covered(pages, learned[package]) == 0
+    # A package the zygote does not hold is not learned.
+    assert zygote.learn_copies(None, {"not_preloaded": "x = 1\n"}) == {}
+
+
+def own_pages(pid, pages):
+    """How many of ``pages`` ``pid`` holds as its own (copied, no longer shared with its parent)."""
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    try:
+        entries = [int.from_bytes(os.pread(fd, 8, page // zygote.PAGE * 8), "little") for page in pages]
+    finally:
+        os.close(fd)
+    return sum(bool(entry & zygote.PRESENT and entry & zygote.EXCLUSIVE) for entry in entries)
+
+
+@pytest.mark.parametrize(("uses", "copied"), [(["learned_package"], True), (["numpy"], False), ([], False)])
+def test_a_spare_copies_ahead_what_a_run_of_the_packages_its_predecessor_used_writes(package, uses, copied):
+    pages = buffer_pages(package)
+    learned = zygote.learn_copies(None, {package: f"{package}.buffer[::4096] = b'\\2' * 1024\n"})
+    pair, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spare = zygote.Spare(pair, confinement, ENFORCE, {}, learned)
+    spare.fork(uses)
+    try:
+        # Waiting for its run: its copy is done.
+        assert eventually(lambda: _state(spare.pid), lambda state: state == "S") == "S"
+        assert eventually(lambda: own_pages(spare.pid, pages), lambda held: held == len(pages)) == (
+            len(pages) if copied else 0)
+    finally:
+        spare.sock.close()  # its end of file: it exits
+        os.waitpid(spare.pid, 0)
+        pair.close()
+        other.close()
+
+
+def test_a_spare_stops_copying_as_its_run_comes():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spare = zygote.Spare(None, confinement, ENFORCE, {}, {"p": [(4096, 4096)]})
+    copied = []
+    spare.madvise = lambda address, size, advice: copied.append((address, size, advice))
+    ranges = [(page * 4096, 4096) for page in range(zygote.COPY_BATCH * 3)]
+    spare._copy(ranges, theirs)  # noqa: SLF001 -- what the forked spare does first
+    assert copied == [(address, size, zygote.MADV_POPULATE_WRITE) for address, size in ranges]
+    copied.clear()
+    ours.send(b"a run")
+    spare._copy(ranges, theirs)  # noqa: SLF001
+    assert copied == []
+    ours.close()
+    theirs.close()
+
+
+def test_a_warm_runs_process_limit_counts_the_full_zygotes_spare_beside_it(run_dir, full_zygote):
     # Processes of the slot's user beside a run: a fresh run's leader and reaper; a warm run's two
-    # zygotes, and a light run's the full zygote's spare as well (a full run is its spare).
+    # zygotes, and the full zygote's spare as well (forked for the next run as a full run starts).
     write_code(run_dir, "import resource\nprint(resource.getrlimit(resource.RLIMIT_NPROC))\n")
     messages, out, _ = serve_one(run_dir, full=full_zygote, light=True, rlimits=[(resource.RLIMIT_NPROC, (15, 15))])
     assert messages[1]["status"] == 0 and out == b"(16, 16)\n"
     messages, out, _ = serve_one(run_dir, full=full_zygote, rlimits=[(resource.RLIMIT_NPROC, (15, 15))])
-    assert messages[1]["status"] == 0 and out == b"(15, 15)\n"
+    assert messages[1]["status"] == 0 and out == b"(16, 16)\n"
 
 
 def test_a_supervised_run_reaps_its_own_processes_not_the_zygotes_other_children(run_dir):
@@ -385,10 +464,9 @@ def test_a_runs_address_space_limit_counts_from_what_the_zygote_has_mapped(run_d
     assert mapped > 10 * 2**20
     limits = list(zygote.run_rlimits([(resource.RLIMIT_AS, 2**26, 2**26), (resource.RLIMIT_NPROC, 15, 15),
                                       (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)], mapped))
-    assert limits == [(resource.RLIMIT_AS, 2**26 + mapped, 2**26 + mapped), (resource.RLIMIT_NPROC, 15, 15),
+    assert limits == [(resource.RLIMIT_AS, 2**26 + mapped, 2**26 + mapped), (resource.RLIMIT_NPROC, 16, 16),
                       (resource.RLIMIT_AS, resource.RLIM_INFINITY, resource.RLIM_INFINITY)]
-    assert list(zygote.run_rlimits([(resource.RLIMIT_NPROC, 15, 15), (resource.RLIMIT_CPU, 1, 2)], mapped, 1)) == [
-        (resource.RLIMIT_NPROC, 16, 16), (resource.RLIMIT_CPU, 1, 2)]
+    assert list(zygote.run_rlimits([(resource.RLIMIT_CPU, 1, 2)], mapped)) == [(resource.RLIMIT_CPU, 1, 2)]
     write_code(run_dir, "b = bytearray(48 * 1024 * 1024)\nprint(len(b) // 2**20)\n")
     messages, out, err = serve_one(run_dir, rlimits=[(resource.RLIMIT_AS, (2**26, 2**26))])
     assert messages[1]["status"] == 0, err

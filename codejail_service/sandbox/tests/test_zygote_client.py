@@ -91,7 +91,7 @@ class FakeZygote(threading.Thread):
 def test_a_run_is_forked_by_the_slots_zygote_with_its_pipes_rlimits_and_status(warm):
     zygote = FakeZygote(warm.user)
     zygote.start()
-    process = zygote_client.run(warm.user, "/tmp/codejail-x", [(6, (15, 15))])
+    process = zygote_client.run(warm.user, "/tmp/codejail-x", [(6, (15, 15))], uses=["numpy"])
     assert process.pid == 4242
     process.stdin.write(b"globals")
     process.stdin.close()
@@ -99,7 +99,7 @@ def test_a_run_is_forked_by_the_slots_zygote_with_its_pipes_rlimits_and_status(w
     assert process.wait() == 3
     zygote.stop()
     assert zygote.requests == [{"cwd": "/tmp/codejail-x", "rlimits": [[6, 15, 15]], "max_runs": 1000,
-                                "max_seconds": 600, "light": False}]
+                                "max_seconds": 600, "light": False, "uses": ["numpy"]}]
     assert zygote.stdin_seen == [b"globals"]
 
 
@@ -575,3 +575,20 @@ def test_course_modules_or_long_code_go_to_the_full_zygote():
     long_code = "x = 1\n" * (zygote_client.LIGHT_MAX_CODE_CHARS // 6 + 1)
     assert not zygote_client.light_enough(long_code)
     assert zygote_client.light_enough(long_code[:zygote_client.LIGHT_MAX_CODE_CHARS])
+
+
+@pytest.mark.parametrize(("code", "uses"), [
+    (lms_wrap("ok = chemcalc.chemical_equations_equal(ans, expect)"), ["chem"]),  # a lazy name, used
+    (lms_wrap("import matplotlib.pyplot as plt\nx = numpy.pi"), ["matplotlib", "numpy"]),
+    ("import os, sympy as s\nfrom scipy import stats", ["scipy", "sympy"]),
+    (lms_wrap("x = math.sqrt(4)  # numpy, in a comment"), []),  # the lazy names it does not use say nothing
+    ("import json", []),
+])
+def test_the_modules_beyond_the_light_ones_that_code_names_are_what_it_uses(code, uses):
+    assert zygote_client.needs(code) == (not uses, uses)
+
+
+def test_unread_code_uses_nothing_known_and_course_modules_are_not_light():
+    assert zygote_client.needs("import sympy\n" * (zygote_client.LIGHT_MAX_CODE_CHARS // 13 + 1)) == (False, [])
+    assert zygote_client.needs("import sympy", python_path=["python_lib.zip"]) == (False, ["sympy"])
+    assert zygote_client.needs("import json", python_path=["python_lib.zip"]) == (False, [])
