@@ -247,7 +247,7 @@ def hold(names):
     Import ``names`` (and warm them up) as after the LMS prolog, handed to a run only once it
     imports one (confinement/held.py); the held module's ``Finder``, or None.
     """
-    held = _held()
+    held = _sibling("held")
 
     def prepare(name):
         importlib.import_module(name)
@@ -256,8 +256,9 @@ def hold(names):
     return held.hold(names, prepare)
 
 
-def _held():
-    return importlib.import_module(f"{__package__ or 'codejail_confinement'}.held")
+def _sibling(name):
+    """A module of the confinement layer (as a package here, ``codejail_confinement`` in the sandbox venv)."""
+    return importlib.import_module(f"{__package__ or 'codejail_confinement'}.{name}")
 
 
 def as_after_prolog():
@@ -333,6 +334,8 @@ def learn_copies(finder, warmup=None):
                 os.close(reader)
                 os.write(writer, json.dumps(_written_by(name, code, held)).encode())
                 status = 0
+            except BaseException:  # said where the service logs the zygote's stderr
+                os.write(2, f"codejail zygote: learning {name}:\n{traceback.format_exc()}".encode())
             finally:
                 os._exit(status)
         os.close(writer)
@@ -346,15 +349,32 @@ def learn_copies(finder, warmup=None):
     return learned
 
 
+def _own_pagemap():  # pragma: no cover -- in the learner
+    """
+    This process's /proc/self/pagemap, opened. A zygote is not dumpable, so /proc keeps that file
+    root's: the learner is dumpable for the open alone (it runs no code but the zygote's), and
+    reads on from what it opened once it is not dumpable again.
+    """
+    try:
+        return os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        process = _sibling("process")
+        process.prctl(process.PR_SET_DUMPABLE, 1)
+        try:
+            return os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            process.set_not_dumpable()
+
+
 def _written_by(name, code, held):  # pragma: no cover -- in the learner
     """The learner's pages a run of ``name`` writes (``learn_copies``), as [[address, bytes], ...]."""
     ranges = private_ranges()
-    pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    pagemap = _own_pagemap()
     before, after = ([bytearray((high - low) // PAGE * 8) for low, high in ranges] for _ in range(2))
     for (low, _), entries in zip(ranges, before, strict=True):
         os.preadv(pagemap, [entries], low // PAGE * 8)
     if held:
-        sys.modules["random"] = _held().placeholder(sys.modules["random2"])
+        sys.modules["random"] = _sibling("held").placeholder(sys.modules["random2"])
         importlib.import_module(name)
     warm_up((name,), {name: code})
     for (low, _), entries in zip(ranges, after, strict=True):
