@@ -99,6 +99,16 @@ WARMUP = {
     "matplotlib": "import io\nfig, ax = matplotlib.pyplot.subplots(figsize=(3, 2))\nax.plot([1, 2, 3], [2, 1, 3])\n"
                   "fig.savefig(io.BytesIO(), format='png')\nmatplotlib.pyplot.close(fig)\n",
 }
+# What a typical run of these packages does, as WARMUP is for the others, run only where
+# ``learn_copies`` learns from it: in a child it then discards, never in the zygote.
+LEARN = {
+    "numpy": "a = numpy.linspace(0.0, 1.0, 50)\nfloat(numpy.trapz(a * a, a))\n"
+             "numpy.linalg.solve(numpy.eye(3) * 2.0, numpy.ones(3)).tolist()\n",
+    "scipy": "scipy.stats.norm.cdf(1.0)\nscipy.stats.t.ppf(0.975, 10)\n"
+             "scipy.stats.linregress([1.0, 2.0, 3.0], [2.0, 4.1, 5.9])\n"
+             "scipy.optimize.brentq(lambda t: t * t - 2.0, 0.0, 2.0)\n"
+             "scipy.integrate.quad(lambda t: t * t, 0.0, 1.0)\n",
+}
 # Set before the preload, as the LMS prolog does before it imports numpy (TNL-6456): OpenBLAS
 # must not start a thread per core in a process that forks, under a tight RLIMIT_NPROC. agg:
 # matplotlib's non-interactive backend, the only one a run can use (no display, no GUI toolkit),
@@ -315,14 +325,14 @@ def learn_copies(finder, warmup=None):
     A run copies each page of the zygote's it writes to (reference counts, caches), one page
     fault at a time: 1,600-3,600 pages for a chemcalc, sympy or matplotlib problem. So that a
     spare can copy them ahead (``Spare``), learn which they are, once: for each package of
-    ``WARMUP`` this zygote holds (``finder``: the held ones), in a child that runs its warm-up
-    code as a run would (a held package handed over first), the pages of the private mappings
+    ``WARMUP`` and ``LEARN`` this zygote holds (``finder``: the held ones), in a child that runs
+    that code as a run would (a held package handed over first), the pages of the private mappings
     that its page map shows shared with this zygote before and its own after.
     ``{top-level package: [(address, bytes), ...]}``, adjacent pages joined; a package whose
     learning fails is left out, said on stderr.
     """
     learned = {}
-    for name, code in (WARMUP if warmup is None else warmup).items():
+    for name, code in ({**WARMUP, **LEARN} if warmup is None else warmup).items():
         held = finder is not None and name in finder.modules
         if not held and name not in sys.modules:
             continue

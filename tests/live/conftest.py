@@ -263,10 +263,20 @@ def zygotes():
     PIDs of the slots' zygotes (CODEJAIL_WARM_SANDBOX) on this host: two a slot, light and full;
     not the full one's spare (its child, a zygote's too, forked anew for each of its runs).
     """
+    found = _zygotes_and_spares()
+    return {pid for pid in found if not _is_spare(pid, found)}
+
+
+def spares():
+    """PIDs of the full zygotes' spares on this host (``zygotes``)."""
+    found = _zygotes_and_spares()
+    return {pid for pid in found if _is_spare(pid, found)}
+
+
+def _zygotes_and_spares():
     result = subprocess.run(["pgrep", "-u", ",".join(sandbox_users())], capture_output=True, text=True,
                             check=False)
-    found = {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
-    return {pid for pid in found if not _is_spare(pid, found)}
+    return {pid for pid in map(int, result.stdout.split()) if _is_zygote(pid)}
 
 
 def _is_spare(pid, zygote_pids):

@@ -321,7 +321,7 @@ def test_a_full_zygote_runs_each_run_in_a_spare_forked_before_the_run_came(run_d
     full_pid = eventually(lambda: [pid for pid in children(os.getpid()) if children(pid)], bool)
     assert len(full_pid) == 1
     full_pid = full_pid[0]
-    for _ in range(2):  # the spare forked as the full zygote started, then the one forked after a run
+    for _ in range(2):  # the spare forked as the full zygote started, then the one forked as a run started
         spare = spare_of(full_pid)
         messages, out, err = serve_one(run_dir, full=full_zygote)
         assert messages[0]["pid"] == spare and messages[0]["zygote"] == full_pid, (messages, err)
