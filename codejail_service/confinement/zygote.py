@@ -673,7 +673,6 @@ class Spare:
         finally:
             os._exit(status)
 
-
     def _copy(self, ranges, sock):
         """
         Copy ``ranges`` of its memory (MADV_POPULATE_WRITE), a batch at a time, until its run
