@@ -12,7 +12,9 @@ from .conftest import WARM, spares
 
 # sympy is held by the full zygote and learned (its WARMUP: about 12 MiB); mpmath (sympy's own
 # dependency, so in every sandbox that has sympy) is preloaded, not learned.
-SYMPY_RUN = "import sympy\nx = sympy.Symbol('x')\nok = sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2) == 1\n"
+# What the spare copies depends on the packages the run names, not on what it does with them: a
+# short run, which a fresh interpreter (the opt-out, a loaded container) imports well within its CPU limit.
+SYMPY_RUN = "import sympy\nok = sympy.Integer(1) + 1 == 2\n"
 MPMATH_RUN = "import mpmath\nok = mpmath.mpf(1) + 1 == 2\n"
 MIB = 1024 * 1024
 
