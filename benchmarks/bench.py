@@ -29,6 +29,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -149,10 +150,10 @@ async def one_request(host, port, request, check):
         return "connect_error", time.perf_counter() - start, 0
     try:
         writer.write(request)
-        raw = await asyncio.wait_for(reader.read(-1), READ_TIMEOUT - (time.perf_counter() - start))
+        raw = await asyncio.wait_for(read_answer(reader), READ_TIMEOUT - (time.perf_counter() - start))
     except TimeoutError:
         return "timeout", time.perf_counter() - start, 0
-    except OSError:
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
         return "io_error", time.perf_counter() - start, 0
     finally:
         writer.close()
@@ -178,6 +179,28 @@ async def one_request(host, port, request, check):
         return "emsg", elapsed, len(raw), answer["emsg"][:400]
     outcome = "ok" if check(answer.get("globals_dict", {})) else "wrong_result"
     return outcome, elapsed, len(raw), None, server_timing(headers.get("server-timing", ""))
+
+
+async def read_answer(reader):
+    """
+    An HTTP answer, read as the LMS's client (requests) reads one: to the end of its body (its
+    Content-Length, or its last chunk), not to the connection's close, which the service may
+    close later (it ends the run's processes once it has answered: sandbox/run.py).
+    """
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return head + await reader.readexactly(int(value))
+        if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
+            body = b""
+            while not body.endswith(b"\r\n0\r\n\r\n") and body != b"0\r\n\r\n":
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                body += chunk
+            return head + body
+    return head + await reader.read(-1)
 
 
 def server_timing(value):
@@ -468,13 +491,16 @@ def stop_service(process):
         process.wait()
 
 
-def run_cell(host, port, scenario, concurrency, duration, memory):
+def run_cell(host, port, scenario, concurrency, duration, memory, log_path=None):
     code, globals_dict, check = SCENARIOS[scenario]
     request = multipart_request(host, port, code, globals_dict)
     cpu_before = memory.cpu_seconds()
     zygotes_before = Zygotes.cpu_seconds()
+    log_offset = os.path.getsize(log_path) if log_path else None
     with memory:
         results, elapsed = asyncio.run(drive(host, port, request, check, concurrency, duration))
+    time.sleep(0.1)  # the last runs' ends, logged after their answers
+    after = after_the_answer(log_path, log_offset) if log_path else []
     cpu_after = memory.cpu_seconds()
     zygotes_after = Zygotes.cpu_seconds()
     outcomes = {}
@@ -514,29 +540,63 @@ def run_cell(host, port, scenario, concurrency, duration, memory):
             round(sum(zygotes_after[pid] - zygotes_before[pid] for pid in zygotes_after) * 1000 / len(results), 1)
             if results and zygotes_after and set(zygotes_before) == set(zygotes_after) else None),
         "zygotes_replaced": len(set(zygotes_after) - set(zygotes_before)),
-        "stages_p50_ms": stages_p50([result for result in results if result[0] == "ok"]),
+        "stages_p50_ms": {**stages_p50([result for result in results if result[0] == "ok"]),
+                          **medians(after, AFTER_STAGES + COUNTS)},
     }
 
 
-# The stages a run's time is split into by the service (sandbox/run.py), in order; "http" is
-# the rest of what the client waited: connection, HTTP parsing, Django, the view's checks, JSON.
-STAGES = ("admit", "prepare", "start", "run", "leftovers", "cleanup", "release")
+# What a run does after its answer, which the service logs (sandbox/run.py, Run.release): the
+# stages, and what the run's processes used as its zygote counted it (warm runs only).
+AFTER_STAGES = ("leftovers", "cleanup", "release")
+AFTER_LINE = re.compile(r"ended after its answer: (.*)$")
+
+
+def after_the_answer(log_path, offset):
+    """``[{name: number}]``, one per run that ended in the service's log since ``offset``."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        lines = log.read().decode("utf-8", "replace").splitlines()
+    ended = []
+    for line in lines:
+        match = AFTER_LINE.search(line)
+        if match:
+            figures = {}
+            for part in match.group(1).split(","):
+                name, _, value = part.strip().partition(" ")
+                try:
+                    figures[name] = float(value.split()[0])
+                except (ValueError, IndexError):
+                    pass
+            ended.append(figures)
+    return ended
+
+
+def medians(figures, names):
+    """The median of each of ``names`` over ``figures`` (dicts), where any has it."""
+    found = {}
+    for name in names:
+        values = [figure[name] for figure in figures if name in figure]
+        if values:
+            found[name] = round(percentile(values, 0.5), 2)
+    return found
+
+
+# The stages of a run to its answer (Server-Timing: sandbox/run.py), in order; "http" is the rest
+# of what the client waited: connection, HTTP parsing, Django, the view's checks, codejail's
+# reading of the globals, JSON.
+STAGES = ("admit", "prepare", "start", "run")
 COUNTS = ("cpu-ms", "faults", "reap-ms")
 
 
 def stages_p50(ok_results):
-    """The median of each stage (ms), of ``http`` (the rest) and of each count, over ``ok_results``."""
+    """The median of each stage (ms) to the answer and of ``http`` (the rest), over ``ok_results``."""
     timings = [(result[1] * 1000, result[4]) for result in ok_results if len(result) > 4 and result[4]]
     if not timings:
         return {}
-    medians = {}
-    for name in STAGES + COUNTS:
-        values = [timing[name] for _, timing in timings if name in timing]
-        if values:
-            medians[name] = round(percentile(values, 0.5), 2)
-    medians["http"] = round(percentile([total - sum(timing.get(name, 0) for name in STAGES)
-                                        for total, timing in timings], 0.5), 2)
-    return medians
+    found = medians([timing for _, timing in timings], STAGES)
+    found["http"] = round(percentile([total - sum(timing.get(name, 0) for name in STAGES)
+                                      for total, timing in timings], 0.5), 2)
+    return found
 
 
 def _cpu_per_request(before, after, index, count):
@@ -575,12 +635,14 @@ def print_table(cells):
 def print_stages(cells, own):
     """Where a run's time goes (medians), and the service's share beside the code's own cost."""
     print("\nwhere a run's time goes, ms (medians of answered runs: Server-Timing; admit: the wait for a slot; "
-          "start: the zygote's fork or a fresh interpreter's spawn; run: the code to its answer, with its process's "
-          "exit and reaping; leftovers, cleanup, release: after it; http: the rest, HTTP and Django). cpu/faults/reap: "
-          "the run's processes' CPU ms and page faults, and the zygote's ms to end the run, warm only. "
+          "start: the zygote's fork or a fresh interpreter's spawn; run: the code to its answer (a warm run's: "
+          "its status, said before its process exits); http: the rest, HTTP, Django and codejail). After the "
+          "answer, from the service's log, not waited for: leftovers (its processes' exit and reaping, and the check "
+          "that none is left), cleanup (its files), release (of its slot); cpu/faults/reap: the run's processes' "
+          "CPU ms and page faults, and the zygote's ms to end the run once its process had exited, warm only. "
           "own: the code in a warm interpreter (no service); added: p50 - own.\n")
     header = (f"{'scenario':<11}{'c':>4}{'p50':>8}{'own':>7}{'added':>7}{'http':>7}"
-              + "".join(f"{name:>9}" for name in STAGES + COUNTS))
+              + "".join(f"{name:>9}" for name in STAGES + AFTER_STAGES + COUNTS))
     print(header)
     print("-" * len(header))
     for cell in cells:
@@ -590,7 +652,7 @@ def print_stages(cells, own):
         cell["own_p50_ms"], cell["added_p50_ms"] = own_ms, added
         print(f"{cell['scenario']:<11}{cell['concurrency']:>4}{_fmt(cell['ok_p50_ms'], 8)}{_fmt(own_ms, 7)}"
               f"{_fmt(added, 7)}{_fmt(stages.get('http'), 7)}"
-              + "".join(_fmt(stages.get(name), 9) for name in STAGES + COUNTS))
+              + "".join(_fmt(stages.get(name), 9) for name in STAGES + AFTER_STAGES + COUNTS))
 
 
 def measure_own_cost(scenarios, runs=30):
@@ -692,7 +754,7 @@ def main(argv=None):
     if args.url:
         host, port = args.url.split("://", 1)[1].rstrip("/").rsplit(":", 1)
         port = int(port)
-        master_pid = None
+        master_pid = log_path = None
     else:
         if os.geteuid() != 0:
             raise SystemExit("bench starts the service as the app user: run it as root (make bench)")
@@ -715,11 +777,11 @@ def main(argv=None):
             floors.append(floor)
             floor_cpus.append(floor_cpu)
             # Warm up: the first runs of a scenario fill the page cache.
-            run_cell(host, port, scenario, 2, 1.0, memory)
+            run_cell(host, port, scenario, 2, 1.0, memory, log_path)
             for index, concurrency in enumerate(concurrencies):
                 profile = Profile(scenario, concurrency) if args.perf and index == 0 else None
                 with profile or contextlib.nullcontext():
-                    cell = run_cell(host, port, scenario, concurrency, args.duration, memory)
+                    cell = run_cell(host, port, scenario, concurrency, args.duration, memory, log_path)
                 if profile is not None:
                     cell["profile"] = profile.report()
                 cell["floor_index"] = len(floors) - 1

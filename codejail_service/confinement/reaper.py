@@ -29,6 +29,7 @@ response goes, whatever the code did: a fork chain that outruns ``pkill -g`` die
 """
 import os
 import resource
+import select
 import signal
 import time
 
@@ -331,13 +332,17 @@ def supervise(child, leader, watchdog):
         _exit_like(status)
 
 
-def watch(child, watchdog, leader=None, stderr=2, group=None):
+def watch(child, watchdog, leader=None, stderr=2, group=None, ending=None):
     """
     Wait until ``child`` exits, ``leader`` (if given) dies, or ``watchdog`` (a RunWatchdog, or
     None) finds the run over a bound. ``child``'s wait status; past a bound, as if killed by the
     watchdog's signal, with its note written to the run's ``stderr`` (a descriptor: the app
     reads it to its end, so the write cannot block for long); None if the leader died first.
     ``group``: as for ``kill_the_rest``. SIGCHLD (and LEADER_GONE) must be blocked: they are waited for.
+
+    ``ending``: ``(fd, heard)``, a pipe on which the run may say it is done (a zygote's run:
+    zygote.py, ``say_done``): what it says there is handed to ``heard`` and None returned, its
+    process not yet reaped.
     """
     status = None
     next_look = 0.0
@@ -355,8 +360,27 @@ def watch(child, watchdog, leader=None, stderr=2, group=None):
                 kill_the_rest(group)
                 _say(stderr, f"\n[codejail-service: the run was ended: {verdict[1]}]\n")
                 return verdict[0]  # as a wait status: killed by that signal
-        signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE},
-                            max(next_look - now, 0.001) if watchdog is not None else 1.0)
+        timeout = max(next_look - now, 0.001) if watchdog is not None else 1.0
+        if ending is None:
+            signal.sigtimedwait({signal.SIGCHLD, LEADER_GONE}, timeout)
+            continue
+        # SIGCHLD does not end the wait on the pipe: the run's exit closes it (its end of file),
+        # unless a process of the run holds it too, so it is looked at no less often than this.
+        fd, heard = ending
+        looking = select.poll()
+        looking.register(fd, select.POLLIN)
+        if looking.poll(min(timeout, ENDING_LOOK_SECONDS) * 1000):
+            said = os.read(fd, ENDING_BYTES)
+            if said:
+                heard(said)
+                return None
+            ending = None  # the run has closed it: SIGCHLD says when it has exited
+
+
+# How often a run whose ending pipe is still open is reaped if it exits without a word (a process
+# of the run holds the pipe too), and the most a run's word is read from it.
+ENDING_LOOK_SECONDS = 0.05
+ENDING_BYTES = 16
 
 
 def _say(fd, note):

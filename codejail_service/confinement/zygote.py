@@ -561,14 +561,16 @@ def forward(full, request, fds, conn, retire):
     which it answers on) and wait until it has served it; False if the full zygote has gone.
     """
     try:
-        socket.send_fds(full, [json.dumps({"request": request, "retire": retire}).encode()], [conn.fileno(), *fds])
+        try:
+            socket.send_fds(full, [json.dumps({"request": request, "retire": retire}).encode()],
+                            [conn.fileno(), *fds])
+        finally:
+            for fd in fds:  # the run's pipes are the full zygote's now: the app reads their end as the run's
+                os.close(fd)
         return full.recv(16) == b"done"
     except OSError as exc:
         print(f"codejail zygote: the full zygote has gone: {exc!r}", file=sys.stderr)
         return False
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def serve_forwarded(pair, layer, config, run_env, learned=None):
@@ -663,7 +665,7 @@ class Spare:
             os.closerange(3, own)
             os.closerange(own + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
             self._copy(ranges, theirs)
-            message, fds, _, _ = socket.recv_fds(theirs, 2 * MAX_MESSAGE, 3)  # a request, and what take adds
+            message, fds, _, _ = socket.recv_fds(theirs, 2 * MAX_MESSAGE, len(RUN_FDS))  # a request, and what take adds
             if message:
                 handed = json.loads(message)
                 run(handed["request"], fds, (theirs,), self.layer, self.config, self.run_env, handed["mapped"])
@@ -698,9 +700,14 @@ def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind,
     up after it), tell the app its status and what the run used, with which zygote ran it
     (``kind``, "light" or "full"). ``sockets``: this zygote's, which the run must not keep.
     The next run's spare is forked as this one starts (``Spare.fork``).
+
+    The status goes as soon as the run has said it (``say_done``), before its process has
+    finished exiting; what the run used, with ``"ended"``, once it is reaped and its tmp/ empty.
     """
     mapped = address_space()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ending, ending_w = os.pipe()
+    fds = [*fds, ending_w]  # RUN_FDS
     pid = spare.take(request, fds, mapped) if spare is not None else None
     if pid is None:
         pid = os.fork()
@@ -717,16 +724,26 @@ def serve_run(conn, request, fds, sockets, layer, config, run_env, retire, kind,
     told = _tell(conn, reply)
     if spare is not None:
         spare.fork(request.get("uses", ()))
+
+    def said(status):  # the app reads the end of the run's stderr once this copy is closed too
+        nonlocal told, stderr
+        os.close(stderr)
+        stderr = None
+        told = told and _tell(conn, {"status": status})
+
     try:
         if supervises(config):
-            wait_status, ending = supervise_run(pid, request, layer, config, mapped, stderr)
+            wait_status, ending_seconds, status = supervise_run(pid, request, layer, config, mapped, stderr, ending,
+                                                                said)
         else:
-            (_, wait_status), ending = os.waitpid(pid, 0), 0.0
+            (_, wait_status), ending_seconds, status = os.waitpid(pid, 0), 0.0, None
     finally:
-        os.close(stderr)
+        if stderr is not None:
+            os.close(stderr)
+        os.close(ending)
     if told:
-        _tell(conn, {"status": os.waitstatus_to_exitcode(wait_status),
-                     "counts": dict(run_counts(before, ending), zygote=kind)})
+        _tell(conn, {"status": os.waitstatus_to_exitcode(wait_status) if status is None else status,
+                     "counts": dict(run_counts(before, ending_seconds), zygote=kind), "ended": True})
 
 
 def _tell(conn, message):
@@ -739,19 +756,37 @@ def _tell(conn, message):
         return False
 
 
-def supervise_run(pid, request, layer, config, mapped, stderr):
+def supervise_run(pid, request, layer, config, mapped, stderr, ending, said):
     """
     Be the reaper of the run ``pid`` (confinement/reaper.py), as a fresh run's own reaper
-    process is: wait until it exits, or its processes together go past their memory or CPU bound
-    (from the run's rlimits, as the run states them); then kill its process group (every
-    process of the run: none can leave it), reap them all (this zygote is their subreaper) and
-    empty its tmp/. The run's wait status. Nothing here may raise: the zygote serves on.
+    process is: wait until it exits, says it is done on ``ending`` (its end of the RUN_FDS pipe:
+    ``say_done``), or its processes together go past their memory or CPU bound (from the run's
+    rlimits, as the run states them); then kill its process group (every process of the run:
+    none can leave it), reap them all (this zygote is their subreaper) and empty its tmp/.
+
+    A run that said its status has closed its output and has only its exit left: ``said`` is
+    called with that status as its process group is killed, so the app may answer while the
+    process still unmaps its memory. Whatever the code wrote there instead (it may write to any
+    of its descriptors) only ends it sooner: the code could have exited with any status itself.
+
+    ``(wait status, seconds to end the run once its process had exited, status it said or None)``.
+    Nothing here may raise: the zygote serves on.
     """
     limits = {name: soft for name, soft, _ in request["rlimits"]}
     memory = layer.reaper.memory_bound(config, soft=limits.get(resource.RLIMIT_AS, resource.RLIM_INFINITY))
     cpu = layer.reaper.cpu_bound(config, soft=limits.get(resource.RLIMIT_CPU, resource.RLIM_INFINITY))
     watchdog = layer.reaper.RunWatchdog(memory, cpu, group=pid) if memory or cpu else None
-    status = layer.reaper.watch(pid, watchdog, stderr=stderr, group=pid)
+    heard = []
+    status = layer.reaper.watch(pid, watchdog, stderr=stderr, group=pid, ending=(ending, heard.append))
+    status_said = exit_status(heard[0]) if heard else None
+    if status is None:  # it said it is done: it ends now, and is reaped once it has exited
+        try:
+            os.kill(-pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if status_said is not None:
+            said(status_said)
+        status = os.waitpid(pid, 0)[1]
     ended = time.perf_counter()
     layer.reaper.kill_the_rest(group=pid)
     home = os.open(".", os.O_PATH | os.O_CLOEXEC)
@@ -763,7 +798,19 @@ def supervise_run(pid, request, layer, config, mapped, stderr):
     finally:
         os.fchdir(home)
         os.close(home)
-    return status, time.perf_counter() - ended
+    return status, time.perf_counter() - ended, status_said
+
+
+def exit_status(said):
+    """
+    The exit status a run said (``say_done``: its decimal digits, bytes), or None if it is not one
+    (something the code wrote there).
+    """
+    try:
+        status = int(said.decode("ascii"), 10)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return status if 0 <= status <= 255 and said == str(status).encode() else None
 
 
 def run_counts(before, ending):
@@ -850,9 +897,9 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
     try:
         for sock in sockets:
             sock.close()
-        for target, fd in enumerate(fds):  # over the zygote's stdin (its listener) and stdio
+        for target, fd in enumerate(fds):  # RUN_FDS: over the zygote's stdin (its listener) and stdio
             os.dup2(fd, target)
-        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
+        os.closerange(len(RUN_FDS), resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # nothing of the zygote's
         os.setsid()  # a process group of its own, as codejail's preexec gives a fresh run
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # a fresh process's (the zygote waits for SIGCHLD)
         os.chdir(request["cwd"])
@@ -863,11 +910,45 @@ def run(request, fds, sockets, layer, config, run_env, mapped=0):  # pragma: no 
         apparmor_enter_sandbox()  # where AppArmor confines: the profile a fresh run would get
         layer.ADDRESS_SPACE_OFFSET = mapped  # the run's memory bound counts from its VMEM, as RLIMIT_AS
         layer.confine_or_exit(config, forked=True, forked_by="zygote")  # as the .pth hook: or refuse, run nothing
-        status = run_jailed_code()
+        status = exit_code(run_jailed_code())
+        say_done(status)
     except BaseException:  # the zygote's own failure: say it where the app looks
         os.write(2, f"codejail zygote: the run could not start:\n{traceback.format_exc()}".encode())
     finally:
         os._exit(status)
+
+
+# A run's descriptors, as its zygote hands them to it: the app's three pipes, and the pipe on
+# which the run says its status to its zygote before it exits (``say_done``).
+RUN_FDS = ("stdin", "stdout", "stderr", "ending")
+ENDING = RUN_FDS.index("ending")
+
+
+def say_done(status):  # pragma: no cover -- in the forked child
+    """
+    In the run, its code over and its output flushed: close every descriptor but ``ENDING`` (so
+    the app reads the end of the run's output now), then say ``status`` there. Its zygote then
+    tells the app, which answers while this process still unmaps its memory at exit (2-6 ms
+    for a full run: its page tables and the pages it copied).
+    """
+    os.closerange(ENDING + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    os.closerange(0, ENDING)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+    except OSError:
+        pass
+    try:
+        os.write(ENDING, str(status).encode())
+    except OSError:
+        pass  # the code closed it: its zygote hears of the run at its exit
+
+
+def exit_code(status):
+    """
+    The exit status a fresh interpreter gives for ``sys.exit(status)`` (an int): CPython takes it
+    as a C long (-1 past one), truncated to an int, of which the kernel keeps the low 8 bits.
+    """
+    return (status if -2**63 <= status < 2**63 else -1) & 0xFF
 
 
 # The random generators the preloaded modules make, unseeded, as they are imported: each forked run

@@ -85,11 +85,10 @@ def _run():
 @contextlib.contextmanager
 def temp_directory():
     """codejail's ``util.temp_directory``: the run's directory, removed after the run."""
-    path = _run().make_run_dir()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
+    run = _run()
+    path = run.make_run_dir()
+    run.cleanup.callback(shutil.rmtree, path)  # as the slot is released, after the run's answer
+    yield path
 
 
 def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=None, slug=None):
@@ -106,4 +105,6 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
         status, stdout, stderr = runner.run_program(run, command, stdin=stdin, cwd=cwd, env=env, slug=slug)
         run.status, run.answered_an_object = status, stdout.lstrip()[:1] == b"{"
         return status, stdout, stderr
-    return runner.clean_tmp(run, os.path.join(run.run_dir, "tmp"))
+    # As the slot is released, after the run's answer and its processes' end (Run.release).
+    run.cleanup.callback(runner.clean_tmp, run, os.path.join(run.run_dir, "tmp"))
+    return 0, b"", b""  # codejail does not look at it

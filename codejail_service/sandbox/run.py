@@ -7,15 +7,27 @@ has made them, its run directory and its limits. It is passed down explicitly, f
 through ``execution.run_code`` to ``codejail_extension.safe_exec``; only inside codejail's own
 ``jail_code`` is it carried by one context variable (codejail_extension.py).
 
+What a run leaves (its processes' last exit, its ``tmp/`` and directory) is cleaned up after its
+answer, as its slot is released (``release``): ``ending``, then ``cleanup``. The API releases the
+slot once the answer has been sent (apps/api/v0/views.py).
+
 It also keeps where its time went (``stages``: ``mark`` at each boundary), which the API answers
 in a ``Server-Timing`` header and ``make bench`` sums (docs/decisions/0011-a-run-costs-a-fork.rst).
 """
+import contextlib
+import logging
 import time
 
 from codejail_service.sandbox import config, pool
 
+log = logging.getLogger(__name__)
+
 WARM = "warm"
 FRESH = "fresh"
+
+
+# The stages of a run after its answer, in order (``release``).
+AFTER_THE_ANSWER = ("answer", "leftovers", "cleanup", "release")
 
 
 class Run:
@@ -39,6 +51,12 @@ class Run:
         # that it names (zygote_client.needs).
         self.light = False
         self.uses = ()
+        # Done as the slot is released, after the answer: ``ending`` (set once its program has
+        # answered) waits until none of its processes is left; then ``cleanup``'s callbacks (last
+        # pushed, first done) remove what it left in its directory, and the directory.
+        self.ending = None
+        self.cleanup = contextlib.ExitStack()
+        self.released = False
 
     @classmethod
     def in_slot(cls, slot, waited=0.0):
@@ -81,10 +99,29 @@ class Run:
         return self.run_dir
 
     def release(self):
-        """The run is over (its directory removed): free its slot."""
-        self.mark("cleanup")  # codejail's work since the program's answer (reading globals, rmtree)
-        self.slot.release()
-        self.mark("release")
+        """
+        The run is over: end what is left of it (``ending``, ``cleanup``), then free its slot.
+        Done once, however often called; what fails is logged, and the slot is freed all the same.
+        """
+        if self.released:
+            return
+        self.released = True
+        try:
+            self.mark("answer")  # since the program's answer: codejail reads the globals, the API answers
+            if self.ending is not None:
+                self.ending()
+            self.mark("leftovers")  # the run's processes' last exit, and the check that none is left
+            self.cleanup.close()
+        except Exception:  # noqa: BLE001 -- after the answer: nobody else would see it
+            log.exception("Cleaning up after %r failed", self)
+        finally:
+            self.mark("cleanup")  # its tmp/ and run directory
+            self.slot.release()
+            self.mark("release")
+        # What the answer did not wait for (make bench reads it from the log).
+        after = [f"{name} {self.stages[name] * 1000:.2f} ms" for name in AFTER_THE_ANSWER if name in self.stages]
+        after += [f"{name} {count}" for name, count in self.counts.items()]
+        log.info("Run in %s ended after its answer: %s", self.run_dir, ", ".join(after))
 
     def __enter__(self):
         return self

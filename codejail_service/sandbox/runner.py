@@ -100,12 +100,8 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
         status = process.wait()
     finally:
         watch.stop()
-    run.mark("run")  # the code, its process's exit, and its reaper's end of the run
-    run.counts.update(getattr(process, "counts", {}))
-    if run.pooled:
-        # No process of the run outlives its answer; the slot's zygote stays.
-        processes.end_leftovers(run.user)
-        run.mark("leftovers")
+    run.mark("run")  # the code to its answer (a warm run's: its status, said before its exit)
+    run.ending = functools.partial(_end, run, process)
     if truncated:
         log.warning("stdout of %r exceeded %d bytes: truncated (status %s)", slug, stdout_limit, status)
         stderr += (f"\n[codejail-service: output truncated: the run wrote more than {stdout_limit} bytes to "
@@ -115,6 +111,20 @@ def run_program(run, command, stdin=None, cwd=None, env=None, slug=None):
     if status != 0 and run.run_dir is not None:
         stdout, stderr = (_as_codejail_names_it(run.run_dir, stream) for stream in (stdout, stderr))
     return status, stdout, stderr
+
+
+def _end(run, process):
+    """
+    After ``run``'s answer, before its slot is released: wait until its zygote has reaped it
+    (``WarmRun.finish``; a fresh run's reaper did before its leader exited), then, in a pool
+    slot, until no process of the run is left (the slot's zygote stays).
+    """
+    finish = getattr(process, "finish", None)
+    if finish is not None:
+        finish()
+        run.counts.update(process.counts)
+    if run.pooled:
+        processes.end_leftovers(run.user)
 
 
 def clean_tmp(run, tmp_dir):

@@ -58,6 +58,10 @@ SUCCESSOR_TIMEOUT_SECONDS = 120
 # zygotes keep failing (a broken sandbox venv, sudoers) serves fresh interpreters meanwhile,
 # instead of starting a preload (~2.5 s of CPU) for each of its runs.
 RETRY_AFTER_FAILURE_SECONDS = 30
+# How long, after a run's answer, its zygote may take to end it (its process's exit, emptying
+# its tmp/) before what is left is ended by the app (processes.end_leftovers). Its processes are
+# killed when it has said its status, and an exit takes well under a second even under emulation.
+FINISH_SECONDS = 5.0
 MAX_MESSAGE = 4096
 # Users whose zygote's successor a thread of this process is starting.
 _replacing = set()
@@ -357,11 +361,17 @@ def _run(user, cwd, rlimits, light=False, uses=()):
 
 
 class WarmRun:
-    """A run forked by a zygote, with what ``run_subprocess`` uses of a ``Popen``."""
+    """
+    A run forked by a zygote, with what ``run_subprocess`` uses of a ``Popen``. Its zygote tells
+    its status as soon as the run has said it (its output closed, its process exiting), then,
+    with ``"ended"``, what it used once it is reaped and its tmp/ is empty: ``wait`` returns at
+    the first, ``finish`` (after the answer) at the second.
+    """
 
     def __init__(self, conn, stdin_fd, stdout_fd, stderr_fd):
         self.pid = None
         self.returncode = None
+        self.ended = False
         self.counts = {}  # what the run's processes used, as its zygote counted it
         self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
         self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
@@ -378,7 +388,7 @@ class WarmRun:
         """
         select.select([self._conn], [], [], timeout)
         with self._lock:
-            if self.returncode is not None:
+            if self.ended:
                 return None
             try:
                 message = self._conn.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
@@ -389,8 +399,10 @@ class WarmRun:
             if not message:
                 raise ZygoteGone("the zygote closed the connection (it died?)")
             reply = json.loads(message)
-            if "status" in reply:
+            if "status" in reply and self.returncode is None:
                 self.returncode = reply["status"]
+            if reply.get("ended"):
+                self.ended = True
                 self.counts = reply.get("counts", {})
             return reply
 
@@ -401,11 +413,26 @@ class WarmRun:
         return self.returncode
 
     def wait(self):
-        """Wait for the run to end (codejail's time limit ends it); its status."""
+        """Wait for the run's status (codejail's time limit ends the run); its status."""
         while self.returncode is None:
             self.receive(0.1)
-        self.close()
         return self.returncode
+
+    def finish(self, timeout=FINISH_SECONDS):
+        """
+        After its answer: wait, up to ``timeout`` seconds, until the zygote has ended the run
+        (reaped, its tmp/ emptied), then close what is left of it. True if it said so; else
+        (it died, or is slower) ``processes.end_leftovers`` ends what is left.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.ended and (left := deadline - time.monotonic()) > 0:
+                self.receive(left)
+        except ZygoteGone:
+            log.warning("The zygote of run %s has gone before it ended the run", self.pid)
+        finally:
+            self.close()
+        return self.ended
 
     def close(self):
         for pipe in (self.stdin, self.stdout, self.stderr):

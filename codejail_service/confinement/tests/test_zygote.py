@@ -106,6 +106,57 @@ def test_the_run_ends_as_the_interpreter_would(run_dir, code, status, in_stderr)
     assert in_stderr in err
 
 
+@pytest.mark.parametrize("status", ["300", "-1", "2 ** 40", "2 ** 64", "True"])
+def test_the_exit_status_is_a_fresh_interpreters_for_any_int(run_dir, status):
+    write_code(run_dir, f"import sys\nsys.exit({status})")
+    fresh = subprocess.run([sys.executable, "-E", "-B", "jailed_code"], cwd=run_dir, capture_output=True, check=False)
+    messages, _, err = serve_one(run_dir)
+    assert [message["status"] for message in messages[1:]] == [fresh.returncode] * 2, (messages, err)
+
+
+def test_the_status_is_told_before_the_run_has_ended_then_what_it_used(run_dir):
+    # Said by the run (its output closed) before its exit: the app answers on the first.
+    write_code(run_dir, "import sys\nprint('out')\nsys.exit(5)")
+    messages, out, _ = serve_one(run_dir)
+    assert messages[1] == {"status": 5}
+    assert messages[2]["status"] == 5 and messages[2]["ended"] is True and "cpu-ms" in messages[2]["counts"]
+    assert out == b"out\n"
+
+
+def test_a_run_whose_code_closed_the_ending_pipe_is_told_once_it_has_exited(run_dir):
+    # Its twin above: without the pipe, the one message after the reaping.
+    write_code(run_dir, f"import os, sys\nos.close({zygote.ENDING})\nsys.exit(5)")
+    messages, _, err = serve_one(run_dir)
+    assert len(messages) == 2 and messages[1]["status"] == 5 and messages[1]["ended"] is True, (messages, err)
+
+
+@pytest.mark.parametrize(("said", "told"), [(b"7", [7, 7]), (b"x", [-9])])
+def test_what_the_code_says_on_the_ending_pipe_ends_it_at_once(run_dir, said, told):
+    # A status (any the code could have exited with) is told; anything else only ends the run.
+    write_code(run_dir, f"import os, time\nos.write({zygote.ENDING}, {said!r})\ntime.sleep(30)")
+    started = time.monotonic()
+    messages, _, err = serve_one(run_dir)
+    assert time.monotonic() - started < 10
+    assert [message["status"] for message in messages[1:]] == told, (messages, err)
+
+
+def test_a_run_that_says_nothing_runs_to_its_end(run_dir):
+    # The twin of the one above: the zygote waits for it.
+    write_code(run_dir, "import time\ntime.sleep(0.3)")
+    started = time.monotonic()
+    messages, _, err = serve_one(run_dir)
+    assert time.monotonic() - started >= 0.3
+    assert [message["status"] for message in messages[1:]] == [0, 0], (messages, err)
+
+
+@pytest.mark.parametrize(("said", "status"), [
+    (b"0", 0), (b"255", 255), (b"256", None), (b"-1", None), (b"07", None), (b" 7", None), (b"7x", None),
+    (b"\xff", None), (b"", None),
+])
+def test_only_an_exit_status_said_on_the_ending_pipe_is_one(said, status):
+    assert zygote.exit_status(said) == status
+
+
 FAILURES = {
     "raised_in_a_function": "def grade(x):\n    return {}[x]\n\ngrade('answer')\n",
     "chained": "try:\n    1 / 0\nexcept ZeroDivisionError as exc:\n    raise ValueError('no') from exc\n",
@@ -252,7 +303,7 @@ PARENT_CODE = "import os, sys\nprint(os.getppid(), 'scipy' in sys.modules)\n"
 def test_a_light_run_is_forked_by_the_light_zygote_itself(run_dir, full_zygote):
     write_code(run_dir, PARENT_CODE)
     messages, out, err = serve_one(run_dir, full=full_zygote, light=True)
-    assert messages[1]["status"] == 0 and messages[1]["counts"]["zygote"] == "light", (messages, err)
+    assert messages[1]["status"] == 0 and messages[-1]["counts"]["zygote"] == "light", (messages, err)
     assert out.split() == [str(os.getpid()).encode(), b"False"]
 
 
@@ -261,7 +312,7 @@ def test_any_other_run_is_forked_by_the_full_zygote_which_exits_with_the_light_o
     for extra in ({}, {"light": False}, {"light": "yes"}):  # only an explicit true is light
         messages, out, err = serve_one(run_dir, full=full_zygote, **extra)
         assert messages[0]["pid"] > 0 and messages[1]["status"] == 0, (messages, err)
-        assert messages[1]["counts"]["zygote"] == "full"
+        assert messages[-1]["counts"]["zygote"] == "full"
         full_pid = int(out.split()[0])
         assert full_pid not in (os.getpid(), 0) and messages[0]["zygote"] == full_pid
     full_zygote.close()  # the light zygote has gone
@@ -703,7 +754,7 @@ def test_allow_a_run_within_its_cpu_bound_across_processes(run_dir, monkeypatch)
 def test_a_runs_status_says_what_its_processes_used(run_dir):
     write_code(run_dir, "x = [0] * 10**6")
     messages, _, err = serve_one(run_dir)
-    counts = messages[1]["counts"]
+    counts = messages[-1]["counts"]
     assert messages[1]["status"] == 0, err
     assert counts["cpu-ms"] > 0 and counts["faults"] > 1000 and counts["reap-ms"] >= 0  # 8 MB of new pages
 

@@ -86,10 +86,15 @@ def test_codejail_builds_the_run_and_the_runner_runs_the_runs_own_command_lines(
             mock.patch("subprocess.run") as cleanup:
         globals_dict = {"x": 1}
         codejail_extension.safe_exec("x = x + 1", globals_dict, run=configured, slug="s1")
-    run = configured
+        run = configured
+        # What the run left is removed as its slot is released, after its answer.
+        assert os.path.isfile(os.path.join(run.run_dir, "tmp", "left.txt"))
+        with mock.patch.object(run.slot, "release") as release:
+            run.release()
+        release.assert_called_once_with()
     assert globals_dict == {"x": 2}
     assert seen["run"] is run and seen["cwd"] == run.run_dir and seen["env"] == {} and seen["slug"] == "s1"
-    assert not os.path.exists(run.run_dir)  # removed after the run
+    assert not os.path.exists(run.run_dir)
     # The run's limits are codejail's, as it handed them to its subprocess.
     assert run.realtime == 3 and dict(run.rlimits) == dict(jail_code.create_rlimits(jail_code.get_effective_limits()))
     # codejail's own command lines are the ones the runner runs (the cleanup with sudo -n).

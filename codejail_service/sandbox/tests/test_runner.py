@@ -31,7 +31,9 @@ def run_subprocess(cmd, stdin=None, cwd=None, env=None, rlimits=None, realtime=N
     """``runner.run_program`` for a fresh run of ``cmd`` (outside any pool slot unless ``slot``)."""
     run = Run(slot or Slot(None, "codejail-sandbox", None), FRESH)
     run.run_dir, run.rlimits, run.realtime = run_dir, tuple(rlimits or ()), realtime
-    return runner.run_program(run, cmd, stdin=stdin, cwd=cwd, env=env, slug=slug)
+    result = runner.run_program(run, cmd, stdin=stdin, cwd=cwd, env=env, slug=slug)
+    run.ending()  # after the answer, as the slot is released (Run.release)
+    return result
 
 
 # --- output cap ---------------------------------------------------------------------------------

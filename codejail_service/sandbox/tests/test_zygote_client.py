@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from unittest import mock
 
 import pytest
@@ -36,7 +37,9 @@ def run_program(slot, cmd, stdin=None, cwd=None, rlimits=(), realtime=None):
     """The runner's ``run_program`` for a warm run in ``slot``."""
     run = Run(slot, WARM)
     run.rlimits, run.realtime = tuple(rlimits), realtime
-    return runner.run_program(run, cmd, stdin=stdin, cwd=cwd)
+    result = runner.run_program(run, cmd, stdin=stdin, cwd=cwd)
+    run.ending()  # after the answer, as the slot is released (Run.release)
+    return result
 
 
 class FakeZygote(threading.Thread):
@@ -82,6 +85,7 @@ class FakeZygote(threading.Thread):
             for pipe in (stdin, stdout, stderr):
                 pipe.close()
             conn.send(json.dumps({"status": self.status}).encode())
+            conn.send(json.dumps({"status": self.status, "counts": {"cpu-ms": 1.0}, "ended": True}).encode())
 
     def stop(self):
         self.listener.close()
@@ -114,6 +118,40 @@ def test_a_warm_run_is_handed_to_the_zygote(warm, settings):
     assert result == (0, b"out", b"err")
     assert zygote.stdin_seen == [b"[1]"]
     warm.end_leftovers.assert_called_once_with("sbx-1")
+
+
+def warm_run():
+    """A WarmRun on a socket pair (the zygote's end second) and pipes nobody writes to."""
+    app, zygote = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = [os.pipe() for _ in range(3)]
+    for _, write_end in ends:
+        os.close(write_end)
+    return zygote_client.WarmRun(app, *(read_end for read_end, _ in ends)), zygote
+
+
+def test_a_warm_runs_status_comes_before_its_end_which_finish_waits_for():
+    warm, zygote = warm_run()
+    zygote.send(json.dumps({"status": 4}).encode())
+    assert warm.wait() == 4 and not warm.ended
+    zygote.send(json.dumps({"status": 4, "counts": {"cpu-ms": 2.5}, "ended": True}).encode())
+    assert warm.finish() is True
+    assert warm.returncode == 4 and warm.counts == {"cpu-ms": 2.5} and warm.stdout.closed
+    zygote.close()
+
+
+def test_a_warm_run_whose_zygote_goes_or_is_slow_is_finished_without_its_end():
+    # The twin of the one above: what is left is the app's to end (processes.end_leftovers).
+    for gone in (True, False):
+        warm, zygote = warm_run()
+        zygote.send(json.dumps({"status": 0}).encode())
+        assert warm.wait() == 0
+        if gone:
+            zygote.close()
+        started = time.monotonic()
+        assert warm.finish(timeout=0.2) is False
+        assert time.monotonic() - started < (0.1 if gone else 1.0)
+        assert warm.stdout.closed and warm.counts == {}
+        zygote.close()
 
 
 @pytest.mark.parametrize("setting", ["CODEJAIL_WARM_SANDBOX", "CODEJAIL_ZYGOTE_SCRIPT", "CODEJAIL_SANDBOX_POOL_SIZE"])

@@ -3,6 +3,7 @@
 import json
 import logging
 import time
+import weakref
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiRequest, OpenApiResponse, extend_schema, inline_serializer
@@ -127,6 +128,24 @@ CODE_EXEC_ANSWER = inline_serializer(
     },
 )
 ERROR_ANSWER = inline_serializer(name="Error", fields={"error": serializers.CharField()})
+
+
+class RunAnswer(Response):
+    """
+    A run's answer. Its slot is released (``Run.release``: the end of the run's processes, its
+    files) once the answer has been sent: the WSGI server closes the response then. Should it
+    never be sent (an error past the view), as it is dropped.
+    """
+
+    def __init__(self, data, run):
+        super().__init__(data)
+        self._release = weakref.finalize(self, run.release)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            self._release()
 
 
 @extend_schema(
@@ -269,7 +288,7 @@ class CodeExecView(APIView):
             )
             response["Retry-After"] = str(exc.retry_after)
             return response
-        with run:
+        try:
             globals_out, emsg = run_code(
                 payload["code"],
                 payload["globals_dict"],
@@ -279,14 +298,17 @@ class CodeExecView(APIView):
                 slug=slug,
                 extra_files=extra_files,
             )
+        except BaseException:
+            run.release()
+            raise
         GATE.ran(run)
         # Every 200 carries globals_dict: the LMS updates its globals from it even on failure.
         if emsg is None:
             set_custom_attribute("codejail_service.status", "executed.success")
-            response = Response({"globals_dict": globals_out})
+            response = RunAnswer({"globals_dict": globals_out}, run)
         else:
             set_custom_attribute("codejail_service.status", "executed.error")
-            response = Response({"globals_dict": globals_out, "emsg": emsg})
+            response = RunAnswer({"globals_dict": globals_out, "emsg": emsg}, run)
         # Where the run's time went (make bench sums these); nothing the caller did not see pass.
         response["Server-Timing"] = run.server_timing()
         return response
