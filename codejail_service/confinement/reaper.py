@@ -25,7 +25,9 @@ RLIMIT_CPU bound each process alone), the reaper SIGKILLs every process left in 
 Landlock domain (kill(-1) reaches only this run's processes, never the leader, another run's or a
 zygote's), reaps them all (it is their subreaper), empties tmp/, and exits as the code did. So
 codejail's pipes close, and the sandbox UID's RLIMIT_NPROC budget is free again, before the
-response goes, whatever the code did: a fork chain that outruns ``pkill -g`` dies here.
+response goes, whatever the code did: a fork chain that outruns ``pkill -g`` dies here. (A
+zygote answers a run that said its status first, as it kills the run's group: zygote.py,
+``supervise_run``; it reaps them after, before the slot's next run.)
 """
 import os
 import resource

@@ -19,7 +19,9 @@ connection, one run:
   "max_seconds": T}`` with the run's stdin, stdout and stderr pipe ends attached (SCM_RIGHTS);
 - zygote -> app: ``{"pid": <pid>}`` at once (its process group, for codejail's time limit), with
   ``"retire": true`` once it has served N runs or T seconds (``Lifetime``), then
-  ``{"status": <returncode as subprocess reports it>}`` when the run has ended.
+  ``{"status": <returncode as subprocess reports it>}`` as soon as the run has said it (its
+  output closed: ``say_done``), and ``{"status": ..., "counts": {...}, "ended": true}`` once the
+  run is reaped and its tmp/ empty (the only message after the pid if the run said nothing).
 
 Or, from the app once a successor listens in this zygote's place: ``{"retire": true}`` (no
 descriptors); it serves the runs already queued, then exits.
@@ -933,10 +935,6 @@ def say_done(status):  # pragma: no cover -- in the forked child
     """
     os.closerange(ENDING + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     os.closerange(0, ENDING)
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, 19)
-    except OSError:
-        pass
     try:
         os.write(ENDING, str(status).encode())
     except OSError:

@@ -5,12 +5,13 @@ the app ends a run's processes.
 Kill paths, from the first to fire to the last resort:
 
 1. the run's reaper (codejail_service/confinement/reaper.py, inside the sandbox) ends every
-   process of the run before its answer; it lives in the sandbox venv and reads /proc itself;
+   process of the run before its answer (a warm run's zygote kills them then, and reaps them
+   after); it lives in the sandbox venv and reads /proc itself;
 2. codejail's time limit (``ProcessKillerThread``: ``sudo pkill -9 -g <pgid>``), started here by
    ``watch``;
 3. the backstop (``watch``): REALTIME + ``BACKSTOP_SECONDS`` later, the process groups of the
    slot's runs (``end_run_processes``), should the reaper have been beaten;
-4. ``end_leftovers``: after the run, before its slot is released, the same;
+4. ``end_leftovers``: after the run's answer, before its slot is released, the same;
 5. a slot's recovery (pool.py), when the worker that held it died: the same.
 
 None of them reaches the slot's zygote: 3 to 5 kill the process groups of the runs' own sessions
@@ -262,11 +263,12 @@ def end_run_processes(user, timeout=None):
 
 def end_leftovers(user):
     """
-    After a run, before its slot is released: nothing of the slot's ``user`` may be left running
-    but its zygotes (a zygote and a successor that may be preloading). The run's reaper ends
-    every process of the run before the run's answer, so this finds nothing, unless the reaper
-    itself was beaten: then, after ``LEFTOVER_GRACE_SECONDS``, the run's process groups are
-    killed (``end_run_processes``); the zygote keeps serving the slot.
+    After a run's answer, before its slot is released: nothing of the slot's ``user`` may be left
+    running but its zygotes (a zygote and a successor that may be preloading). The run's reaper
+    (a warm run's zygote, which the app has waited for: ``WarmRun.finish``) ends every process
+    of the run, so this finds nothing, unless the reaper itself was beaten: then, after
+    ``LEFTOVER_GRACE_SECONDS``, the run's process groups are killed (``end_run_processes``); the
+    zygote keeps serving the slot.
     """
     uid = uid_of(user)
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS

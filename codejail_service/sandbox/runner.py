@@ -36,8 +36,9 @@ docs/decisions/0005-run-cost-and-overload.rst):
   (plus one ``rm`` process per entry). The app user owns ``tmp/`` (codejail makes it 0777,
   without the sticky bit), so it may unlink any entry there itself; only directories the sandbox
   made (whose contents the app may not remove) still need codejail's cleanup as the sandbox user.
-- **No process outlives the run's answer** (processes.py: the time limit, the backstop and
-  ``end_leftovers``), and none of these ends the slot's zygote.
+- **No process of the run runs past its answer**, none is left once its slot is released
+  (processes.py: the time limit, the backstop and ``end_leftovers``, after the answer as the
+  slot is released: ``Run.release``), and none of these ends the slot's zygote.
 """
 
 import collections
