@@ -163,6 +163,85 @@ def acquire_any():
     return next(filter(None, map(try_acquire, range(size))), None)
 
 
+class Place:
+    """
+    A request's place in the line for a slot, shared by every worker that shares the pool (or,
+    without a pool, by this process's requests): a file in ``<slot dir>/line`` (``line.<pid>``),
+    named by when it was taken. Slots are taken in that order: only the ``first`` may try, and
+    a request that finds anyone in line joins it (admission.py). A line kept in memory would
+    be one per worker: requests of one would take slots before older ones of another.
+
+    A place whose process has gone, or older than ``STALE_SECONDS``, is nobody's: removed.
+    """
+
+    def __init__(self):
+        self.line = _line()
+        self.name = f"{time.monotonic_ns():020d}.{os.getpid()}.{threading.get_ident()}"
+        os.close(os.open(os.path.join(self.line, self.name), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                         0o600))
+
+    def first(self):
+        """True when no place taken before this one is still held."""
+        return not any(name < self.name for name in in_line(self.line))
+
+    def leave(self):
+        try:
+            os.unlink(os.path.join(self.line, self.name))
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.leave()
+
+
+# How long a place in line may be held: a request waits at most the LMS's deadline (3.5 s).
+STALE_SECONDS = 10.0
+
+
+def _line():
+    """The directory of the line for a slot (``Place``), made if missing."""
+    path = os.path.join(slot_dir(), "line" if config.current().pool_size else f"line.{os.getpid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    return path
+
+
+def in_line(line=None):
+    """The names of the places held in ``line`` (the line for a slot), oldest first; stale ones removed."""
+    line = line or _line()
+    held = []
+    now = time.monotonic_ns()
+    for name in sorted(os.listdir(line)):
+        try:
+            taken, pid, _ = name.split(".")
+            alive = now - int(taken) < STALE_SECONDS * 1e9 and _process_exists(int(pid))
+        except ValueError:
+            alive = False
+        if alive:
+            held.append(name)
+            continue
+        try:
+            os.unlink(os.path.join(line, name))
+        except FileNotFoundError:
+            pass
+    return held
+
+
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def acquire(index, timeout=10.0):
     """
     Take slot ``index`` (None: this process's turn, without a pool), waiting at most ``timeout``

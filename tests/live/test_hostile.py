@@ -257,10 +257,12 @@ def test_allow_writing_files_within_the_total_cap(run):
 def test_deny_locked_directory_defeating_cleanup(run, known_gap):
     # The reaper restores the run's own locked directories and empties tmp/ before it exits.
     # (known_gap: the aftermath is checked here, and without the reaper, in the sabotage run,
-    # the leaked directory is removed afterwards so the rest of the suite starts clean.)
+    # the leaked directory is removed afterwards so the rest of the suite starts clean.) The
+    # answer does not tell: the run directory is removed after it, as the slot is released.
     result = run("import os\nos.makedirs('tmp/d/e')\nopen('tmp/d/e/f', 'w').close()\n"
                  "os.chmod('tmp/d/e', 0)\nos.chmod('tmp/d', 0)\nr = 1")
     assert result.emsg is None and result.globals.get("r") == 1, result
+    assert known_gap.leftovers()[1] == set(), "the run's directory was left"
     known_gap.check()
 
 

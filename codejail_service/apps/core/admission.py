@@ -8,10 +8,12 @@ run takes; an immediate ``503`` with ``Retry-After`` is an honest answer the cal
 A run needs a free slot of the sandbox user pool (codejail_service/sandbox/pool.py): the pool's size is the
 service's number of concurrent runs, shared by all gunicorn workers (gthread: their threads hold
 the requests), so a request that lands on a worker busy with another run still starts at once
-while any slot is free. When none is, it waits as long as its answer can still reach the LMS in
-time: ``CODEJAIL_ADMISSION["deadline_seconds"]`` (the LMS's 3.5 s), less what the request has
-spent already and what a run takes here (the 90th percentile of this worker's recent runs, at
-least ``MIN_RUN_SECONDS``); at most ``max_waiting`` requests per worker wait. Any other request is
+while any slot is free. When none is (or others already wait), it waits in line (``pool.Place``:
+the oldest request of every worker takes the next free slot, so no request waits while younger
+ones start) as long as its answer can still reach the LMS in time:
+``CODEJAIL_ADMISSION["deadline_seconds"]`` (the LMS's 3.5 s), less what the request has spent
+already and what a run takes here (the 90th percentile of this worker's recent runs, at least
+``MIN_RUN_SECONDS``); at most ``max_waiting`` requests per worker wait. Any other request is
 refused at once.
 """
 
@@ -66,8 +68,8 @@ class ExecutionGate:
         Usage: ``with GATE.admit(received) as run: run_code(..., run=run)``.
         """
         config = settings.CODEJAIL_ADMISSION
-        # A free slot now: no wait, no count (the common case).
-        slot = pool.acquire_any()
+        # A free slot now, and nobody waiting for one: no wait, no count (the common case).
+        slot = None if pool.in_line() else pool.acquire_any()
         if slot is not None:
             return Run.in_slot(slot)
         with self._count_lock:
@@ -77,9 +79,12 @@ class ExecutionGate:
         started = time.monotonic()
         budget = config["deadline_seconds"] - (started - (received or started)) - self.expected_run_seconds()
         try:
-            while slot is None and time.monotonic() - started < budget:
-                time.sleep(POLL_SECONDS)
-                slot = pool.acquire_any()
+            # In line, every worker's requests together: the oldest takes the next free slot.
+            with pool.Place() as place:
+                while time.monotonic() - started < budget:
+                    if place.first() and (slot := pool.acquire_any()) is not None:
+                        break
+                    time.sleep(POLL_SECONDS)
         finally:
             with self._count_lock:
                 self.waiting -= 1

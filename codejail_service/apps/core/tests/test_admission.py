@@ -1,11 +1,14 @@
 """Tests of the admission gate: a sandbox slot per run, a bounded wait, then Overloaded."""
 
+import os
+import subprocess
 import threading
 import time
 
 import pytest
 
 from codejail_service.apps.core.admission import ExecutionGate, Overloaded
+from codejail_service.sandbox import pool
 
 
 @pytest.fixture
@@ -136,3 +139,71 @@ def test_allow_a_wait_within_what_the_deadline_leaves(admission):
     threading.Timer(0.3, held.release).start()
     with gate.admit(received=time.monotonic() - 1.0) as run:
         assert 0.2 < run.stages["admit"] < 2.0
+
+
+def test_waiting_requests_take_the_turn_in_the_order_they_came(admission):
+    admission["max_waiting"] = 6
+    gate = ExecutionGate()
+    order = []
+    threads = []
+
+    def request(name):
+        with gate.admit():
+            order.append(name)
+            time.sleep(0.02)
+
+    with gate.admit():
+        for name in "abcdef":
+            threads.append(threading.Thread(target=request, args=(name,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 5
+            while len(pool.in_line()) < len(threads) and time.monotonic() < deadline:  # in line before the next
+                time.sleep(0.005)
+    for thread in threads:
+        thread.join(5)
+    assert order == list("abcdef")
+
+
+def test_deny_a_new_request_taking_a_free_turn_an_older_one_waits_for(admission):
+    gate = ExecutionGate()
+    with pool.Place():  # an older request, in line (of another worker, say)
+        started = time.monotonic()
+        with pytest.raises(Overloaded):
+            admission["deadline_seconds"] = 0.45  # 0.2 s of wait: it stays behind the older one
+            gate.admit()
+        assert time.monotonic() - started >= 0.15
+
+
+def test_allow_a_new_request_the_free_turn_once_nobody_waits(admission):
+    gate = ExecutionGate()
+    with pool.Place():
+        pass
+    started = time.monotonic()
+    with gate.admit():
+        assert time.monotonic() - started < 0.1
+
+
+def test_a_place_whose_process_has_gone_or_that_is_stale_is_nobodys(admission, monkeypatch):
+    line = pool._line()
+    gone = f"{time.monotonic_ns() - 10**9:020d}.{_an_exited_pid()}.1"
+    stale = f"{time.monotonic_ns() - int((pool.STALE_SECONDS + 1) * 1e9):020d}.{os.getpid()}.2"
+    for name in (gone, stale):
+        open(os.path.join(line, name), "w").close()
+    with pool.Place() as place:
+        assert place.first()
+        assert pool.in_line() == [place.name]
+    assert not os.path.exists(os.path.join(line, gone)) and not os.path.exists(os.path.join(line, stale))
+
+
+def test_a_place_taken_before_is_first_until_it_leaves(admission):
+    # The twin of the one above: a live, recent place comes first.
+    with pool.Place() as older, pool.Place() as younger:
+        assert older.first() and not younger.first()
+        older.leave()
+        assert younger.first()
+
+
+def _an_exited_pid():
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
