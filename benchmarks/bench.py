@@ -206,7 +206,7 @@ async def read_answer(reader):
 def server_timing(value):
     """
     The service's ``Server-Timing`` header as ``{name: number}``: each stage's milliseconds
-    (``dur``), and what the run's processes used (``desc``: CPU ms, page faults, reaping ms).
+    (``dur``) to the answer.
     """
     metrics = {}
     for metric in filter(None, (part.strip() for part in value.split(","))):

@@ -12,7 +12,8 @@ answer, as its slot is released (``release``): ``ending``, then ``cleanup``. The
 slot once the answer has been sent (apps/api/v0/views.py).
 
 It also keeps where its time went (``stages``: ``mark`` at each boundary), which the API answers
-in a ``Server-Timing`` header and ``make bench`` sums (docs/decisions/0011-a-run-costs-a-fork.rst).
+in a ``Server-Timing`` header up to the answer, and ``release`` logs after it with what the
+run's processes used (``counts``); ``make bench`` sums both (docs/decisions/0011-a-run-costs-a-fork.rst).
 """
 import contextlib
 import logging
@@ -79,10 +80,8 @@ class Run:
         return sum(self.stages.values()) - self.stages["admit"]
 
     def server_timing(self):
-        """The stages as an HTTP ``Server-Timing`` value (milliseconds; counts as descriptions)."""
-        metrics = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.stages.items()]
-        metrics += [f'{name};desc="{count}"' for name, count in self.counts.items()]
-        return ", ".join(metrics)
+        """The stages so far as an HTTP ``Server-Timing`` value (milliseconds)."""
+        return ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.stages.items())
     @property
     def user(self):
         """The sandbox user the run's processes run as."""
