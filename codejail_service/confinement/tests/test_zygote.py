@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -305,6 +306,38 @@ def test_a_light_run_is_forked_by_the_light_zygote_itself(run_dir, full_zygote):
     messages, out, err = serve_one(run_dir, full=full_zygote, light=True)
     assert messages[1]["status"] == 0 and messages[-1]["counts"]["zygote"] == "light", (messages, err)
     assert out.split() == [str(os.getpid()).encode(), b"False"]
+
+
+@pytest.mark.parametrize(("code", "early"), [("import os, time\nos.close(1)\ntime.sleep(1)", True),
+                                             ("import time\ntime.sleep(1)", False)])
+def test_the_app_reads_the_end_of_a_runs_output_when_the_run_closes_it(run_dir, full_zygote, code, early):
+    # Handed to the full zygote, the run's pipes are no longer held by the light one, which waits
+    # until the run is served: the app reads their end as the run's, not as its zygotes'.
+    write_code(run_dir, code)
+    app, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pipes = [os.pipe() for _ in range(3)]
+    os.close(pipes[0][1])
+    request = {"cwd": run_dir, "rlimits": []}
+    socket.send_fds(app, [json.dumps(request).encode()], [pipes[0][0], pipes[1][1], pipes[2][1]])
+    for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
+        os.close(fd)
+
+    def serve():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # as the zygote's main does
+        zygote.serve(ours, listener, confinement, ENFORCE, {"PATH": "/usr/bin"}, zygote.Lifetime(), full_zygote)
+
+    server = threading.Thread(target=serve)
+    started = time.monotonic()
+    server.start()
+    with os.fdopen(pipes[1][0], "rb") as out:
+        assert out.read() == b""
+    read_in = time.monotonic() - started
+    server.join(10)
+    os.close(pipes[2][0])
+    for sock in (app, ours, listener):
+        sock.close()
+    assert (read_in < 0.6) if early else (read_in >= 0.9), read_in
 
 
 def test_any_other_run_is_forked_by_the_full_zygote_which_exits_with_the_light_one(run_dir, full_zygote):
