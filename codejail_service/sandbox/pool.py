@@ -166,8 +166,8 @@ def acquire_any():
 class Place:
     """
     A request's place in the line for a slot, shared by every worker that shares the pool (or,
-    without a pool, by this process's requests): a file in ``<slot dir>/line`` (``line.<pid>``),
-    named by when it was taken. Slots are taken in that order: only the ``first`` may try, and
+    without a pool, by this process's requests: ``in_line``): a file in ``<slot dir>/line``,
+    named by when it was taken and by whom. Slots are taken in that order: only the ``first`` may try, and
     a request that finds anyone in line joins it (admission.py). A line kept in memory would
     be one per worker: requests of one would take slots before older ones of another.
 
@@ -182,7 +182,7 @@ class Place:
 
     def first(self):
         """True when no place taken before this one is still held."""
-        return not any(name < self.name for name in in_line(self.line))
+        return not any(name < self.name for name in in_line())
 
     def leave(self):
         try:
@@ -203,7 +203,7 @@ STALE_SECONDS = 10.0
 
 def _line():
     """The directory of the line for a slot (``Place``), made if missing."""
-    path = os.path.join(slot_dir(), "line" if config.current().pool_size else f"line.{os.getpid()}")
+    path = os.path.join(slot_dir(), "line")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -211,9 +211,13 @@ def _line():
     return path
 
 
-def in_line(line=None):
-    """The names of the places held in ``line`` (the line for a slot), oldest first; stale ones removed."""
-    line = line or _line()
+def in_line():
+    """
+    The names of the places held in the line for a slot, oldest first (without a pool, this
+    process's only: its one turn is all they wait for); stale ones removed.
+    """
+    line = _line()
+    ours = None if config.current().pool_size else os.getpid()
     held = []
     now = time.monotonic_ns()
     for name in sorted(os.listdir(line)):
@@ -223,7 +227,8 @@ def in_line(line=None):
         except ValueError:
             alive = False
         if alive:
-            held.append(name)
+            if ours in (None, int(pid)):
+                held.append(name)
             continue
         try:
             os.unlink(os.path.join(line, name))

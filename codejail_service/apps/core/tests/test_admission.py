@@ -183,7 +183,7 @@ def test_allow_a_new_request_the_free_turn_once_nobody_waits(admission):
         assert time.monotonic() - started < 0.1
 
 
-def test_a_place_whose_process_has_gone_or_that_is_stale_is_nobodys(admission, monkeypatch):
+def test_a_place_whose_process_has_gone_or_that_is_stale_is_nobodys(admission):
     line = pool._line()
     gone = f"{time.monotonic_ns() - 10**9:020d}.{_an_exited_pid()}.1"
     stale = f"{time.monotonic_ns() - int((pool.STALE_SECONDS + 1) * 1e9):020d}.{os.getpid()}.2"
@@ -201,6 +201,23 @@ def test_a_place_taken_before_is_first_until_it_leaves(admission):
         assert older.first() and not younger.first()
         older.leave()
         assert younger.first()
+
+
+def test_without_a_pool_only_this_processs_places_are_its_line(admission, settings, tmp_path):
+    # Each worker's one turn: a place of another live process is not ahead of ours.
+    settings.CODEJAIL_SLOT_DIR = str(tmp_path / "slots")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        name = f"{time.monotonic_ns() - 10**6:020d}.{other.pid}.1"
+        open(os.path.join(pool._line(), name), "w").close()
+        with pool.Place() as place:
+            assert place.first() and pool.in_line() == [place.name]
+        settings.CODEJAIL_SANDBOX_POOL_SIZE = 2  # its twin: with a pool, one line for every worker
+        with pool.Place() as place:
+            assert not place.first() and pool.in_line() == [name, place.name]
+    finally:
+        other.kill()
+        other.wait()
 
 
 def _an_exited_pid():
